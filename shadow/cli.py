@@ -1,0 +1,176 @@
+"""The `shadow` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from importlib.metadata import version
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from shadow.exceptions import ShadowstreamError
+from shadow.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Group(click.Group):
+    """Turns our errors into one clear line on stderr and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShadowstreamError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            sys.exit(1)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ShadowstreamError(f"invalid settings (SHADOW_* or shadow.toml): {exc}") from None
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("shadowstream"), prog_name="shadowstream")
+def main() -> None:
+    """shadowstream: shadow-test candidate ML models on mirrored production traffic.
+
+    Settings come from SHADOW_* environment variables or ./shadow.toml
+    (SHADOW_KAFKA_BOOTSTRAP, SHADOW_REDIS_URL, SHADOW_TOPIC_PREFIX, ...).
+    """
+
+
+# -- stack ------------------------------------------------------------------------------------
+
+@main.group(cls=_Group)
+def stack() -> None:
+    """Run a local Kafka, Redis and Prometheus (no Docker needed)."""
+
+
+@stack.command("up")
+@click.option("--prometheus", "with_prometheus", is_flag=True, help="Also start Prometheus.")
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as JSON.")
+def stack_up(with_prometheus: bool, as_json: bool) -> None:
+    """Start the servers that are not running yet (idempotent).
+
+    Kafka 3.9.1 (KRaft, jars from Maven Central on first use), redis-server and, with
+    --prometheus, Prometheus, all on free loopback ports. Servers set through
+    SHADOW_KAFKA_BOOTSTRAP / SHADOW_REDIS_URL / SHADOW_PROMETHEUS_URL are used instead.
+    """
+    from shadow.stack import Stack
+
+    t0 = time.monotonic()
+    with err_console.status("starting the stack...", spinner="dots"):
+        endpoints = Stack(_settings()).up(with_prometheus=with_prometheus)
+    if as_json:
+        _print_json(endpoints.as_dict())
+        return
+    for key, value in endpoints.as_dict().items():
+        console.print(f"{key:17} {value or '-'}")
+    err_console.print(f"ready in {time.monotonic() - t0:.1f}s")
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def stack_status(as_json: bool) -> None:
+    """Say which servers run, where, and where their logs are."""
+    from shadow.stack import Stack
+
+    rows = Stack(_settings()).status()
+    if as_json:
+        _print_json([r.__dict__ for r in rows])
+        return
+    table = Table("server", "state", "url", "pid", "log")
+    for r in rows:
+        table.add_row(r.name, r.state, r.url or "", str(r.pid or ""), r.log or "")
+    console.print(table)
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop every server the stack started and delete its data."""
+    from shadow.stack import Stack
+
+    stopped = Stack(_settings()).down()
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack.command("fetch")
+def stack_fetch() -> None:
+    """Resolve the Kafka broker's jars from Maven Central into the cache (done by `up` too)."""
+    from shadow.stack import kafka
+
+    s = _settings()
+    with err_console.status(f"resolving Kafka {s.kafka_version} with Maven...", spinner="dots"):
+        libs = kafka.jars(s.cache_dir, s.kafka_version)
+    console.print(f"Kafka {s.kafka_version} jars: {libs}")
+
+
+# -- topics -----------------------------------------------------------------------------------
+
+@main.group(cls=_Group)
+def topics() -> None:
+    """Create and inspect the pipeline's topics."""
+
+
+@topics.command("create")
+@click.option("--partitions", type=click.IntRange(1, 1024), default=None,
+              help="Partitions of requests/outputs/pairs/deadletter (default: SHADOW_PARTITIONS).")
+def topics_create(partitions: int | None) -> None:
+    """Create <prefix>.requests, .outputs, .pairs, .windows and .deadletter (idempotent).
+
+    Refuses, and says why, when existing topics have other partition counts.
+    """
+    from shadow import clients
+    from shadow.stack import resolve_endpoints
+    from shadow.topics import create_topics, topic_specs
+
+    s = _settings()
+    specs = topic_specs(s, partitions)
+    plan = create_topics(clients.admin(s, resolve_endpoints(s).kafka_bootstrap), specs)
+    for spec in specs:
+        how = "created" if spec in plan.create else "exists"
+        console.print(f"{spec.name:24} {spec.partitions:4} partitions  {how}")
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--count", type=click.IntRange(1, 1_000_000), default=200, show_default=True,
+              help="Mirrored requests to send through Kafka.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(count: int, as_json: bool) -> None:
+    """Bring the stack up, create the topics and send requests through the pipeline."""
+    from shadow.demo import round_trip
+    from shadow.stack import Stack
+
+    s = _settings()
+    with err_console.status("starting the stack...", spinner="dots"):
+        endpoints = Stack(s).up(with_prometheus=True)
+    with err_console.status(f"sending {count} mirrored requests...", spinner="dots"):
+        result = round_trip(s, endpoints, count=count)
+    if as_json:
+        _print_json({**result.as_dict(), "endpoints": endpoints.as_dict()})
+        return
+    table = Table("what", "value", title="round trip through Kafka", title_justify="left")
+    for key, value in result.as_dict().items():
+        table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"Kafka {endpoints.kafka_bootstrap}  Redis {endpoints.redis_url}  "
+                  f"Prometheus {endpoints.prometheus_url}")
+    console.print("Stop everything with: shadow stack down")
+
+
+if __name__ == "__main__":
+    main()

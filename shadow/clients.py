@@ -1,0 +1,48 @@
+"""Kafka and Redis clients built from the settings, with the project's fixed choices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from shadow.settings import Settings
+
+# murmur2 is the Java client's partitioner: every producer of the pipeline, whatever its
+# language or library, sends a request id to the same partition.
+PARTITIONER = "murmur2_random"
+
+
+def admin(settings: Settings, bootstrap: str) -> AdminClient:
+    return AdminClient(settings.confluent_config(bootstrap))
+
+
+def producer(settings: Settings, bootstrap: str, **overrides: Any) -> Producer:
+    conf: dict[str, Any] = {
+        **settings.confluent_config(bootstrap),
+        "partitioner": PARTITIONER,
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def consumer(settings: Settings, bootstrap: str, group: str, **overrides: Any) -> Consumer:
+    conf: dict[str, Any] = {
+        **settings.confluent_config(bootstrap),
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def redis_client(url: str, timeout_s: float = 2.0) -> redis.Redis:
+    # Every call has a timeout: a stuck Redis must never stall the stream.
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)

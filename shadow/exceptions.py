@@ -1,0 +1,55 @@
+"""Errors of the shadow CLI, the worker and the local stack. All derive from ShadowstreamError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from schemas.exceptions import ShadowstreamError
+
+__all__ = [
+    "MissingToolError",
+    "ServerStartError",
+    "ShadowstreamError",
+    "StackNotRunningError",
+    "TopicMismatchError",
+]
+
+
+class MissingToolError(ShadowstreamError):
+    """A program the stack needs is not installed."""
+
+    def __init__(self, tool: str, install: str) -> None:
+        self.tool = tool
+        self.install = install
+        super().__init__(f"{tool} not found on PATH: install it with `{install}`")
+
+
+class ServerStartError(ShadowstreamError):
+    """A server of the local stack did not become ready; carries the end of its log."""
+
+    def __init__(self, server: str, reason: str, log: Path | None = None, tail: str = "") -> None:
+        self.server = server
+        self.reason = reason
+        self.log = log
+        self.tail = tail
+        where = f" (log: {log})" if log else ""
+        last = f"\n--- last lines of the log ---\n{tail}" if tail else ""
+        super().__init__(f"{server} did not start: {reason}{where}{last}")
+
+
+class StackNotRunningError(ShadowstreamError):
+    """No server is configured or running for something a command needs."""
+
+
+class TopicMismatchError(ShadowstreamError):
+    """Existing topics disagree with the partition counts the pipeline needs."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "existing topics do not match: "
+            + "; ".join(problems)
+            + ". The join needs <prefix>.requests and <prefix>.outputs to have the same "
+            "partition count (Kafka cannot reduce partitions): pass --partitions with the "
+            "existing count, or delete the topics, or use another SHADOW_TOPIC_PREFIX."
+        )

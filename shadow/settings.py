@@ -1,0 +1,138 @@
+"""One settings object for the whole project: env vars prefixed SHADOW_, or ``shadow.toml``.
+
+Kafka options are held once here and mapped to both clients' spellings (librdkafka's dotted keys
+for confluent-kafka, keyword arguments for aiokafka/Faust) in one place, so SASL and SSL options
+pass through to every consumer and producer alike.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+TOPIC_NAMES = ("requests", "outputs", "pairs", "windows", "deadletter")
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback) / "shadowstream"
+
+
+class Settings(BaseSettings):
+    """Where the servers are and how topics are named. Every field reads ``SHADOW_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOW_", toml_file="shadow.toml", frozen=True, extra="ignore"
+    )
+
+    kafka_bootstrap: str | None = None
+    """Existing Kafka cluster (host:port,...). Unset: the local stack's broker is used."""
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    """Kafka security.protocol, passed to every client."""
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    """SASL mechanism when the protocol is SASL_*."""
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate, for mutual TLS."""
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+
+    redis_url: str | None = None
+    """Existing Redis (redis:// or rediss://). Unset: the local stack's Redis is used."""
+    prometheus_url: str | None = None
+    """Existing Prometheus. Unset: the local stack's, when started with --prometheus."""
+
+    topic_prefix: str = Field("shadow", pattern=r"^[A-Za-z0-9._-]+$")
+    """Prefix of every topic: <prefix>.requests, <prefix>.outputs, ..."""
+    partitions: int = Field(6, ge=1, le=1024)
+    """Partitions of the requests and outputs topics (they must be equal for the join)."""
+
+    state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"))
+    """Where the local stack keeps its data, logs and process records."""
+    cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"))
+    """Where downloaded Kafka jars are kept (shared by every checkout of this user)."""
+    kafka_version: str = "3.9.1"
+    """Apache Kafka version the local stack runs."""
+
+    @field_validator("kafka_bootstrap", "redis_url", "prometheus_url")
+    @classmethod
+    def _blank_is_unset(cls, v: str | None) -> str | None:
+        return v or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then environment, then shadow.toml.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of TOPIC_NAMES."""
+        if name not in TOPIC_NAMES:
+            raise ValueError(f"unknown topic {name!r}; known: {', '.join(TOPIC_NAMES)}")
+        return f"{self.topic_prefix}.{name}"
+
+    def confluent_config(self, bootstrap: str) -> dict[str, str]:
+        """librdkafka configuration (confluent-kafka) for the given bootstrap servers."""
+        conf = {"bootstrap.servers": bootstrap, "security.protocol": self.kafka_security_protocol}
+        optional = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": _reveal(self.kafka_sasl_password),
+            "ssl.ca.location": self.kafka_ssl_cafile,
+            "ssl.certificate.location": self.kafka_ssl_certfile,
+            "ssl.key.location": self.kafka_ssl_keyfile,
+            "ssl.key.password": _reveal(self.kafka_ssl_key_password),
+        }
+        conf.update({k: str(v) for k, v in optional.items() if v is not None})
+        return conf
+
+    def aiokafka_config(self, bootstrap: str) -> dict[str, Any]:
+        """aiokafka keyword arguments (also what Faust's broker credentials are built from)."""
+        conf: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl_mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl_plain_username"] = self.kafka_sasl_username
+            conf["sasl_plain_password"] = _reveal(self.kafka_sasl_password)
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            conf["ssl_context"] = self.ssl_context()
+        return conf
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            ctx.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                _reveal(self.kafka_ssl_key_password),
+            )
+        return ctx
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None

@@ -1,0 +1,152 @@
+"""A real single-node Apache Kafka broker in KRaft mode, started with ``java``.
+
+The jars are resolved once from Maven Central into a per-user cache; each ``up`` formats storage
+on a fresh data directory and waits until the broker opens its client port, which it does only
+once it is ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from shadow.exceptions import ServerStartError
+from shadow.stack import procs
+
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class KafkaLayout:
+    """Where one broker keeps its config, data and logs under the stack's state dir."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def log(self) -> Path:
+        return self.logs / "server.log"
+
+    @property
+    def stdout(self) -> Path:
+        return self.logs / "stdout.log"
+
+
+def jars(cache_dir: Path, version: str, *, quiet: bool = True) -> Path:
+    """The folder of the broker's runtime jars, resolved with Maven on first use."""
+    libs = cache_dir / "kafka" / version / "libs"
+    done = libs / ".complete"
+    if done.exists():
+        return libs
+    mvn = procs.require("mvn")
+    work = cache_dir / "kafka" / version
+    work.mkdir(parents=True, exist_ok=True)
+    template = resources.files("shadow.stack").joinpath("kafka-pom.xml").read_text()
+    (work / "pom.xml").write_text(template.replace("@KAFKA_VERSION@", version))
+    staging = work / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [
+        mvn, "-B", "-f", str(work / "pom.xml"),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    if quiet:
+        cmd.insert(1, "-q")
+    result = subprocess.run(cmd, capture_output=quiet, text=True)
+    if result.returncode != 0:
+        out = (result.stdout or "") + (result.stderr or "")
+        tail = "\n".join(out.splitlines()[-20:])
+        raise ServerStartError("kafka", f"Maven could not resolve kafka_2.13:{version}", tail=tail)
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    done.write_text(version + "\n")
+    return libs
+
+
+def server_properties(layout: KafkaLayout, port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={layout.data}",
+        "num.partitions=1",
+        # One node: every internal topic has a single replica.
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=10",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=4",
+        "share.coordinator.state.topic.replication.factor=1",
+        "group.initial.rebalance.delay.ms=0",
+        # Topics are created explicitly with the partition counts the join needs.
+        "auto.create.topics.enable=false",
+        "num.network.threads=2",
+        "num.io.threads=4",
+        "",
+    ])
+
+
+def cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _java_cmd(libs: Path, layout: KafkaLayout, main: str, *args: str) -> list[str]:
+    log4j = layout.root / "log4j.properties"
+    return [
+        procs.require("java"),
+        "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{log4j}",
+        f"-Dkafka.logs.dir={layout.logs}",
+        "-cp", f"{libs}/*",
+        main, *args,
+    ]
+
+
+def start(
+    root: Path, cache_dir: Path, version: str, port: int | None = None
+) -> tuple[int, int, int]:
+    """Format (on first start) and start the broker; returns (pid, port, controller port)."""
+    libs = jars(cache_dir, version)
+    layout = KafkaLayout(root)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    log4j = resources.files("shadow.stack").joinpath("kafka-log4j.properties").read_text()
+    (layout.root / "log4j.properties").write_text(log4j)
+    port = port or procs.free_port()
+    controller_port = procs.free_port()
+    layout.config.write_text(server_properties(layout, port, controller_port))
+    if not (layout.data / "meta.properties").exists():
+        shutil.rmtree(layout.data, ignore_errors=True)
+        fmt = _java_cmd(libs, layout, "kafka.tools.StorageTool",
+                        "format", "-t", cluster_id(), "-c", str(layout.config))
+        result = subprocess.run(fmt, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServerStartError("kafka", "formatting storage failed", layout.log,
+                                   (result.stdout + result.stderr)[-3000:])
+    pid = procs.spawn(_java_cmd(libs, layout, "kafka.Kafka", str(layout.config)),
+                      layout.stdout, cwd=layout.root)
+    procs.wait_ready("kafka", lambda: procs.port_open(port), pid, layout.log, READY_TIMEOUT_S)
+    return pid, port, controller_port

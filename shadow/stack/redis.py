@@ -1,0 +1,35 @@
+"""Debian's redis-server on a free loopback port, without persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from shadow.stack import procs
+
+READY_TIMEOUT_S = 20.0
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def start(root: Path, port: int | None = None) -> tuple[int, int]:
+    """Start redis-server; returns (pid, port)."""
+    exe = procs.require("redis-server")
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or procs.free_port()
+    log = root / "redis.log"
+    cmd = [
+        exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root),
+        "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+        "--logfile", str(log),
+    ]
+    pid = procs.spawn(cmd, root / "stdout.log", cwd=root)
+    url = f"redis://127.0.0.1:{port}/0"
+    procs.wait_ready("redis", lambda: _pings(url), pid, log, READY_TIMEOUT_S)
+    return pid, port

@@ -1,0 +1,102 @@
+"""The pipeline's topics: names, partition counts, retention, and idempotent creation.
+
+``plan_topics`` is pure (it decides from what exists); ``create_topics`` applies the plan
+with the Kafka admin client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from shadow.exceptions import ShadowstreamError, TopicMismatchError
+from shadow.settings import TOPIC_NAMES, Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+# Retention suits each topic's use: requests are kept long enough to record and replay them,
+# windows (small) for trend views, dead letters for someone to look at them.
+RETENTION_DAYS = {"requests": 7, "outputs": 7, "pairs": 7, "windows": 30, "deadletter": 14}
+# Partition counts that must equal the requests topic's (Faust co-partitioning: the join reads
+# a request and its shadow outputs from the same partition number).
+CO_PARTITIONED = ("requests", "outputs")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    create: list[TopicSpec]
+    existing: list[str]
+
+
+def topic_specs(settings: Settings, partitions: int | None = None) -> list[TopicSpec]:
+    n = partitions or settings.partitions
+    specs = []
+    for name in TOPIC_NAMES:
+        count = 1 if name == "windows" else n  # one totally ordered series of closed windows
+        config = {
+            "retention.ms": str(RETENTION_DAYS[name] * DAY_MS),
+            "cleanup.policy": "delete",
+            "compression.type": "producer",
+        }
+        specs.append(TopicSpec(settings.topic(name), count, config))
+    return specs
+
+
+def plan_topics(specs: list[TopicSpec], existing: dict[str, int]) -> TopicPlan:
+    """Decide what to create; refuse when existing partition counts disagree with ``specs``."""
+    problems = [
+        f"{s.name} has {existing[s.name]} partitions, expected {s.partitions}"
+        for s in specs
+        if s.name in existing and existing[s.name] != s.partitions
+    ]
+    if problems:
+        raise TopicMismatchError(problems)
+    return TopicPlan(
+        create=[s for s in specs if s.name not in existing],
+        existing=[s.name for s in specs if s.name in existing],
+    )
+
+
+def existing_partitions(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, int]:
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ShadowstreamError(f"cannot list topics: {exc.args[0]}") from None
+    return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+
+def create_topics(
+    admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 30.0
+) -> TopicPlan:
+    """Create what is missing, idempotently; returns what was created and what already was."""
+    plan = plan_topics(specs, existing_partitions(admin))
+    if not plan.create:
+        return plan
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config)
+         for s in plan.create],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    raced = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ShadowstreamError(f"cannot create {name}: {err.str()}") from None
+            raced.append(name)
+    if raced:
+        # Someone created it between our look and our create: it must still agree with us.
+        plan_topics([s for s in specs if s.name in raced], existing_partitions(admin))
+    return plan

@@ -1,0 +1,160 @@
+"""The codec and the JSON Schema files: round trips, each output kind, and rejections."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+import schemas
+from schemas import ContractError, MirroredRequest, decode, decode_event, encode
+from schemas.records import RECORD_TYPES
+
+SCHEMA_DIR = Path(schemas.__file__).parent / "json"
+FILES = {t.SCHEMA: SCHEMA_DIR / f"{t.SCHEMA.partition('/')[0]}.schema.json" for t in RECORD_TYPES}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+REGISTRY = Registry().with_resources(
+    (doc["$id"], Resource.from_contents(doc))
+    for doc in (_load(p) for p in SCHEMA_DIR.glob("*.schema.json"))
+)
+
+
+def _validator(schema_name: str) -> Draft202012Validator:
+    return Draft202012Validator(_load(FILES[schema_name]), registry=REGISTRY)
+
+
+def _example(schema_name: str) -> dict[str, Any]:
+    return copy.deepcopy(_load(FILES[schema_name])["examples"][0])
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMA_DIR.glob("*.schema.json")), ids=lambda p: p.name)
+def test_schema_files_are_valid_2020_12(path: Path) -> None:
+    doc = _load(path)
+    Draft202012Validator.check_schema(doc)
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+@pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda t: t.SCHEMA)
+def test_example_round_trips_and_satisfies_both_contracts(record_type: type) -> None:
+    example = _example(record_type.SCHEMA)
+    _validator(record_type.SCHEMA).validate(example)
+    record = decode(json.dumps(example).encode(), record_type)
+    encoded = encode(record)
+    assert decode(encoded, record_type) == record
+    assert json.loads(encoded) == example  # the example is canonical: nothing added or lost
+    assert decode_event(encoded) == record
+
+
+def _required(schema_name: str) -> list[str]:
+    return _load(FILES[schema_name])["required"]
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "field"),
+    [(t.SCHEMA, f) for t in RECORD_TYPES for f in _required(t.SCHEMA)],
+)
+def test_each_required_field_is_rejected_when_missing(schema_name: str, field: str) -> None:
+    doc = _example(schema_name)
+    del doc[field]
+    assert not _validator(schema_name).is_valid(doc)
+    record_type = next(t for t in RECORD_TYPES if schema_name == t.SCHEMA)
+    with pytest.raises(ContractError) as info:
+        decode(json.dumps(doc).encode(), record_type)
+    assert info.value.path == field
+    assert "missing" in info.value.reason.lower()
+
+
+OUTPUTS = {
+    "scalar": {"kind": "scalar", "value": 0.25},
+    "vector": {"kind": "vector", "value": [1.0, -2.5, 3.0]},
+    "probs": {"kind": "probs", "value": [0.7, 0.2, 0.1], "labels": ["a", "b", "c"]},
+    "scores": {"kind": "scores", "value": [3.1, 2.2, 0.4], "items": ["x", "y", "z"]},
+    "embedding": {"kind": "embedding", "value": [0.1, 0.2, 0.3, 0.4]},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUTPUTS))
+def test_each_output_kind_round_trips(kind: str) -> None:
+    doc = _example("mirror.request/1")
+    doc["live"]["output"] = OUTPUTS[kind]
+    _validator("mirror.request/1").validate(doc)
+    req = decode(json.dumps(doc).encode(), MirroredRequest)
+    assert req.live.output is not None and req.live.output.kind == kind
+    assert json.loads(encode(req))["live"]["output"] == OUTPUTS[kind]
+
+
+BAD = [
+    ("live.latency_ms", lambda d: d["live"].update(latency_ms="slow"), "number"),
+    ("live.latency_ms", lambda d: d["live"].update(latency_ms=-1), "greater than or equal"),
+    ("live.output.value", lambda d: d["live"].update(output={"kind": "scalar", "value": [1]}),
+     "number"),
+    ("live.output.value", lambda d: d["live"].update(output={"kind": "vector", "value": []}),
+     "at least 1"),
+    ("live.output.value[1]",
+     lambda d: d["live"].update(output={"kind": "probs", "value": [0.5, "x"]}), "number"),
+    ("live.output", lambda d: d["live"].update(output={"kind": "image", "value": 1}), "tag"),
+    ("ts", lambda d: d.update(ts="yesterday"), "integer"),
+    ("request_id", lambda d: d.update(request_id=""), "at least 1"),
+    ("inputs", lambda d: d.update(inputs=[1, 2]), "dictionary"),
+]
+
+
+@pytest.mark.parametrize(("path", "mutate", "words"), BAD, ids=[b[0] + ":" + b[2] for b in BAD])
+def test_rejection_names_the_field_path_and_reason(path: str, mutate, words: str) -> None:
+    doc = _example("mirror.request/1")
+    mutate(doc)
+    assert not _validator("mirror.request/1").is_valid(doc)
+    with pytest.raises(ContractError) as info:
+        decode(json.dumps(doc).encode(), MirroredRequest)
+    assert info.value.path == path
+    assert words in info.value.reason
+    assert info.value.schema == "mirror.request/1"
+    assert path in str(info.value)
+
+
+def test_unknown_schema_version_is_named() -> None:
+    doc = _example("mirror.request/1")
+    doc["schema"] = "mirror.request/9"
+    with pytest.raises(ContractError, match=r"unknown schema version 'mirror\.request/9'"):
+        decode(json.dumps(doc).encode(), MirroredRequest)
+    with pytest.raises(ContractError, match="unknown schema version"):
+        decode_event(json.dumps(doc).encode())
+
+
+def test_wrong_record_type_is_refused() -> None:
+    doc = _example("shadow.output/1")
+    with pytest.raises(ContractError, match=r"expected 'mirror\.request/1'"):
+        decode(json.dumps(doc).encode(), MirroredRequest)
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"\xff\xfe", b"[1,2]", b"42", b'{"schema": 5}'])
+def test_garbage_is_a_contract_error(data: bytes) -> None:
+    with pytest.raises(ContractError):
+        decode(data, MirroredRequest)
+    with pytest.raises(ContractError):
+        decode_event(data)
+
+
+def test_non_finite_numbers_are_refused() -> None:
+    doc = _example("shadow.output/1")
+    doc["output"] = {"kind": "scalar", "value": float("inf")}
+    with pytest.raises(ContractError) as info:
+        schemas.codec.from_dict(doc, schemas.ShadowOutput)
+    assert info.value.path == "output.value"
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    doc = _example("mirror.request/1")
+    doc["added_in_a_later_minor"] = {"x": 1}
+    req = decode(json.dumps(doc).encode(), MirroredRequest)
+    assert "added_in_a_later_minor" not in json.loads(encode(req))
