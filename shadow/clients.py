@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -13,10 +14,12 @@ from shadow.settings import Settings
 # murmur2 is the Java client's partitioner: every producer of the pipeline, whatever its
 # language or library, sends a request id to the same partition.
 PARTITIONER = "murmur2_random"
+# librdkafka logs through Python logging, not straight to stderr.
+KAFKA_LOG = logging.getLogger("shadowstream.kafka")
 
 
 def admin(settings: Settings, bootstrap: str) -> AdminClient:
-    return AdminClient(settings.confluent_config(bootstrap))
+    return AdminClient({**settings.confluent_config(bootstrap), "logger": KAFKA_LOG})
 
 
 def producer(settings: Settings, bootstrap: str, **overrides: Any) -> Producer:
@@ -27,6 +30,7 @@ def producer(settings: Settings, bootstrap: str, **overrides: Any) -> Producer:
         "acks": "all",
         "compression.type": "lz4",
         "linger.ms": 5,
+        "logger": KAFKA_LOG,
     }
     conf.update(overrides)
     return Producer(conf)
@@ -38,6 +42,7 @@ def consumer(settings: Settings, bootstrap: str, group: str, **overrides: Any) -
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        "logger": KAFKA_LOG,
     }
     conf.update(overrides)
     return Consumer(conf)

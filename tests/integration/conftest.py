@@ -77,3 +77,11 @@ def settings_factory(settings: Settings) -> Callable[..., Settings]:
         return settings.model_copy(update=fields)
 
     return make
+
+
+@pytest.fixture
+def consumer_factory(settings: Settings, stack: Endpoints) -> Callable[[str], object]:
+    def make(group: str) -> object:
+        return clients.consumer(settings, stack.kafka_bootstrap, group)
+
+    return make

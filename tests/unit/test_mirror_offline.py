@@ -1,0 +1,94 @@
+"""The mirror client with no broker at all: it must never raise, block or grow without bound."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from producers import Mirror, MirrorConfig
+from shadow.stack.procs import free_port
+
+
+def _mirror(**kw: object) -> Mirror:
+    cfg = MirrorConfig(bootstrap=f"127.0.0.1:{free_port()}", model="m", message_timeout_ms=500,
+                       log_interval_s=60, **kw)
+    return Mirror(cfg, CollectorRegistry())
+
+
+def test_bad_input_is_counted_never_raised() -> None:
+    m = _mirror(max_event_bytes=1000)
+    assert not m.publish("", {"a": 1})
+    assert not m.publish(None, {"a": 1})  # type: ignore[arg-type]
+    assert not m.publish("r1", {"a": object()})
+    assert not m.publish("r2", {"a": "x" * 2000})
+    assert not m.publish("r3", 12)  # type: ignore[arg-type]  (inputs not a mapping)
+    assert m.publish("r4", {"a": 1}, 0.5)
+    m.close(timeout_s=0)
+    assert not m.publish("r5", {"a": 1})
+    counts = m.metrics.snapshot()
+    assert counts.dropped == {"invalid": 2, "serialization": 1, "too_large": 1, "internal": 1,
+                              "closed": 1}
+    assert counts.attempted == 7
+    assert counts.settled  # r4 was purged at close and counts as delivery_failed
+    assert counts.delivery_failed == 1
+
+
+def test_full_queue_drops_by_policy_without_blocking() -> None:
+    m = _mirror(max_queue_messages=100)
+    t0 = time.perf_counter()
+    accepted = sum(m.publish(f"r{i}", {"i": i}) for i in range(1000))
+    elapsed = time.perf_counter() - t0
+    assert accepted == 100
+    assert m.metrics.snapshot().dropped == {"queue_full": 900}
+    assert elapsed < 2.0  # a thousand calls; a blocking publish would wait on the timeout
+    m.close(timeout_s=0)
+    assert m.metrics.snapshot().settled
+
+
+def test_pause_policy_sheds_load_until_the_pause_ends() -> None:
+    m = _mirror(max_queue_messages=10, drop_policy="pause", pause_ms=200)
+    for i in range(30):
+        m.publish(f"r{i}", {"i": i})
+    assert m.metrics.snapshot().dropped == {"queue_full": 1, "paused": 19}
+    m.close(timeout_s=0)
+
+
+def test_undeliverable_events_end_as_delivery_failed() -> None:
+    m = _mirror()
+    for i in range(20):
+        assert m.publish(f"r{i}", {"i": i}, i)
+    deadline = time.monotonic() + 10
+    while not m.metrics.snapshot().settled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    counts = m.metrics.snapshot()
+    assert counts.delivery_failed == 20 and counts.published == 0 and counts.settled
+    m.close()
+
+
+def test_sample_rate_counts_the_rest_as_sampled_out() -> None:
+    m = _mirror(sample_rate=0.25)
+    for i in range(400):
+        m.publish(f"req-{i}", {"i": i})
+    c = m.metrics.snapshot()
+    assert c.attempted + c.sampled_out == 400
+    assert 50 < c.attempted < 150
+    m.close(timeout_s=0)
+
+
+def test_two_mirrors_share_a_registry_by_model_label() -> None:
+    reg = CollectorRegistry()
+    port = free_port()
+    a = Mirror(MirrorConfig(bootstrap=f"127.0.0.1:{port}", model="a"), reg)
+    b = Mirror(MirrorConfig(bootstrap=f"127.0.0.1:{port}", model="b"), reg)
+    a.publish("", {})
+    assert a.metrics.snapshot().attempted == 1 and b.metrics.snapshot().attempted == 0
+    a.close(0)
+    b.close(0)
+
+
+@pytest.mark.parametrize("policy", ["drop", "pause"])
+def test_config_is_validated(policy: str) -> None:
+    with pytest.raises(ValueError):
+        MirrorConfig(bootstrap="x:1", model="m", sample_rate=2.0, drop_policy=policy)
