@@ -1,44 +1,28 @@
-"""The mirror's counters in the caller's Prometheus registry, labelled by model."""
+"""The mirror's counters, exposed in the caller's Prometheus registry.
+
+publish() takes a few microseconds, so its counts are plain integers under one lock, and the
+metrics are rendered from them at scrape time by a collector (prometheus-client's own
+counters and histograms lock per update and would double the cost of a call). Delivery is
+reported by librdkafka only for failures, so ``published`` is derived:
+``enqueued - delivery_failed - in flight``, exact once delivery settles.
+"""
 
 from __future__ import annotations
 
+import bisect
+import threading
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # publish() takes microseconds: buckets from 5 µs to 10 ms.
 PUBLISH_BUCKETS = (5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 250e-6, 1e-3, 10e-3)
 DROP_REASONS = ("invalid", "closed", "paused", "serialization", "too_large", "queue_full",
                 "produce_error", "internal")
-
-
-class _Families:
-    """The metric families, created once per registry (a second Mirror reuses them)."""
-
-    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = (
-        weakref.WeakKeyDictionary())
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        kw = {"registry": registry, "labelnames": ["model"]}
-        self.attempted = Counter("shadow_mirror_attempted",
-                                 "Requests publish() tried to mirror (after sampling)", **kw)
-        self.published = Counter("shadow_mirror_published", "Events Kafka acknowledged", **kw)
-        self.dropped = Counter("shadow_mirror_dropped", "Events dropped before Kafka, by reason",
-                               registry=registry, labelnames=["model", "reason"])
-        self.delivery_failed = Counter("shadow_mirror_delivery_failed",
-                                       "Events Kafka did not acknowledge in time", **kw)
-        self.sampled_out = Counter("shadow_mirror_sampled_out",
-                                   "Requests left out by the sample rate", **kw)
-        self.publish_seconds = Histogram("shadow_mirror_publish_seconds",
-                                         "Time spent in publish()", buckets=PUBLISH_BUCKETS, **kw)
-
-    @classmethod
-    def of(cls, registry: CollectorRegistry) -> _Families:
-        found = cls._by_registry.get(registry)
-        if found is None:
-            found = cls._by_registry[registry] = cls(registry)
-        return found
 
 
 @dataclass(frozen=True)
@@ -48,40 +32,130 @@ class MirrorCounts:
     dropped: dict[str, int]
     delivery_failed: int
     sampled_out: int
+    in_flight: int
 
     @property
     def settled(self) -> bool:
         """Every attempted event has ended as published, dropped or delivery_failed."""
-        return self.attempted == self.published + sum(self.dropped.values()) + self.delivery_failed
+        return self.in_flight == 0 and self.attempted == (
+            self.published + sum(self.dropped.values()) + self.delivery_failed)
 
 
 class MirrorMetrics:
-    """One model's counters. ``dropped(reason)`` counts one drop."""
+    """One mirror's counts. Thread-safe; the hot-path methods take one uncontended lock."""
 
-    def __init__(self, registry: CollectorRegistry, model: str) -> None:
-        fam = _Families.of(registry)
-        self._registry = registry
+    def __init__(self, model: str, in_flight: Callable[[], int]) -> None:
         self.model = model
-        self.attempted = fam.attempted.labels(model)
-        self.published = fam.published.labels(model)
-        self.delivery_failed = fam.delivery_failed.labels(model)
-        self.sampled_out = fam.sampled_out.labels(model)
-        self.publish_seconds = fam.publish_seconds.labels(model)
-        self._dropped = {r: fam.dropped.labels(model, r) for r in DROP_REASONS}
+        self._in_flight = in_flight
+        self._lock = threading.Lock()
+        self.attempted = 0
+        self.enqueued = 0
+        self.delivery_failed = 0
+        self.sampled_out = 0
+        self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.buckets = [0] * (len(PUBLISH_BUCKETS) + 1)
+        self.seconds_sum = 0.0
+
+    def sampled(self) -> None:
+        with self._lock:
+            self.sampled_out += 1
+
+    def attempt(self) -> None:
+        with self._lock:
+            self.attempted += 1
+
+    def enqueue(self) -> None:
+        with self._lock:
+            self.enqueued += 1
 
     def dropped(self, reason: str) -> None:
-        self._dropped[reason].inc()
+        with self._lock:
+            self.dropped_by[reason] += 1
+
+    def failed(self) -> None:
+        with self._lock:
+            self.delivery_failed += 1
+
+    def enqueued_one(self, seconds: float) -> None:
+        """The common case in one lock round trip: attempted, enqueued, and its duration."""
+        with self._lock:
+            self.attempted += 1
+            self.enqueued += 1
+            self.buckets[bisect.bisect_left(PUBLISH_BUCKETS, seconds)] += 1
+            self.seconds_sum += seconds
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self.buckets[bisect.bisect_left(PUBLISH_BUCKETS, seconds)] += 1
+            self.seconds_sum += seconds
 
     def snapshot(self) -> MirrorCounts:
-        def get(name: str, **labels: str) -> int:
-            v = self._registry.get_sample_value(name, {"model": self.model, **labels})
-            return int(v or 0)
+        queued = self._in_flight()
+        with self._lock:
+            # librdkafka's queue length also counts its own requests (InitProducerId while no
+            # broker answers): events in flight are at most those not yet failed.
+            in_flight = min(queued, self.enqueued - self.delivery_failed)
+            return MirrorCounts(
+                attempted=self.attempted,
+                published=max(0, self.enqueued - self.delivery_failed - in_flight),
+                dropped={r: n for r, n in self.dropped_by.items() if n},
+                delivery_failed=self.delivery_failed,
+                sampled_out=self.sampled_out,
+                in_flight=in_flight,
+            )
 
-        dropped = {r: get("shadow_mirror_dropped_total", reason=r) for r in DROP_REASONS}
-        return MirrorCounts(
-            attempted=get("shadow_mirror_attempted_total"),
-            published=get("shadow_mirror_published_total"),
-            dropped={r: n for r, n in dropped.items() if n},
-            delivery_failed=get("shadow_mirror_delivery_failed_total"),
-            sampled_out=get("shadow_mirror_sampled_out_total"),
-        )
+
+class _MirrorCollector(Collector):
+    """Renders every live mirror of one registry, summed by model."""
+
+    def __init__(self) -> None:
+        self.mirrors: weakref.WeakSet[MirrorMetrics] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        attempted = CounterMetricFamily("shadow_mirror_attempted",
+                                        "Requests publish() tried to mirror (after sampling)",
+                                        labels=["model"])
+        published = CounterMetricFamily("shadow_mirror_published",
+                                        "Events Kafka acknowledged", labels=["model"])
+        dropped = CounterMetricFamily("shadow_mirror_dropped",
+                                      "Events dropped before Kafka, by reason",
+                                      labels=["model", "reason"])
+        failed = CounterMetricFamily("shadow_mirror_delivery_failed",
+                                     "Events Kafka did not acknowledge in time", labels=["model"])
+        sampled = CounterMetricFamily("shadow_mirror_sampled_out",
+                                      "Requests left out by the sample rate", labels=["model"])
+        seconds = HistogramMetricFamily("shadow_mirror_publish_seconds",
+                                        "Time spent in publish()", labels=["model"])
+        by_model: dict[str, list[MirrorMetrics]] = {}
+        for m in list(self.mirrors):
+            by_model.setdefault(m.model, []).append(m)
+        for model, ms in sorted(by_model.items()):
+            snaps = [m.snapshot() for m in ms]
+            attempted.add_metric([model], sum(s.attempted for s in snaps))
+            published.add_metric([model], sum(s.published for s in snaps))
+            failed.add_metric([model], sum(s.delivery_failed for s in snaps))
+            sampled.add_metric([model], sum(s.sampled_out for s in snaps))
+            for reason in DROP_REASONS:
+                dropped.add_metric([model, reason], sum(m.dropped_by[reason] for m in ms))
+            counts = [sum(m.buckets[i] for m in ms) for i in range(len(PUBLISH_BUCKETS) + 1)]
+            cumulative, total = [], 0
+            for bound, n in zip([*map(str, PUBLISH_BUCKETS), "+Inf"], counts, strict=True):
+                total += n
+                cumulative.append((bound, total))
+            seconds.add_metric([model], cumulative, sum(m.seconds_sum for m in ms))
+        yield from (attempted, published, dropped, failed, sampled, seconds)
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, _MirrorCollector] = (
+    weakref.WeakKeyDictionary())
+_collectors_lock = threading.Lock()
+
+
+def register(registry: CollectorRegistry, metrics: MirrorMetrics) -> None:
+    """Expose ``metrics`` in ``registry`` (one collector per registry, shared by mirrors)."""
+    with _collectors_lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _collectors[registry] = _MirrorCollector()
+            registry.register(collector)
+        collector.mirrors.add(metrics)

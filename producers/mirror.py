@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from producers.config import MirrorConfig
-from producers.metrics import MirrorMetrics
+from producers.metrics import MirrorMetrics, register
 from producers.sampling import sample_threshold, sampled
 
 log = logging.getLogger("shadowstream.mirror")
@@ -28,6 +28,7 @@ log = logging.getLogger("shadowstream.mirror")
 SCHEMA = "mirror.request/1"
 _SCHEMA_HEADER = ("schema", SCHEMA.encode())
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_ALL = 2**64  # sample threshold of rate 1.0
 
 
 class _RateLimitedLog:
@@ -57,14 +58,25 @@ class Mirror:
 
     def __init__(self, config: MirrorConfig, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
-        self.metrics = MirrorMetrics(registry, config.model)
+        self._producer: Producer | None = None
+        self.metrics = MirrorMetrics(config.model, self.pending)
+        register(registry, self.metrics)
+        # Hot-path settings, read once.
+        self._topic = config.topic
+        self._model = config.model
+        self._live_version = config.live_version
+        self._max_bytes = config.max_event_bytes
+        self._pii = config.pii if config.pii.rules else None
         self._threshold = sample_threshold(config.sample_rate)
         self._model_header = ("model", config.model.encode())
         self._log = _RateLimitedLog(config.log_interval_s)
         self._paused_until = 0.0
         self._closed = False
         # librdkafka's own log lines go to Python logging, never straight to the service's stderr.
+        # Delivery reports only for failures: a Python callback per acknowledged event would
+        # cost more than the rest of publish() together (see producers/metrics.py).
         self._producer = Producer({**config.producer_config(), "error_cb": self._on_error,
+                                   "delivery.report.only.error": True,
                                    "logger": logging.getLogger("shadowstream.mirror.kafka")})
         self._stop = threading.Event()
         # Delivery reports must run even when the service publishes nothing for a while.
@@ -93,74 +105,69 @@ class Mirror:
         """
         t0 = time.perf_counter()
         try:
-            return self._publish(request_id, inputs, output, latency_ms, error, ts,
-                                 segment, tenant, trace_id)
-        except Exception as exc:
-            self._drop("internal", f"{type(exc).__name__}: {exc}")
-            return False
-        finally:
-            self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+            if not isinstance(request_id, str) or not request_id:
+                self._fail("invalid",
+                           f"request_id must be a non-empty string, got {request_id!r}", t0)
+                return False
+            if self._threshold < _ALL and not sampled(request_id, self._threshold):
+                self.metrics.sampled()
+                return False
+            if self._closed:
+                self._fail("closed", "publish() after close()", t0)
+                return False
+            if self._paused_until and time.monotonic() < self._paused_until:
+                self._fail("paused", "queue was full; shedding load", t0)
+                return False
 
-    def _publish(self, request_id: str, inputs: Mapping[str, Any], output: Any,
-                 latency_ms: float, error: str | None, ts: int | None, segment: str | None,
-                 tenant: str | None, trace_id: str | None) -> bool:
-        if not isinstance(request_id, str) or not request_id:
-            self.metrics.attempted.inc()
-            self._drop("invalid", f"request_id must be a non-empty string, got {request_id!r}")
-            return False
-        if not sampled(request_id, self._threshold):
-            self.metrics.sampled_out.inc()
-            return False
-        self.metrics.attempted.inc()
-        if self._closed:
-            self._drop("closed", "publish() after close()")
-            return False
-        if self._paused_until and time.monotonic() < self._paused_until:
-            self._drop("paused", "queue was full; shedding load")
-            return False
+            live: dict[str, Any] = {"version": self._live_version, "latency_ms": latency_ms}
+            if output is not None:
+                live["output"] = self._output(output)
+            if error is not None:
+                live["error"] = error
+            doc: dict[str, Any] = {
+                "schema": SCHEMA,
+                "request_id": request_id,
+                "model": self._model,
+                "ts": ts if ts is not None else time.time_ns() // 1_000_000,
+                "inputs": inputs if type(inputs) is dict else dict(inputs),
+                "live": live,
+            }
+            if segment is not None or tenant is not None or trace_id is not None:
+                doc["attrs"] = {k: v for k, v in (("segment", segment), ("tenant", tenant),
+                                                  ("trace_id", trace_id)) if v is not None}
+            try:
+                value = orjson.dumps(doc, option=_DUMPS_OPTIONS)
+                if self._pii is not None:
+                    # A deep copy through JSON: the policy never touches the caller's objects.
+                    value = orjson.dumps(self._pii.apply(orjson.loads(value)))
+            except TypeError as exc:
+                self._fail("serialization", str(exc), t0)
+                return False
+            if len(value) > self._max_bytes:
+                self._fail("too_large", f"{len(value)} bytes > max_event_bytes", t0)
+                return False
 
-        live: dict[str, Any] = {"version": self.config.live_version, "latency_ms": latency_ms}
-        if output is not None:
-            live["output"] = self._output(output)
-        if error is not None:
-            live["error"] = error
-        doc: dict[str, Any] = {
-            "schema": SCHEMA,
-            "request_id": request_id,
-            "model": self.config.model,
-            "ts": ts if ts is not None else time.time_ns() // 1_000_000,
-            "inputs": dict(inputs),
-            "live": live,
-        }
-        if segment is not None or tenant is not None or trace_id is not None:
-            doc["attrs"] = {k: v for k, v in (("segment", segment), ("tenant", tenant),
-                                              ("trace_id", trace_id)) if v is not None}
-        if self.config.pii.rules:
-            self.config.pii.apply(doc)
-        try:
-            value = orjson.dumps(doc, option=_DUMPS_OPTIONS)
-        except TypeError as exc:
-            self._drop("serialization", str(exc))
-            return False
-        if len(value) > self.config.max_event_bytes:
-            self._drop("too_large", f"{len(value)} bytes > max_event_bytes")
-            return False
-
-        headers = [_SCHEMA_HEADER, self._model_header]
-        if trace_id is not None:
-            headers.append(("trace_id", trace_id.encode()))
-        try:
-            self._producer.produce(self.config.topic, value, request_id.encode(),
-                                   headers=headers, on_delivery=self._on_delivery)
-        except BufferError:
-            self._queue_full()
-            return False
-        except KafkaException as exc:
-            self._drop("produce_error", str(exc.args[0]))
-            return False
-        finally:
+            headers = [_SCHEMA_HEADER, self._model_header]
+            if trace_id is not None:
+                headers.append(("trace_id", trace_id.encode()))
+            try:
+                self._producer.produce(self._topic, value, request_id.encode(),
+                                       headers=headers, on_delivery=self._on_delivery)
+            except BufferError:
+                if self.config.drop_policy == "pause":
+                    self._paused_until = time.monotonic() + self.config.pause_ms / 1000
+                self._fail("queue_full", "the local queue for Kafka is full", t0)
+                return False
+            except KafkaException as exc:
+                self._fail("produce_error", str(exc.args[0]), t0)
+                return False
+            # Counted before poll(0) can report this event's failure.
+            self.metrics.enqueued_one(time.perf_counter() - t0)
             self._producer.poll(0)
-        return True
+            return True
+        except Exception as exc:  # nothing may reach the caller
+            self._fail("internal", f"{type(exc).__name__}: {exc}", t0)
+            return False
 
     def _output(self, output: Any) -> dict[str, Any]:
         if isinstance(output, Mapping):
@@ -173,23 +180,17 @@ class Mirror:
 
     def count_failure(self, reason: str, message: str) -> None:
         """Count a request that failed before publish() could take it (capture helpers)."""
-        self.metrics.attempted.inc()
-        self._drop(reason, message)
-
-    def _drop(self, reason: str, message: str) -> None:
+        self.metrics.attempt()
         self.metrics.dropped(reason)
         self._log.warn(reason, message)
 
-    def _queue_full(self) -> None:
-        if self.config.drop_policy == "pause":
-            self._paused_until = time.monotonic() + self.config.pause_ms / 1000
-        self._drop("queue_full", "the local queue for Kafka is full")
+    def _fail(self, reason: str, message: str, t0: float) -> None:
+        self.count_failure(reason, message)
+        self.metrics.observe(time.perf_counter() - t0)
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is None:
-            self.metrics.published.inc()
-        else:
-            self.metrics.delivery_failed.inc()
+        if err is not None:  # only failures are reported (delivery.report.only.error)
+            self.metrics.failed()
             self._log.warn("delivery_failed", err.str())
 
     def _on_error(self, err: KafkaError) -> None:
@@ -206,7 +207,7 @@ class Mirror:
 
     def pending(self) -> int:
         """Events queued or in flight, not yet published or failed."""
-        return len(self._producer)
+        return len(self._producer) if self._producer is not None else 0
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Wait up to ``timeout_s`` for outstanding events; returns how many are still out."""

@@ -144,6 +144,75 @@ def topics_create(partitions: int | None) -> None:
         console.print(f"{spec.name:24} {spec.partitions:4} partitions  {how}")
 
 
+# -- traffic ----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--rate", type=click.FloatRange(min=0.1), required=True,
+              help="Requests per second.")
+@click.option("--duration", type=click.FloatRange(min=0.1), required=True, help="Seconds to run.")
+@click.option("--model", default="fraud-scorer", show_default=True, help="Model name.")
+@click.option("--shift-at", type=click.FloatRange(min=0), default=None,
+              help="Seconds after which the input distribution shifts (drift).")
+@click.option("--disagree", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fraction of live answers made to differ from what the model computes.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed: same seed, same requests and answers.")
+@click.option("--truth", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write each request's ground truth (disagree, shifted) as JSON lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def traffic(rate: float, duration: float, model: str, shift_at: float | None, disagree: float,
+            seed: int, truth: str | None, as_json: bool) -> None:
+    """Run a synthetic service with a small torch model and mirror its requests.
+
+    Each request is answered by the live model and published to <prefix>.requests through the
+    mirror client, paced at --rate. Shows its rate while it runs.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from producers import Mirror, MirrorConfig
+    from producers.traffic import TrafficService, TrafficSpec
+    from shadow.stack import resolve_endpoints
+
+    s = _settings()
+    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    extra = {k: v for k, v in s.confluent_config(bootstrap).items() if k != "bootstrap.servers"}
+    config = MirrorConfig(bootstrap=bootstrap, model=model, topic=s.topic("requests"),
+                          live_version="live-v1", output_kind="probs", kafka=extra)
+    mirror = Mirror(config, CollectorRegistry())
+    service = TrafficService(mirror, TrafficSpec(model, seed, disagree), keep_truth=bool(truth))
+
+    def show(st) -> None:
+        if not as_json:
+            err_console.print(f"{st.seconds:6.1f}s  sent {st.sent:8d}  {st.rate:8.0f} req/s  "
+                              f"disagreed {st.disagreed}  shifted {st.shifted}", highlight=False)
+
+    try:
+        service.run(rate, duration, shift_at, on_tick=show)
+    finally:
+        left = mirror.close(timeout_s=30)
+    st, counts = service.stats, mirror.metrics.snapshot()
+    if truth:
+        with open(truth, "wb") as fh:
+            for rid, dis, shifted in st.truth:
+                fh.write(orjson.dumps({"request_id": rid, "disagree": dis, "shifted": shifted}))
+                fh.write(b"\n")
+    summary = {
+        "model": model, "seed": seed, "sent": st.sent, "seconds": round(st.seconds, 3),
+        "rate": round(st.rate, 1), "disagreed": st.disagreed, "shifted": st.shifted,
+        "first_shifted_index": st.first_shifted_index,
+        "published": counts.published, "dropped": counts.dropped,
+        "delivery_failed": counts.delivery_failed, "undelivered_at_close": left,
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        for key, value in summary.items():
+            console.print(f"{key:20} {value}", highlight=False)
+    if counts.published != st.sent:
+        raise ShadowstreamError(f"{st.sent - counts.published} of {st.sent} requests were not "
+                                "delivered to Kafka (see dropped / delivery_failed)")
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 @main.command()

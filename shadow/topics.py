@@ -6,6 +6,7 @@ with the Kafka admin client.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -99,4 +100,18 @@ def create_topics(
     if raced:
         # Someone created it between our look and our create: it must still agree with us.
         plan_topics([s for s in specs if s.name in raced], existing_partitions(admin))
-    return plan
+    _await_visible(admin, [s.name for s in plan.create], timeout_s)
+    return TopicPlan(create=[s for s in plan.create if s.name not in raced],
+                     existing=plan.existing + raced)
+
+
+def _await_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once the metadata shows every topic: only then can clients use them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = set(names) - set(existing_partitions(admin))
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise ShadowstreamError(f"topics not visible after {timeout_s:.0f}s: {sorted(missing)}")
+        time.sleep(0.1)

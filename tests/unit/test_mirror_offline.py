@@ -92,3 +92,32 @@ def test_two_mirrors_share_a_registry_by_model_label() -> None:
 def test_config_is_validated(policy: str) -> None:
     with pytest.raises(ValueError):
         MirrorConfig(bootstrap="x:1", model="m", sample_rate=2.0, drop_policy=policy)
+
+
+def test_counts_are_exposed_in_the_callers_registry() -> None:
+    from prometheus_client import generate_latest
+
+    reg = CollectorRegistry()
+    m = Mirror(MirrorConfig(bootstrap=f"127.0.0.1:{free_port()}", model="fraud"), reg)
+    m.publish("", {})
+    m.publish("r1", {"a": object()})
+    m.publish("r2", {"a": 1})
+    text = generate_latest(reg).decode()
+    assert 'shadow_mirror_attempted_total{model="fraud"} 3.0' in text
+    assert 'shadow_mirror_dropped_total{model="fraud",reason="invalid"} 1.0' in text
+    assert 'shadow_mirror_dropped_total{model="fraud",reason="serialization"} 1.0' in text
+    assert 'shadow_mirror_publish_seconds_count{model="fraud"} 3.0' in text
+    assert reg.get_sample_value("shadow_mirror_published_total", {"model": "fraud"}) == 0
+    m.close(timeout_s=0)
+    assert reg.get_sample_value("shadow_mirror_delivery_failed_total", {"model": "fraud"}) == 1
+
+
+def test_pii_policy_never_touches_the_callers_objects() -> None:
+    from producers import PiiPolicy
+
+    m = _mirror(pii=PiiPolicy({"inputs.user.email": "hash", "inputs.ssn": "drop"},
+                              key=b"k" * 16))
+    inputs = {"user": {"email": "a@b.c"}, "ssn": "1", "amount": 2}
+    assert m.publish("r1", inputs)
+    assert inputs == {"user": {"email": "a@b.c"}, "ssn": "1", "amount": 2}
+    m.close(timeout_s=0)
