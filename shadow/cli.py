@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from importlib.metadata import version
@@ -43,12 +44,18 @@ def _print_json(obj: Any) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("shadowstream"), prog_name="shadowstream")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show the Kafka clients' warnings.")
+def main(verbose: bool) -> None:
     """shadowstream: shadow-test candidate ML models on mirrored production traffic.
 
     Settings come from SHADOW_* environment variables or ./shadow.toml
     (SHADOW_KAFKA_BOOTSTRAP, SHADOW_REDIS_URL, SHADOW_TOPIC_PREFIX, ...).
     """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # librdkafka warns about transient states (a broker still loading its coordinator,
+        # a reconnect) that it retries by itself; errors still show.
+        logging.getLogger("shadowstream.kafka").setLevel(logging.ERROR)
 
 
 # -- stack ------------------------------------------------------------------------------------
