@@ -12,6 +12,10 @@ DropPolicy = Literal["drop", "pause"]
 Compression = Literal["lz4", "zstd"]
 OutputKind = Literal["scalar", "vector", "probs", "scores", "embedding"]
 
+# murmur2 is the Java client's partitioner: every producer of the pipeline, whatever its
+# language or library, sends a request id to the same partition.
+PARTITIONER = "murmur2_random"
+
 
 class MirrorConfig(BaseModel):
     """How a service mirrors its requests. Only ``bootstrap`` and ``model`` are required."""
@@ -55,7 +59,7 @@ class MirrorConfig(BaseModel):
         return {
             **self.kafka,
             "bootstrap.servers": self.bootstrap,
-            "partitioner": "murmur2_random",
+            "partitioner": PARTITIONER,
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": self.compression,

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,7 +57,12 @@ class Mirror:
 
     def __init__(self, config: MirrorConfig, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
-        self._producer: Producer | None = None
+        # librdkafka's own log lines go to Python logging, never straight to the service's stderr.
+        # Delivery reports only for failures: a Python callback per acknowledged event would
+        # cost more than the rest of publish() together (see producers/metrics.py).
+        self._producer = Producer({**config.producer_config(), "error_cb": self._on_error,
+                                   "delivery.report.only.error": True,
+                                   "logger": logging.getLogger("shadowstream.mirror.kafka")})
         self.metrics = MirrorMetrics(config.model, self.pending)
         register(registry, self.metrics)
         # Hot-path settings, read once.
@@ -72,12 +76,6 @@ class Mirror:
         self._log = _RateLimitedLog(config.log_interval_s)
         self._paused_until = 0.0
         self._closed = False
-        # librdkafka's own log lines go to Python logging, never straight to the service's stderr.
-        # Delivery reports only for failures: a Python callback per acknowledged event would
-        # cost more than the rest of publish() together (see producers/metrics.py).
-        self._producer = Producer({**config.producer_config(), "error_cb": self._on_error,
-                                   "delivery.report.only.error": True,
-                                   "logger": logging.getLogger("shadowstream.mirror.kafka")})
         self._stop = threading.Event()
         # Delivery reports must run even when the service publishes nothing for a while.
         self._poller = threading.Thread(target=self._poll_loop, name="mirror-poll", daemon=True)
@@ -207,7 +205,7 @@ class Mirror:
 
     def pending(self) -> int:
         """Events queued or in flight, not yet published or failed."""
-        return len(self._producer) if self._producer is not None else 0
+        return len(self._producer)
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Wait up to ``timeout_s`` for outstanding events; returns how many are still out."""
@@ -264,6 +262,3 @@ class AsyncMirror:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex

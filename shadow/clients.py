@@ -9,11 +9,9 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from producers.config import PARTITIONER
 from shadow.settings import Settings
 
-# murmur2 is the Java client's partitioner: every producer of the pipeline, whatever its
-# language or library, sends a request id to the same partition.
-PARTITIONER = "murmur2_random"
 # librdkafka logs through Python logging, not straight to stderr.
 KAFKA_LOG = logging.getLogger("shadowstream.kafka")
 
