@@ -109,8 +109,15 @@ def server_properties(layout: KafkaLayout, port: int, controller_port: int) -> s
 
 
 def cluster_id() -> str:
-    """A Kafka cluster id: a random UUID in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: a random UUID in URL-safe base64 without padding.
+
+    Like Kafka's own Uuid.randomUuid, it never starts with "-": the storage tool's
+    argument parser would read such an id as an option (a cold CI run hit that, 1 in 64).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def _java_cmd(libs: Path, layout: KafkaLayout, main: str, *args: str) -> list[str]:
@@ -141,7 +148,7 @@ def start(
     if not (layout.data / "meta.properties").exists():
         shutil.rmtree(layout.data, ignore_errors=True)
         fmt = _java_cmd(libs, layout, "kafka.tools.StorageTool",
-                        "format", "-t", cluster_id(), "-c", str(layout.config))
+                        "format", f"--cluster-id={cluster_id()}", "-c", str(layout.config))
         result = subprocess.run(fmt, capture_output=True, text=True)
         if result.returncode != 0:
             raise ServerStartError("kafka", "formatting storage failed", layout.log,
