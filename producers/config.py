@@ -35,11 +35,12 @@ class MirrorConfig(BaseModel):
     """Fraction of requests mirrored, decided from a hash of the request id."""
     pii: PiiPolicy = Field(default_factory=PiiPolicy)
     drop_policy: DropPolicy = "drop"
-    """When the local queue is full: drop the event ("drop"), or drop everything for
-    ``pause_ms`` so the queue drains ("pause")."""
+    """When the buffer is full: drop the new event ("drop"), or drop everything for
+    ``pause_ms`` so that Kafka can catch up ("pause")."""
     pause_ms: int = Field(1000, ge=1)
     max_queue_messages: int = Field(100_000, ge=1)
-    """Bound on events waiting in memory for Kafka."""
+    """Bound on events waiting in memory: publish()'s hand-off buffer holds at most this
+    many, and librdkafka's queue as many again."""
     max_queue_kbytes: int = Field(64 * 1024, ge=1)
     """Bound on the memory they take (KiB)."""
     max_event_bytes: int = Field(1_000_000, ge=256)

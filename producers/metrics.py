@@ -4,7 +4,12 @@ publish() takes a few microseconds, so its counts are plain integers under one l
 metrics are rendered from them at scrape time by a collector (prometheus-client's own
 counters and histograms lock per update and would double the cost of a call). Delivery is
 reported by librdkafka only for failures, so ``published`` is derived:
-``enqueued - delivery_failed - in flight``, exact once delivery settles.
+``enqueued - failed in Kafka - in librdkafka's queue``, exact once delivery settles.
+
+An event's path: publish() accepts it into the hand-off buffer (attempted), the shipper
+handles it (enqueued into librdkafka, or dropped for serialization/size), librdkafka
+delivers it (published) or gives up (delivery_failed). Events still in the buffer at close()
+count as delivery_failed too.
 """
 
 from __future__ import annotations
@@ -42,15 +47,18 @@ class MirrorCounts:
 
 
 class MirrorMetrics:
-    """One mirror's counts. Thread-safe; the hot-path methods take one uncontended lock."""
+    """One mirror's counts. Thread-safe; each method takes one uncontended lock."""
 
-    def __init__(self, model: str, in_flight: Callable[[], int]) -> None:
+    def __init__(self, model: str, kafka_queue: Callable[[], int]) -> None:
         self.model = model
-        self._in_flight = in_flight
+        self._kafka_queue = kafka_queue
         self._lock = threading.Lock()
         self.attempted = 0
-        self.enqueued = 0
-        self.delivery_failed = 0
+        self.accepted = 0  # into the hand-off buffer
+        self.handled = 0  # taken out of it by the shipper (or counted unsent at close)
+        self.enqueued = 0  # into librdkafka
+        self.kafka_failed = 0
+        self.never_sent = 0
         self.sampled_out = 0
         self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.buckets = [0] * (len(PUBLISH_BUCKETS) + 1)
@@ -64,25 +72,35 @@ class MirrorMetrics:
         with self._lock:
             self.attempted += 1
 
-    def enqueue(self) -> None:
-        with self._lock:
-            self.enqueued += 1
-
     def dropped(self, reason: str) -> None:
         with self._lock:
             self.dropped_by[reason] += 1
 
     def failed(self) -> None:
+        """librdkafka gave up on an enqueued event."""
         with self._lock:
-            self.delivery_failed += 1
+            self.kafka_failed += 1
 
-    def enqueued_one(self, seconds: float) -> None:
-        """The common case in one lock round trip: attempted, enqueued, and its duration."""
+    def accepted_one(self, seconds: float) -> None:
+        """publish()'s common case in one lock round trip: attempted, accepted, duration."""
         with self._lock:
             self.attempted += 1
-            self.enqueued += 1
+            self.accepted += 1
             self.buckets[bisect.bisect_left(PUBLISH_BUCKETS, seconds)] += 1
             self.seconds_sum += seconds
+
+    def shipped(self, handled: int, enqueued: int) -> None:
+        """The shipper took ``handled`` events from the buffer, ``enqueued`` of them into
+        librdkafka (the others were counted as dropped)."""
+        with self._lock:
+            self.handled += handled
+            self.enqueued += enqueued
+
+    def unsent(self, n: int) -> None:
+        """Events left in the buffer at close(): they count as delivery_failed."""
+        with self._lock:
+            self.handled += n
+            self.never_sent += n
 
     def observe(self, seconds: float) -> None:
         with self._lock:
@@ -90,18 +108,18 @@ class MirrorMetrics:
             self.seconds_sum += seconds
 
     def snapshot(self) -> MirrorCounts:
-        queued = self._in_flight()
+        queued = self._kafka_queue()
         with self._lock:
             # librdkafka's queue length also counts its own requests (InitProducerId while no
-            # broker answers): events in flight are at most those not yet failed.
-            in_flight = min(queued, self.enqueued - self.delivery_failed)
+            # broker answers): events in it are at most those enqueued and not yet failed.
+            in_kafka = min(queued, self.enqueued - self.kafka_failed)
             return MirrorCounts(
                 attempted=self.attempted,
-                published=max(0, self.enqueued - self.delivery_failed - in_flight),
+                published=max(0, self.enqueued - self.kafka_failed - in_kafka),
                 dropped={r: n for r, n in self.dropped_by.items() if n},
-                delivery_failed=self.delivery_failed,
+                delivery_failed=self.kafka_failed + self.never_sent,
                 sampled_out=self.sampled_out,
-                in_flight=in_flight,
+                in_flight=self.accepted - self.handled + in_kafka,
             )
 
 
