@@ -50,12 +50,25 @@ def build_model(seed: int = 0) -> FraudModel:
     return model.eval()
 
 
+# The model's declared interface (shadow.models.ModelCard): the worker builds the very same
+# features from an event's inputs. Loadable as `--candidate producers.traffic:build_model`.
+MODEL_CARD: dict[str, Any] = {
+    "features": [
+        {"field": "amount", "transform": "log1p", "scale": 0.2},
+        {"field": "hour", "scale": 1 / 23},
+        {"field": "country", "one_hot": list(COUNTRIES)},
+        {"field": "history", "size": 3},
+    ],
+    "output": "probs",
+}
+
+
 def featurize(inputs: dict[str, Any]) -> list[float]:
-    """Inputs -> the model's eight features (the same mapping the worker uses)."""
+    """Inputs -> the model's eight features (MODEL_CARD says the same to the worker)."""
     country = inputs["country"]
     return [
-        math.log1p(inputs["amount"]) / 5,
-        inputs["hour"] / 23,
+        math.log1p(inputs["amount"]) * 0.2,
+        inputs["hour"] * (1 / 23),
         *(1.0 if country == c else 0.0 for c in COUNTRIES),
         *inputs["history"],
     ]

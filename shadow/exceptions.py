@@ -8,6 +8,7 @@ from schemas.exceptions import ShadowstreamError
 
 __all__ = [
     "MissingToolError",
+    "ModelLoadError",
     "ServerStartError",
     "ShadowstreamError",
     "StackNotRunningError",
@@ -53,3 +54,12 @@ class TopicMismatchError(ShadowstreamError):
             "partition count (Kafka cannot reduce partitions): pass --partitions with the "
             "existing count, or delete the topics, or use another SHADOW_TOPIC_PREFIX."
         )
+
+
+class ModelLoadError(ShadowstreamError):
+    """A candidate model (or its weights, card or adapter) cannot be loaded."""
+
+    def __init__(self, source: str | Path, reason: str) -> None:
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"cannot load {self.source}: {reason}")
