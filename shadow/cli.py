@@ -6,12 +6,14 @@ import logging
 import sys
 import time
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from shadow.exceptions import ShadowstreamError
 from shadow.settings import Settings
@@ -27,7 +29,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ShadowstreamError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            # One line, never wrapped, and the message is never read as rich markup.
+            err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)),
+                              soft_wrap=True, highlight=False)
             sys.exit(1)
 
 
@@ -218,6 +222,70 @@ def traffic(rate: float, duration: float, model: str, shift_at: float | None, di
     if counts.published != st.sent:
         raise ShadowstreamError(f"{st.sent - counts.published} of {st.sent} requests were not "
                                 "delivered to Kafka (see dropped / delivery_failed)")
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--candidate", required=True, metavar="MODEL",
+              help="TorchScript file (.pt), torch.export archive (.pt2), or "
+                   "package.module:factory returning an nn.Module.")
+@click.option("--candidate-id", required=True, metavar="ID",
+              help="Name of the candidate in its answers; also names its consumer group.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="State dict for a factory: .pt (loaded with "
+                                 "weights_only=True) or .safetensors.")
+@click.option("--card", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Model card (TOML or JSON): features in, output kind out. "
+                                 "Default: MODEL.card.toml, or MODEL_CARD beside the factory.")
+@click.option("--adapter", default=None, metavar="package.module:name",
+              help="Custom pre/post-processing (shadow.models.Adapter) instead of a card.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--max-batch", type=click.IntRange(1, 65536), default=64, show_default=True,
+              help="A batch goes to the model when it has this many requests...")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="...or when this long has passed since the first.")
+@click.option("--group", default=None,
+              help="Consumer group (default <prefix>.shadow.<candidate-id>).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port.")
+@click.option("--session-timeout-ms", type=click.IntRange(1000), default=10_000,
+              show_default=True, help="How soon the group hands a dead worker's partitions "
+                                      "to the others.")
+def worker(candidate: str, candidate_id: str, weights: Path | None, card: Path | None,
+           adapter: str | None, device: str, dtype: str, max_batch: int, max_wait_ms: float,
+           group: str | None, metrics_port: int | None, session_timeout_ms: int) -> None:
+    """Run a candidate model on mirrored requests and publish its answers.
+
+    Consumes <prefix>.requests in its own consumer group (several candidates shadow the same
+    traffic side by side; several workers of one candidate split the partitions) and writes
+    one ShadowOutput per request to <prefix>.outputs. Undecodable requests go to
+    <prefix>.deadletter. SIGTERM or Ctrl-C drains, delivers and commits, then exits.
+    """
+    from shadow.engine import InferenceEngine
+    from shadow.models import load_candidate
+    from shadow.stack import resolve_endpoints
+    from shadow.worker import ShadowWorker, WorkerConfig
+
+    logging.getLogger("shadowstream.worker").setLevel(logging.INFO)
+    s = _settings()
+    loaded = load_candidate(candidate, weights=weights, card=card, adapter=adapter)
+    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    config = WorkerConfig(candidate_id=candidate_id, device=device, dtype=dtype,
+                          max_batch=max_batch, max_wait_ms=max_wait_ms, group=group,
+                          metrics_port=metrics_port, session_timeout_ms=session_timeout_ms)
+    engine = InferenceEngine(loaded, device=device, dtype=dtype, max_batch=max_batch)
+    shadow_worker = ShadowWorker(s, bootstrap, config, engine)
+    shadow_worker.install_signal_handlers()
+    err_console.print(f"worker {candidate_id}: {candidate} on {engine.device} ({dtype}), "
+                      f"group {config.group_id(s)}, max batch {max_batch}, "
+                      f"max wait {max_wait_ms} ms", highlight=False)
+    stats = shadow_worker.run()
+    err_console.print(f"worker {candidate_id}: stopped after {stats.answered} answered, "
+                      f"{stats.errors} errors, {stats.dead_lettered} dead-lettered",
+                      highlight=False)
 
 
 # -- demo -------------------------------------------------------------------------------------

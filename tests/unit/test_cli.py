@@ -57,3 +57,14 @@ def test_no_stack_running_is_explained(tmp_path: Path, monkeypatch: pytest.Monke
     result = CliRunner().invoke(main, ["topics", "create"])
     assert result.exit_code == 1
     assert "run `shadow stack up`, or set SHADOW_KAFKA_BOOTSTRAP" in result.output
+
+
+def test_a_model_that_cannot_load_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a zip archive")
+    result = CliRunner().invoke(main, ["worker", "--candidate", str(bad), "--candidate-id", "x",
+                                       "--device", "cpu"])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert line.startswith("error: cannot load") and "broken.pt" in line
+    assert "not a TorchScript archive" in line and "Traceback" not in result.output

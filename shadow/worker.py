@@ -1,0 +1,368 @@
+"""The shadow worker: mirrored requests in, one ShadowOutput per request out, at least once.
+
+The loop, on one thread, with inference on a second so that the two overlap::
+
+    consume up to max_batch (waits at most max_wait)      <- librdkafka's batching
+    decode + validate; what fails goes to dead-letter
+    prepare batch N+1 (collate; on CUDA, copy on a side stream)
+    finish batch N: its answers -> <prefix>.outputs, each to its request's partition
+    start batch N+1 on the inference thread
+    every commit interval: flush the producer, then commit what it delivered
+
+Offsets move only past requests whose output (or dead-letter record) was produced, and are
+committed only after the producer has flushed them. A crash therefore loses nothing; what was
+processed after the last commit is processed again (the join drops the duplicates). A delivery
+that fails for good stops the worker without committing, for the same reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.codec import decode
+from schemas.exceptions import ContractError
+from schemas.records import DeadLetter, MirroredRequest
+from shadow import clients
+from shadow.engine import Answer, Dtype, ErrorKind, InferenceEngine, Prepared
+from shadow.exceptions import ShadowstreamError, TopicMismatchError
+from shadow.settings import Settings
+
+log = logging.getLogger("shadowstream.worker")
+
+OUTPUT_SCHEMA = "shadow.output/1"
+_PROGRESS_EVERY_S = 10.0
+
+
+class WorkerError(ShadowstreamError):
+    """The worker cannot go on (a delivery failed for good, a fatal Kafka error)."""
+
+
+class WorkerConfig(BaseModel):
+    """How one worker runs one candidate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    candidate_id: str = Field(min_length=1, max_length=256)
+    """The name the candidate's answers carry; also names its consumer group."""
+    device: str = "auto"
+    dtype: Dtype = "fp32"
+    max_batch: int = Field(64, ge=1, le=65536)
+    max_wait_ms: float = Field(10.0, ge=0)
+    """A batch goes to the model when it is full or when this long has passed."""
+    group: str | None = None
+    """Consumer group; default ``<prefix>.shadow.<candidate_id>``, one per candidate."""
+    commit_interval_s: float = Field(1.0, gt=0)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    """How soon the group notices a dead worker and hands its partitions to the others."""
+    flush_timeout_s: float = Field(60.0, gt=0)
+    metrics_port: int | None = None
+
+    def group_id(self, settings: Settings) -> str:
+        return self.group or f"{settings.topic_prefix}.shadow.{self.candidate_id}"
+
+
+class WorkerMetrics:
+    """The worker's Prometheus metrics, labelled by candidate; also the engine's Observer."""
+
+    def __init__(self, candidate: str, registry: CollectorRegistry) -> None:
+        self.candidate = candidate
+        self.batch_size = Histogram(
+            "shadow_worker_batch_size", "Rows per inference batch", ["candidate"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=registry,
+        ).labels(candidate)
+        self.inference = Histogram(
+            "shadow_worker_inference_seconds", "Inference time per batch", ["candidate"],
+            buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=registry,
+        ).labels(candidate)
+        self.events = Counter("shadow_worker_events", "Requests handled, by outcome",
+                              ["candidate", "outcome"], registry=registry)
+        self.errors = Counter("shadow_worker_errors", "Errors by kind (rows affected)",
+                              ["candidate", "kind"], registry=registry)
+        self.rate_value = 0.0
+        self.rate = Gauge("shadow_worker_events_per_second",
+                          "Requests handled per second over the last commit interval",
+                          ["candidate"], registry=registry).labels(candidate)
+        self.lag = Gauge("shadow_worker_consumer_lag", "Messages behind the end, by partition",
+                         ["candidate", "partition"], registry=registry)
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+
+    def error(self, kind: ErrorKind | str, rows: int) -> None:
+        self.errors.labels(self.candidate, kind).inc(rows)
+
+
+@dataclass
+class _Batch:
+    """A consumed batch on its way through the model."""
+
+    messages: list[Message]  # the decodable ones, in order
+    requests: list[MirroredRequest]
+    ends: dict[int, int]  # partition -> next offset once this batch is out (incl. dead letters)
+    prepared: Prepared | None = None
+    answers: Future[list[Answer]] | None = None
+
+
+@dataclass
+class WorkerStats:
+    answered: int = 0
+    errors: int = 0
+    dead_lettered: int = 0
+    committed: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def handled(self) -> int:
+        return self.answered + self.errors + self.dead_lettered
+
+
+class ShadowWorker:
+    """Consumes ``<prefix>.requests``, answers with the engine, produces ``<prefix>.outputs``."""
+
+    def __init__(self, settings: Settings, bootstrap: str, config: WorkerConfig,
+                 engine: InferenceEngine, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.engine = engine
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WorkerMetrics(config.candidate_id, self.registry)
+        engine.observer = self.metrics
+        self.requests_topic = settings.topic("requests")
+        self.outputs_topic = settings.topic("outputs")
+        self.deadletter_topic = settings.topic("deadletter")
+        self.stats = WorkerStats()
+        self._consumer: Consumer = clients.consumer(
+            settings, bootstrap, config.group_id(settings),
+            **{"enable.partition.eof": False, "fetch.wait.max.ms": 50,
+               "session.timeout.ms": config.session_timeout_ms})
+        self._producer: Producer = clients.producer(
+            settings, bootstrap, **{"delivery.report.only.error": True,
+                                    "on_delivery": self._on_delivery})
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-infer")
+        self._inflight: _Batch | None = None
+        self._done: dict[int, int] = {}  # partition -> next offset whose output is produced
+        self._failed: list[str] = []
+        self._broken = False
+        self._last_log = time.monotonic()
+        self._stopping = threading.Event()
+        self._last_commit = time.monotonic()
+        self._handled_at_commit = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to drain, deliver, commit and return (safe from a signal handler)."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, until: Callable[[WorkerStats], bool] | None = None) -> WorkerStats:
+        """Serve until stop() (or ``until(stats)`` is true), then drain and commit."""
+        self._check_topics()
+        if self.config.metrics_port is not None:
+            start_http_server(self.config.metrics_port, registry=self.registry)
+        self._consumer.subscribe([self.requests_topic], on_revoke=self._on_revoke)
+        max_wait_s = self.config.max_wait_ms / 1000
+        try:
+            while not self._stopping.is_set() and not (until and until(self.stats)):
+                messages = self._consumer.consume(self.config.max_batch, max_wait_s)
+                batch = self._decode(messages) if messages else None
+                if batch is not None and batch.requests:
+                    # Host work for the next batch while the current one is on the model.
+                    batch.prepared = self.engine.prepare([r.inputs for r in batch.requests])
+                self._finish_inflight()
+                if batch is not None:
+                    self._start(batch)
+                self._maybe_commit()
+            self._finish_inflight()
+            self._commit()
+            self._update_lag()
+        finally:
+            self._close()
+        return self.stats
+
+    def _close(self) -> None:
+        self._pool.shutdown(wait=True)
+        try:
+            self._consumer.close()  # leaves the group now: the others take over at once
+        except KafkaException as exc:
+            log.warning("closing the consumer: %s", exc)
+        self._producer.flush(self.config.flush_timeout_s)
+
+    def _check_topics(self) -> None:
+        meta = self._consumer.list_topics(timeout=30)
+        counts = {t: len(meta.topics[t].partitions) for t in
+                  (self.requests_topic, self.outputs_topic, self.deadletter_topic)
+                  if t in meta.topics and meta.topics[t].error is None}
+        missing = [t for t in (self.requests_topic, self.outputs_topic, self.deadletter_topic)
+                   if t not in counts]
+        if missing:
+            raise TopicMismatchError([f"{t} does not exist (run `shadow topics create`)"
+                                      for t in missing])
+        if counts[self.outputs_topic] < counts[self.requests_topic]:
+            raise TopicMismatchError([
+                f"{self.outputs_topic} has {counts[self.outputs_topic]} partitions, "
+                f"{self.requests_topic} has {counts[self.requests_topic]}"])
+
+    # -- the stages --------------------------------------------------------------------------
+
+    def _decode(self, messages: list[Message]) -> _Batch:
+        batch = _Batch([], [], {})
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise WorkerError(f"fatal Kafka error: {err.str()}")
+                log.warning("consumer: %s", err.str())
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            batch.ends[partition] = offset + 1
+            try:
+                request = decode(msg.value() or b"", MirroredRequest)
+            except ContractError as exc:
+                self._dead_letter(msg, exc)
+                continue
+            batch.messages.append(msg)
+            batch.requests.append(request)
+        return batch
+
+    def _start(self, batch: _Batch) -> None:
+        if batch.requests:
+            assert batch.prepared is not None
+            batch.answers = self._pool.submit(self.engine.run, batch.prepared)
+        self._inflight = batch
+
+    def _finish_inflight(self) -> None:
+        batch, self._inflight = self._inflight, None
+        if batch is None:
+            return
+        answers = batch.answers.result() if batch.answers is not None else []
+        produce, cid = self._producer.produce, self.config.candidate_id
+        for msg, request, answer in zip(batch.messages, batch.requests, answers, strict=True):
+            doc: dict[str, Any] = {"schema": OUTPUT_SCHEMA, "request_id": request.request_id,
+                                   "model": request.model, "ts": request.ts, "candidate": cid,
+                                   "latency_ms": answer.latency_ms}
+            if answer.output is not None:
+                doc["output"] = answer.output
+            if answer.error is not None:
+                doc["error"] = answer.error
+            self._produce(produce, self.outputs_topic, orjson.dumps(doc), msg.key(),
+                          msg.partition())
+        n_err = sum(a.error is not None for a in answers)
+        self.stats.answered += len(answers) - n_err
+        self.stats.errors += n_err
+        self.metrics.events.labels(cid, "answered").inc(len(answers) - n_err)
+        if n_err:
+            self.metrics.events.labels(cid, "error").inc(n_err)
+        self._done.update(batch.ends)
+
+    def _produce(self, produce: Any, topic: str, value: bytes, key: bytes | None,
+                 partition: int = -1) -> None:
+        while True:
+            try:
+                if partition >= 0:
+                    produce(topic, value, key, partition=partition)
+                else:
+                    produce(topic, value, key)
+                return
+            except BufferError:  # the producer's queue is full: let it drain, then retry
+                self._producer.poll(0.05)
+
+    def _dead_letter(self, msg: Message, exc: ContractError) -> None:
+        value, key = msg.value() or b"", msg.key()
+        stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
+        record = {
+            "schema": DeadLetter.SCHEMA, "ts": time.time_ns() // 1_000_000, "stage": stage,
+            "reason": str(exc)[:256] or "invalid", "detail": exc.path,
+            "source": {"topic": msg.topic(), "partition": msg.partition(),
+                       "offset": msg.offset()},
+            "value_b64": base64.b64encode(value).decode(),
+        }
+        if key is not None:
+            record["key_b64"] = base64.b64encode(key).decode()
+            record["request_id"] = key.decode("utf-8", "replace")
+        self._produce(self._producer.produce, self.deadletter_topic, orjson.dumps(record), key)
+        self.stats.dead_lettered += 1
+        self.metrics.events.labels(self.config.candidate_id, "deadletter").inc()
+        self.metrics.error("decode", 1)
+
+    # -- offsets -----------------------------------------------------------------------------
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:  # only failures are reported (delivery.report.only.error)
+            self._failed.append(err.str())
+            self.metrics.error("delivery", 1)
+
+    def _maybe_commit(self) -> None:
+        self._producer.poll(0)
+        now = time.monotonic()
+        if now - self._last_commit >= self.config.commit_interval_s:
+            self._commit()
+            elapsed = now - self._last_commit
+            self.metrics.rate_value = (self.stats.handled - self._handled_at_commit) / elapsed
+            self.metrics.rate.set(self.metrics.rate_value)
+            self._handled_at_commit = self.stats.handled
+            self._last_commit = now
+            self._update_lag()
+            if now - self._last_log >= _PROGRESS_EVERY_S:
+                self._last_log = now
+                s = self.stats
+                log.info("%s: %d answered, %d errors, %d dead-lettered, %.0f/s",
+                         self.config.candidate_id, s.answered, s.errors, s.dead_lettered,
+                         self.metrics.rate_value)
+
+    def _commit(self, partitions: set[int] | None = None) -> None:
+        """Flush what was produced, then commit the offsets past it."""
+        todo = {p: o for p, o in self._done.items()
+                if (partitions is None or p in partitions) and self.stats.committed.get(p) != o}
+        if not todo:
+            return
+        left = self._producer.flush(self.config.flush_timeout_s)
+        if self._failed or left:
+            self._broken = True
+            raise WorkerError(
+                f"{len(self._failed)} output(s) not delivered ({'; '.join(self._failed[:3])}), "
+                f"{left} still queued: stopping without committing, so that they are "
+                "processed again on restart")
+        self._consumer.commit(offsets=[TopicPartition(self.requests_topic, p, o)
+                                       for p, o in todo.items()], asynchronous=False)
+        self.stats.committed.update(todo)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Runs inside consume(): the batch on the model is finished and everything produced
+        # is committed before another worker gets these partitions.
+        if self._broken:  # a delivery failed: commit nothing, the next owner redoes it
+            return
+        self._finish_inflight()
+        revoked = {tp.partition for tp in partitions}
+        self._commit(revoked)
+        for p in revoked:
+            self._done.pop(p, None)
+
+    def _update_lag(self) -> None:
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                if tp.offset < 0:
+                    continue
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    self.metrics.lag.labels(self.config.candidate_id,
+                                            str(tp.partition)).set(max(0, high - tp.offset))
+        except KafkaException as exc:
+            log.debug("lag: %s", exc)

@@ -1,0 +1,252 @@
+"""The shadow worker against the real broker: answers, dead letters, crashes, candidates."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
+
+from producers import Mirror, MirrorConfig
+from producers.traffic import TrafficService, TrafficSpec, build_model, featurize
+from schemas.codec import decode
+from schemas.records import DeadLetter, ShadowOutput
+from shadow import clients
+from shadow.engine import InferenceEngine
+from shadow.models import load_candidate
+from shadow.settings import Settings
+from shadow.stack import Endpoints
+from shadow.stack.procs import free_port
+from shadow.topics import create_topics, topic_specs
+from shadow.worker import ShadowWorker, WorkerConfig, WorkerStats
+from tests.helpers import consume_all, murmur2_partition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pipeline(settings_factory: Callable[..., Settings], admin: AdminClient,
+             stack: Endpoints) -> Settings:
+    """Fresh topics of the whole pipeline (3 partitions each)."""
+    s = settings_factory()
+    create_topics(admin, topic_specs(s))
+    return s
+
+
+def _send(s: Settings, bootstrap: str, n: int, seed: int = 5, start: int = 0,
+          pause_s: float = 0.0) -> list[dict]:
+    """Mirror n traffic requests, 100 at a time; returns their ids and inputs."""
+    spec = TrafficSpec(seed=seed)
+    cfg = MirrorConfig(bootstrap=bootstrap, model="fraud-scorer", topic=s.topic("requests"),
+                       output_kind="probs")
+    with Mirror(cfg, CollectorRegistry()) as mirror:
+        service = TrafficService(mirror, spec)
+        events = [spec.event(i) for i in range(start, start + n)]
+        for i in range(0, n, 100):
+            service.answer(events[i:i + 100])
+            time.sleep(pause_s)
+        assert mirror.flush(30) == 0
+    return [{"request_id": e.request_id, "inputs": e.inputs} for e in events]
+
+
+def _outputs(s: Settings, bootstrap: str, expected: int, timeout_s: float = 60) -> list:
+    return consume_all(lambda g: clients.consumer(s, bootstrap, g), s.topic("outputs"),
+                       expected, timeout_s)
+
+
+def _own(model: torch.nn.Module, rows: list[dict]) -> dict[str, list[float]]:
+    with torch.inference_mode():
+        out = model(torch.tensor([featurize(r["inputs"]) for r in rows])).tolist()
+    return {r["request_id"]: o for r, o in zip(rows, out, strict=True)}
+
+
+def _start_worker(s: Settings, bootstrap: str, candidate: str, cid: str,
+                  until: Callable[[WorkerStats], bool], **kw: object
+                  ) -> tuple[ShadowWorker, threading.Thread]:
+    engine = InferenceEngine(load_candidate(candidate), device="cpu",
+                             max_batch=int(kw.get("max_batch", 32)))  # type: ignore[call-overload]
+    config = WorkerConfig(candidate_id=cid, device="cpu", max_wait_ms=20, **kw)  # type: ignore[arg-type]
+    worker = ShadowWorker(s, bootstrap, config, engine)
+    thread = threading.Thread(target=worker.run, kwargs={"until": until}, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def test_outputs_match_the_models_own_answers_on_the_requests_partition(
+        pipeline: Settings, stack: Endpoints) -> None:
+    rows = _send(pipeline, stack.kafka_bootstrap, 500)
+    port = free_port()
+    worker, thread = _start_worker(pipeline, stack.kafka_bootstrap,
+                                   "producers.traffic:build_model", "cand-a",
+                                   lambda st: st.handled >= 500, metrics_port=port)
+    thread.join(60)
+    assert not thread.is_alive() and worker.stats.answered == 500
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    text = metrics.decode()
+    assert 'shadow_worker_events_total{candidate="cand-a",outcome="answered"} 500.0' in text
+    assert 'shadow_worker_batch_size_count{candidate="cand-a"}' in text
+    assert 'shadow_worker_inference_seconds_bucket{candidate="cand-a",le="0.001"}' in text
+    assert 'shadow_worker_consumer_lag{candidate="cand-a",partition="0"} 0.0' in text
+    assert "shadow_worker_events_per_second" in text
+    got = _outputs(pipeline, stack.kafka_bootstrap, 500)
+    own = _own(build_model(0), rows)
+    assert len(got) == 500
+    for msg in got:
+        out = decode(msg.value(), ShadowOutput)
+        assert out.candidate == "cand-a" and out.model == "fraud-scorer" and out.error is None
+        assert msg.key() == out.request_id.encode()
+        # The join co-partitions: the output is on the partition of its request.
+        assert msg.partition() == murmur2_partition(msg.key(), 3)
+        assert out.output is not None and out.output.kind == "probs"
+        assert all(math.isclose(a, b, abs_tol=1e-5)
+                   for a, b in zip(out.output.value, own[out.request_id], strict=True))
+    assert {decode(m.value(), ShadowOutput).request_id for m in got} == set(own)
+    # Committed past everything it answered (the offsets of the three partitions sum to 500).
+    assert sum(worker.stats.committed.values()) == 500
+
+
+def test_poison_events_go_to_dead_letter_while_the_rest_flows(
+        pipeline: Settings, stack: Endpoints) -> None:
+    rows = _send(pipeline, stack.kafka_bootstrap, 100)
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    poison = [(b"p-1", b"\xff\xfe not json"),
+              (b"p-2", orjson.dumps({"schema": "mirror.request/1", "request_id": "p-2"}))]
+    for key, value in poison:
+        producer.produce(pipeline.topic("requests"), value, key)
+    producer.flush(10)
+    rows += _send(pipeline, stack.kafka_bootstrap, 100, start=100)
+    worker, thread = _start_worker(pipeline, stack.kafka_bootstrap,
+                                   "producers.traffic:build_model", "cand-p",
+                                   lambda st: st.handled >= 202)
+    thread.join(60)
+    assert worker.stats.answered == 200 and worker.stats.dead_lettered == 2
+    assert len(_outputs(pipeline, stack.kafka_bootstrap, 200)) == 200
+    dead = consume_all(lambda g: clients.consumer(pipeline, stack.kafka_bootstrap, g),
+                       pipeline.topic("deadletter"), 2, 30)
+    records = {d.request_id: d for d in (decode(m.value(), DeadLetter) for m in dead)}
+    assert set(records) == {"p-1", "p-2"}
+    assert records["p-1"].stage == "decode" and "malformed JSON" in records["p-1"].reason
+    assert records["p-2"].stage == "validate" and "missing required field" in records["p-2"].reason
+    for key, value in poison:
+        rec = records[key.decode()]
+        assert base64.b64decode(rec.value_b64 or "") == value
+        assert rec.source is not None and rec.source.topic == pipeline.topic("requests")
+        assert rec.source.offset >= 0
+
+
+def test_two_candidates_each_answer_every_request_and_workers_split_partitions(
+        pipeline: Settings, stack: Endpoints, tmp_path: Path) -> None:
+    rows = _send(pipeline, stack.kafka_bootstrap, 300)
+    # Candidate a: two workers in one group split the three partitions.
+    group_a: list[ShadowWorker] = []
+    threads = []
+    for _ in range(2):
+        w, t = _start_worker(pipeline, stack.kafka_bootstrap, "producers.traffic:build_model",
+                             "cand-a", lambda st: sum(x.stats.answered for x in group_a) >= 300)
+        group_a.append(w)
+        threads.append(t)
+    _, tb = _start_worker(pipeline, stack.kafka_bootstrap,
+                           "tests.models_for_tests:fraud_seed1", "cand-b",
+                           lambda st: st.answered >= 300)
+    for t in [*threads, tb]:
+        t.join(90)
+        assert not t.is_alive()
+    got = _outputs(pipeline, stack.kafka_bootstrap, 600, 60)
+    by_cand: dict[str, set[str]] = {"cand-a": set(), "cand-b": set()}
+    for msg in got:
+        out = decode(msg.value(), ShadowOutput)
+        by_cand[out.candidate].add(out.request_id)
+    ids = {r["request_id"] for r in rows}
+    assert by_cand["cand-a"] == ids and by_cand["cand-b"] == ids
+    assert all(w.stats.answered > 0 for w in group_a), "one worker got no partition"
+
+
+def _cli_worker(s: Settings, bootstrap: str, cid: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": bootstrap,
+           "SHADOW_REDIS_URL": "redis://127.0.0.1:1/0", "SHADOW_TOPIC_PREFIX": s.topic_prefix,
+           "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "shadow.cli", "worker",
+           "--candidate", "producers.traffic:build_model", "--candidate-id", cid,
+           "--device", "cpu", "--max-batch", "16", "--max-wait-ms", "5",
+           "--session-timeout-ms", "6000"]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            cwd=REPO)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def test_kill_9_mid_stream_loses_nothing_and_sigterm_commits(
+        pipeline: Settings, stack: Endpoints, tmp_path: Path,
+        procs: list[subprocess.Popen]) -> None:
+    n = 3000
+    log = tmp_path / "worker.log"
+    first = _cli_worker(pipeline, stack.kafka_bootstrap, "cand-k", log)
+    procs.append(first)
+    # Sent over about six seconds, so that the kill lands while requests still flow in.
+    rows = [{"request_id": TrafficSpec(seed=5).event(i).request_id} for i in range(n)]
+    sender = threading.Thread(target=_send, args=(pipeline, stack.kafka_bootstrap, n),
+                              kwargs={"pause_s": 0.2})
+    sender.start()
+    reader = clients.consumer(pipeline, stack.kafka_bootstrap, "k9-reader")
+    reader.subscribe([pipeline.topic("outputs")])
+    seen: dict[str, int] = {}
+
+    def read_until(count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < count and time.monotonic() < deadline:
+            msg = reader.poll(0.2)
+            if msg is not None and not msg.error():
+                rid = decode(msg.value(), ShadowOutput).request_id
+                seen[rid] = seen.get(rid, 0) + 1
+
+    try:
+        read_until(n // 3, 120)
+        assert len(seen) >= n // 3, f"worker too slow; log:\n{log.read_text()[-3000:]}"
+        assert sender.is_alive(), "the kill should land mid-stream"
+        first.send_signal(signal.SIGKILL)  # no drain, no commit
+        first.wait(10)
+        second = _cli_worker(pipeline, stack.kafka_bootstrap, "cand-k", log)
+        procs.append(second)
+        read_until(n, 180)
+        missing = {r["request_id"] for r in rows} - set(seen)
+        assert not missing, f"{len(missing)} never answered; log:\n{log.read_text()[-3000:]}"
+
+        second.send_signal(signal.SIGTERM)  # drains, delivers, commits, exits 0
+        assert second.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        reader.close()
+        sender.join(60)
+    print(f"answered twice after the kill: {sum(c > 1 for c in seen.values())}")
+    # Everything is committed: the group's offsets are at the end of every partition.
+    group = f"{pipeline.topic_prefix}.shadow.cand-k"
+    check = clients.consumer(pipeline, stack.kafka_bootstrap, group)
+    topic = pipeline.topic("requests")
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    committed = {tp.partition: tp.offset for tp in check.committed(tps, timeout=10)}
+    ends = {p: check.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(3)}
+    check.close()
+    assert committed == ends
+    assert "stopped after" in log.read_text()
