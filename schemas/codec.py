@@ -35,6 +35,13 @@ def encode(record: _Record) -> bytes:
 
 def decode(data: bytes | bytearray | memoryview | str, record_type: type[R]) -> R:
     """Decode and validate one event of a known type, or raise ContractError with the path."""
+    try:
+        # pydantic-core parses and validates in one pass: half the time of loads + validate.
+        record = record_type.model_validate_json(data)
+        if "schema_" in record.model_fields_set:  # the field has a default; the wire needs it
+            return record
+    except ValidationError:
+        pass  # the slower path below says precisely what is wrong
     return _validate(loads(data), record_type)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
@@ -130,7 +131,39 @@ class CardAdapter:
         return row
 
     def collate(self, inputs: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, ...]:
-        return (torch.tensor([self.featurize(x) for x in inputs], dtype=torch.float32),)
+        """Column by column with numpy: a Python loop per row costs more than the model.
+
+        Any row that does not fit (missing field, wrong type or length) makes the whole
+        batch raise; the engine then narrows down to that row, whose error featurize() tells.
+        """
+        n = len(inputs)
+        out = np.empty((n, self.width), dtype=np.float32)
+        col = 0
+        for f in self.card.features:
+            if "." in f.field:
+                values = [_lookup(x, f.field) for x in inputs]
+            else:
+                values = [x[f.field] for x in inputs]
+            if f.one_hot is not None:
+                for c in f.one_hot:
+                    out[:, col] = [v == c for v in values]
+                    col += 1
+                continue
+            try:
+                if any(type(v) is bool or type(v) is str for v in values):
+                    raise TypeError
+                arr = np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):  # strings, ragged lists, None
+                raise TypeError(f"inputs.{f.field} is not numeric (or ragged)") from None
+            arr = arr.reshape(n, -1)
+            if arr.shape[1] != f.width:
+                raise ValueError(f"inputs.{f.field} has {arr.shape[1]} values, "
+                                 f"expected {f.width}")
+            if f.transform == "log1p":
+                arr = np.log1p(arr)
+            out[:, col:col + f.width] = arr * f.scale
+            col += f.width
+        return (torch.from_numpy(out),)
 
     def answers(self, result: torch.Tensor) -> list[dict[str, Any]]:
         kind = self.card.output

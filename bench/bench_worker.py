@@ -1,0 +1,157 @@
+"""Worker throughput end to end through Kafka, and engine throughput, against the raw model.
+
+The model is an MLP over the traffic generator's eight features, sized so that one batch takes
+about a millisecond on this CPU. The reference is the raw model: ``model(x)`` under
+inference_mode on a ready tensor of the same batch size, same device, same torch threads,
+measured in the same run.
+
+- engine: ``InferenceEngine.map`` over lists of event inputs (collate + forward + answers),
+  for several batch sizes, against the raw model at each size;
+- worker: a ShadowWorker (in-process) drains N mirrored requests from a local Kafka and
+  produces N outputs, delivered and committed, against the raw model at --max-batch.
+
+Run: python -m bench.bench_worker [--threads N] [--events N] [--batch B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from prometheus_client import CollectorRegistry
+from torch import nn
+
+from bench._common import TARGETS, machine, verdict
+from producers import Mirror, MirrorConfig
+from producers.traffic import MODEL_CARD, N_FEATURES, TrafficSpec, featurize
+from shadow import clients
+from shadow.engine import InferenceEngine
+from shadow.models import Candidate, CardAdapter, ModelCard
+from shadow.settings import Settings
+from shadow.stack import Stack
+from shadow.topics import create_topics, topic_specs
+from shadow.worker import ShadowWorker, WorkerConfig
+
+SPEC = TrafficSpec(seed=11)
+
+
+def mlp(hidden: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, 2), nn.Softmax(dim=-1)).eval()
+
+
+def raw_rows_per_s(model: nn.Module, batch: int, seconds: float = 1.0) -> float:
+    """The reference: forward passes on a ready tensor, rows per second (median of 5)."""
+    x = torch.tensor([featurize(SPEC.event(i).inputs) for i in range(batch)])
+    rates = []
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        for _ in range(5):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 5:
+                model(x)
+                n += 1
+            rates.append(n * batch / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def pick_hidden(batch: int, target_ms: float = 1.0) -> int:
+    """The hidden width whose batch takes closest to target_ms here."""
+    best, best_gap = 64, float("inf")
+    for hidden in (128, 256, 384, 512, 768, 1024, 1536):
+        ms = batch / raw_rows_per_s(mlp(hidden), batch, 0.3) * 1000
+        if abs(ms - target_ms) < best_gap:
+            best, best_gap = hidden, abs(ms - target_ms)
+    return best
+
+
+def candidate(model: nn.Module) -> Candidate:
+    return Candidate("bench-mlp", model, CardAdapter(ModelCard.model_validate(MODEL_CARD)))
+
+
+def engine_rows_per_s(model: nn.Module, batch: int, rows: int) -> float:
+    engine = InferenceEngine(candidate(model), device="cpu", max_batch=batch)
+    inputs = [SPEC.event(i).inputs for i in range(rows)]
+    batches = [inputs[i:i + batch] for i in range(0, rows, batch)]
+    list(engine.map(batches[:3]))  # warm up
+    t0 = time.perf_counter()
+    n = sum(len(r) for r in engine.map(batches))
+    return n / (time.perf_counter() - t0)
+
+
+def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> float:
+    settings = Settings(state_dir=tempfile.mkdtemp(prefix="shadow-bench-"),
+                        topic_prefix="benchw")
+    stack = Stack(settings)
+    try:
+        endpoints = stack.up()
+        bootstrap = endpoints.kafka_bootstrap
+        create_topics(clients.admin(settings, bootstrap), topic_specs(settings, partitions=6))
+        cfg = MirrorConfig(bootstrap=bootstrap, model="fraud-scorer",
+                           topic=settings.topic("requests"), output_kind="probs",
+                           max_queue_messages=events + 1)
+        with Mirror(cfg, CollectorRegistry()) as mirror:
+            for i in range(events):
+                e = SPEC.event(i)
+                mirror.publish(e.request_id, e.inputs, [0.5, 0.5], latency_ms=1.0)
+            assert mirror.flush(120) == 0
+        engine = InferenceEngine(candidate(model), device="cpu", max_batch=batch)
+        config = WorkerConfig(candidate_id="bench", device="cpu", max_batch=batch,
+                              max_wait_ms=5)
+        worker = ShadowWorker(settings, bootstrap, config, engine)
+        started: list[tuple[float, int]] = []
+
+        def until(stats: object) -> bool:
+            # The clock starts with the first batch, not with the group join before it.
+            if not started and worker.stats.handled:
+                started.append((time.perf_counter(), worker.stats.handled))
+            return worker.stats.handled >= events
+
+        worker.run(until=until)  # returns once the outputs are delivered and committed
+        t0, first = started[0]
+        elapsed = time.perf_counter() - t0
+        assert worker.stats.answered == events, worker.stats
+        return (events - first) / elapsed
+    finally:
+        stack.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--batch", type=int, default=64, help="the worker's --max-batch")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    hidden = pick_hidden(args.batch)
+    model = mlp(hidden)
+    ms = args.batch / raw_rows_per_s(model, args.batch, 0.5) * 1000
+    print(f"machine: {machine()}; torch {torch.__version__}, {args.threads} intra-op threads")
+    print(f"model: MLP 8-{hidden}-{hidden}-2, {ms:.2f} ms per batch of {args.batch} (raw)")
+
+    print("engine (no Kafka), rows/s:")
+    for b in (1, 8, 32, 64, 128, 512):
+        raw = raw_rows_per_s(model, b)
+        eng = engine_rows_per_s(model, b, rows=max(2_000, 40 * b))
+        print(f"  batch {b:4}  engine {eng:10,.0f}  raw {raw:10,.0f}  ratio {eng / raw:.2f}")
+
+    raw = raw_rows_per_s(model, args.batch)
+    rate = worker_rows_per_s(model, args.batch, args.events)
+    raw_after = raw_rows_per_s(model, args.batch)
+    ref = statistics.median([raw, raw_after])
+    print(f"worker end to end through Kafka: {rate:,.0f} requests/s; raw model at batch "
+          f"{args.batch}: {ref:,.0f} rows/s (before {raw:,.0f}, after {raw_after:,.0f}); "
+          f"ratio {rate / ref:.2f}")
+    print(verdict("worker / raw model", rate / ref, TARGETS["worker"]["ratio_to_raw_model_min"],
+                  lower_is_better=False))
+
+
+if __name__ == "__main__":
+    main()
