@@ -157,6 +157,8 @@ class ShadowWorker:
         self._done: dict[int, int] = {}  # partition -> next offset whose output is produced
         self._failed: list[str] = []
         self._broken = False
+        self.assigned: frozenset[int] = frozenset()
+        """The partitions of the requests topic this worker owns now."""
         self._last_log = time.monotonic()
         self._stopping = threading.Event()
         self._last_commit = time.monotonic()
@@ -177,7 +179,8 @@ class ShadowWorker:
         self._check_topics()
         if self.config.metrics_port is not None:
             start_http_server(self.config.metrics_port, registry=self.registry)
-        self._consumer.subscribe([self.requests_topic], on_revoke=self._on_revoke)
+        self._consumer.subscribe([self.requests_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke)
         max_wait_s = self.config.max_wait_ms / 1000
         try:
             while not self._stopping.is_set() and not (until and until(self.stats)):
@@ -344,7 +347,11 @@ class ShadowWorker:
                                        for p, o in todo.items()], asynchronous=False)
         self.stats.committed.update(todo)
 
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = self.assigned | {tp.partition for tp in partitions}
+
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = self.assigned - {tp.partition for tp in partitions}
         # Runs inside consume(): the batch on the model is finished and everything produced
         # is committed before another worker gets these partitions.
         if self._broken:  # a delivery failed: commit nothing, the next owner redoes it

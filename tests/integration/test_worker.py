@@ -150,7 +150,6 @@ def test_poison_events_go_to_dead_letter_while_the_rest_flows(
 
 def test_two_candidates_each_answer_every_request_and_workers_split_partitions(
         pipeline: Settings, stack: Endpoints, tmp_path: Path) -> None:
-    rows = _send(pipeline, stack.kafka_bootstrap, 300)
     # Candidate a: two workers in one group split the three partitions.
     group_a: list[ShadowWorker] = []
     threads = []
@@ -159,6 +158,13 @@ def test_two_candidates_each_answer_every_request_and_workers_split_partitions(
                              "cand-a", lambda st: sum(x.stats.answered for x in group_a) >= 300)
         group_a.append(w)
         threads.append(t)
+    deadline = time.monotonic() + 60
+    while not (all(w.assigned for w in group_a)
+               and group_a[0].assigned | group_a[1].assigned == {0, 1, 2}):
+        assert time.monotonic() < deadline, [w.assigned for w in group_a]
+        time.sleep(0.1)
+    assert not group_a[0].assigned & group_a[1].assigned
+    rows = _send(pipeline, stack.kafka_bootstrap, 300)
     _, tb = _start_worker(pipeline, stack.kafka_bootstrap,
                            "tests.models_for_tests:fraud_seed1", "cand-b",
                            lambda st: st.answered >= 300)
