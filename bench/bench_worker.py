@@ -33,7 +33,7 @@ from shadow.models import Candidate, CardAdapter, ModelCard
 from shadow.settings import Settings
 from shadow.stack import Stack
 from shadow.topics import create_topics, topic_specs
-from shadow.worker import ShadowWorker, WorkerConfig
+from shadow.worker import ShadowWorker, WorkerConfig, WorkerStats
 
 SPEC = TrafficSpec(seed=11)
 
@@ -106,11 +106,11 @@ def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> float:
         worker = ShadowWorker(settings, bootstrap, config, engine)
         started: list[tuple[float, int]] = []
 
-        def until(stats: object) -> bool:
+        def until(stats: WorkerStats) -> bool:
             # The clock starts with the first batch, not with the group join before it.
-            if not started and worker.stats.handled:
-                started.append((time.perf_counter(), worker.stats.handled))
-            return worker.stats.handled >= events
+            if not started and stats.handled:
+                started.append((time.perf_counter(), stats.handled))
+            return stats.handled >= events
 
         worker.run(until=until)  # returns once the outputs are delivered and committed
         t0, first = started[0]

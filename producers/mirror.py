@@ -28,7 +28,6 @@ log = logging.getLogger("shadowstream.mirror")
 SCHEMA = "mirror.request/1"
 _SCHEMA_HEADER = ("schema", SCHEMA.encode())
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-_MODEL = "model"
 _ALL = 2**64  # sample threshold of rate 1.0
 _BATCH = 1024  # events per shipper batch, with delivery reports served between batches
 _NAP_MIN_S, _NAP_MAX_S = 0.001, 0.05  # the shipper's nap when the buffer is empty
@@ -94,7 +93,7 @@ class Mirror:
         self._max_bytes = config.max_event_bytes
         self._pii = config.pii if config.pii.rules else None
         # Shared by every event without a trace id (librdkafka copies headers on produce).
-        self._headers = [_SCHEMA_HEADER, (_MODEL, config.model.encode())]
+        self._headers = [_SCHEMA_HEADER, ("model", config.model.encode())]
         self._threshold = sample_threshold(config.sample_rate)
         self._log = _RateLimitedLog(config.log_interval_s)
         self._paused_until = 0.0
@@ -195,20 +194,23 @@ class Mirror:
                 value = encode(item)
                 if value is not None:
                     trace_id = item[8]
-                    try:
-                        produce(topic, value, item[0].encode(),
-                                headers=headers if trace_id is None
-                                else [*headers, ("trace_id", trace_id.encode())])
-                        enqueued += 1
-                    except BufferError:
-                        # Waiting here costs the caller nothing: the buffer fills, and
-                        # publish() drops by the configured policy once it is full.
-                        self._producer.poll(_FULL_WAIT_S)
-                        if self._stop.is_set():
-                            return  # close() counts what is left as undelivered
-                        continue  # retry the same event
-                    except KafkaException as exc:
-                        self._drop("produce_error", str(exc.args[0]))
+                    key = item[0].encode()
+                    event_headers = (headers if trace_id is None
+                                     else [*headers, ("trace_id", trace_id.encode())])
+                    while True:
+                        try:
+                            produce(topic, value, key, headers=event_headers)
+                            enqueued += 1
+                            break
+                        except BufferError:
+                            # Waiting here costs the caller nothing: the buffer fills, and
+                            # publish() drops by the configured policy once it is full.
+                            self._producer.poll(_FULL_WAIT_S)
+                            if self._stop.is_set():
+                                return  # close() counts what is left as undelivered
+                        except KafkaException as exc:
+                            self._drop("produce_error", str(exc.args[0]))
+                            break
                 buffer.popleft()
                 handled += 1
         finally:

@@ -88,7 +88,7 @@ class Prepared:
     inputs: Sequence[Mapping[str, Any]]
     tensors: tuple[torch.Tensor, ...] | None = None
     ready: Any = None  # torch.cuda.Event once the copy is queued
-    failed: bool = False  # collating the whole batch raised: rows are retried one by one
+    error: Exception | None = None  # collating the whole batch raised: it gets narrowed
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -124,8 +124,8 @@ class InferenceEngine:
         """Collate on the host; on CUDA with overlap, queue the copy to the device."""
         try:
             tensors = self.candidate.adapter.collate(inputs)
-        except Exception:
-            return Prepared(inputs, failed=True)
+        except Exception as exc:
+            return Prepared(inputs, error=exc)
         if self._copy_stream is None:
             return Prepared(inputs, tensors)
         with torch.cuda.stream(self._copy_stream):
@@ -139,9 +139,11 @@ class InferenceEngine:
         n = len(prepared.inputs)
         if n == 0:
             return []
-        if prepared.failed or prepared.tensors is None or n > self.max_batch:
-            return self.infer(prepared.inputs)
         t0 = time.perf_counter()
+        if prepared.error is not None:
+            return self._recover(prepared.inputs, prepared.error, t0)
+        if prepared.tensors is None or n > self.max_batch:
+            return self.infer(prepared.inputs)
         try:
             if prepared.ready is not None:
                 torch.cuda.current_stream(self.device).wait_event(prepared.ready)
@@ -150,9 +152,7 @@ class InferenceEngine:
             result = self._forward(prepared.tensors)
             return self._answers(prepared.inputs, result, t0)
         except Exception as exc:
-            if _is_oom(exc):
-                self._shrink(n)
-            return self.infer(prepared.inputs)
+            return self._recover(prepared.inputs, exc, t0)
 
     def infer(self, inputs: Sequence[Mapping[str, Any]]) -> list[Answer]:
         """Prepare and run in one go, in chunks of ``max_batch``, narrowing failures down."""
@@ -219,18 +219,24 @@ class InferenceEngine:
             result = self._forward(self.candidate.adapter.collate(inputs))
             return self._answers(inputs, result, t0)
         except Exception as exc:
-            n = len(inputs)
-            oom = _is_oom(exc)
-            if oom and n > 1:
-                self._shrink(n)
-                return self.infer(inputs)  # in chunks of the new, smaller size
-            if n == 1:
-                kind: ErrorKind = "oom" if oom else "model"
-                self.observer.error(kind, 1)
-                ms = (time.perf_counter() - t0) * 1000
-                return [Answer(None, f"{type(exc).__name__}: {exc}"[:1000], ms)]
-            half = n // 2
-            return self._narrow(inputs[:half]) + self._narrow(inputs[half:])
+            return self._recover(inputs, exc, t0)
+
+    def _recover(self, inputs: Sequence[Mapping[str, Any]], exc: Exception,
+                 t0: float) -> list[Answer]:
+        """After a batch raised: smaller batches on OOM, else halves until the failing rows
+        stand alone and get the error as their answer."""
+        n = len(inputs)
+        oom = _is_oom(exc)
+        if oom and n > 1:
+            self._shrink(n)
+            return self.infer(inputs)  # in chunks of the new, smaller size
+        if n == 1:
+            kind: ErrorKind = "oom" if oom else "model"
+            self.observer.error(kind, 1)
+            ms = (time.perf_counter() - t0) * 1000
+            return [Answer(None, f"{type(exc).__name__}: {exc}"[:1000], ms)]
+        half = n // 2
+        return self._narrow(inputs[:half]) + self._narrow(inputs[half:])
 
     def _shrink(self, n: int) -> None:
         self.observer.error("oom", n)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import tomllib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -112,38 +111,29 @@ class CardAdapter:
         self.width = sum(f.width for f in card.features)
 
     def featurize(self, inputs: Mapping[str, Any]) -> list[float]:
-        row: list[float] = []
-        for f in self.card.features:
-            value = _lookup(inputs, f.field)
-            if f.one_hot is not None:
-                row.extend(1.0 if value == c else 0.0 for c in f.one_hot)
-                continue
-            values = value if isinstance(value, list) else [value]
-            if f.size is not None and len(values) != f.size:
-                raise ValueError(f"inputs.{f.field} has {len(values)} values, expected {f.size}")
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise TypeError(f"inputs.{f.field} is not numeric: {v!r}")
-                x = math.log1p(v) if f.transform == "log1p" else float(v)
-                row.append(x * f.scale)
-        if len(row) != self.width:
-            raise ValueError(f"{len(row)} features, the card declares {self.width}")
-        return row
+        """One row's features, in float64 (for checking a card against other code)."""
+        return self._matrix([inputs], np.float64)[0].tolist()
 
     def collate(self, inputs: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, ...]:
+        return (torch.from_numpy(self._matrix(inputs, np.float32)),)
+
+    def _matrix(self, inputs: Sequence[Mapping[str, Any]], dtype: type) -> np.ndarray:
         """Column by column with numpy: a Python loop per row costs more than the model.
 
         Any row that does not fit (missing field, wrong type or length) makes the whole
-        batch raise; the engine then narrows down to that row, whose error featurize() tells.
+        batch raise, naming the field; the engine then narrows down to that row.
         """
         n = len(inputs)
-        out = np.empty((n, self.width), dtype=np.float32)
+        out = np.empty((n, self.width), dtype=dtype)
         col = 0
         for f in self.card.features:
             if "." in f.field:
                 values = [_lookup(x, f.field) for x in inputs]
             else:
-                values = [x[f.field] for x in inputs]
+                try:
+                    values = [x[f.field] for x in inputs]
+                except KeyError:
+                    raise KeyError(f"inputs.{f.field} is missing") from None
             if f.one_hot is not None:
                 for c in f.one_hot:
                     out[:, col] = [v == c for v in values]
@@ -163,7 +153,7 @@ class CardAdapter:
                 arr = np.log1p(arr)
             out[:, col:col + f.width] = arr * f.scale
             col += f.width
-        return (torch.from_numpy(out),)
+        return out
 
     def answers(self, result: torch.Tensor) -> list[dict[str, Any]]:
         kind = self.card.output

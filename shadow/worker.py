@@ -277,12 +277,10 @@ class ShadowWorker:
 
     def _produce(self, produce: Any, topic: str, value: bytes, key: bytes | None,
                  partition: int = -1) -> None:
+        """Produce, waiting while the producer's queue is full. Partition -1: by key."""
         while True:
             try:
-                if partition >= 0:
-                    produce(topic, value, key, partition=partition)
-                else:
-                    produce(topic, value, key)
+                produce(topic, value, key, partition=partition)
                 return
             except BufferError:  # the producer's queue is full: let it drain, then retry
                 self._producer.poll(0.05)

@@ -11,11 +11,6 @@ from producers.traffic import build_model
 MODEL_CARD = FRAUD_CARD
 
 
-def fraud() -> nn.Module:
-    """The traffic generator's live model (seed 0)."""
-    return build_model(0)
-
-
 def fraud_seed1() -> nn.Module:
     """Another candidate: same shape, other weights."""
     return build_model(1)
