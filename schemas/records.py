@@ -164,6 +164,8 @@ class WindowSummary(_Record):
     divergence: dict[str, float] = Field(default_factory=dict)
     latency: LatencySummary = Field(default_factory=LatencySummary)
     drift: dict[str, dict[str, float]] = Field(default_factory=dict)
+    state: dict[str, Any] | None = None
+    """Mergeable counts, sketches and histograms (consumers.windows.WindowAggregate)."""
 
 
 class Alert(_Record):

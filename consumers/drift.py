@@ -1,0 +1,275 @@
+"""Drift of inputs and outputs against a reference profile. Pure code, shared by replay.
+
+A :class:`Profile` holds, per feature, the reference's binning: for a numeric feature the
+edges of ``bins`` quantile bins of the reference sample (bins are ``(e[i-1], e[i]]``, with an
+open bin below the first edge and above the last), for a categorical one its categories (the
+most frequent ``max_categories``, the rest pooled as ``OTHER``). A window keeps a
+:class:`Histogram` on the same bins: counts, and for numeric bins the least and greatest value
+seen, so histograms of partitions, workers and windows merge by addition.
+
+Statistics, each checked against numpy/scipy in the unit tests:
+
+- ``psi``: population stability index on the bins, proportions floored at ``PSI_FLOOR``;
+  exact for the binned distributions.
+- ``js``: Jensen-Shannon distance (base 2, in [0, 1]) of the binned distributions; exact.
+- ``ks``: the largest CDF gap at the bin edges. The true two-sample KS statistic lies in
+  ``[ks, ks + ks_bound]`` with ``ks_bound`` = the largest mass either side has in one bin.
+- ``wasserstein``: W1 between the two histograms with each bin's mass at the centre of the
+  values the bin holds on either side; within ``wasserstein_bound`` = sum over bins of half the
+  bin's value range times the mass both sides have there (moving mass inside a bin by at most
+  half its range moves W1 by at most that much).
+- categorical ``js`` and ``chi2`` (Pearson's statistic of the window's counts against the
+  reference proportions, scipy.stats.chisquare) with its ``chi2_p`` p-value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = ["OTHER", "FeatureProfile", "Histogram", "Profile", "drift", "features_of"]
+
+OTHER = "__other__"
+PSI_FLOOR = 1e-4
+MAX_LIST = 32
+
+
+def features_of(doc: Mapping[str, Any], prefix: str = "") -> dict[str, float | str]:
+    """Flatten a JSON document to features: numbers stay numbers, strings and booleans are
+    categories, lists of numbers give one feature per element (at most MAX_LIST)."""
+    out: dict[str, float | str] = {}
+    _flatten(doc, prefix, out)
+    return out
+
+
+def _flatten(value: Any, path: str, out: dict[str, float | str]) -> None:
+    if isinstance(value, bool):
+        out[path] = "true" if value else "false"
+    elif isinstance(value, int | float):
+        if math.isfinite(value):
+            out[path] = float(value)
+    elif isinstance(value, str):
+        out[path] = value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(v, f"{path}.{k}" if path else str(k), out)
+    elif isinstance(value, list) and len(value) <= MAX_LIST:
+        for i, v in enumerate(value):
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                _flatten(v, f"{path}[{i}]", out)
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    name: str
+    kind: str  # "numeric" | "categorical"
+    edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+    reference: Histogram = field(default=None)  # type: ignore[assignment]
+
+    def empty(self) -> Histogram:
+        n = len(self.edges) + 1 if self.kind == "numeric" else len(self.categories) + 1
+        return Histogram(self.kind, [0] * n)
+
+    def bin_of(self, value: float | str) -> int | None:
+        """The bin a value falls in; None when the value's type does not fit the feature."""
+        if self.kind == "numeric":
+            if isinstance(value, str):
+                return None
+            return int(np.searchsorted(self.edges, value, side="left"))
+        if not isinstance(value, str):
+            return None
+        try:
+            return self.categories.index(value)
+        except ValueError:
+            return len(self.categories)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "edges": list(self.edges),
+                "categories": list(self.categories), "reference": self.reference.to_dict()}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> FeatureProfile:
+        return cls(doc["name"], doc["kind"], tuple(doc["edges"]), tuple(doc["categories"]),
+                   Histogram.from_dict(doc["reference"]))
+
+
+@dataclass
+class Histogram:
+    """Counts on a feature's bins; numeric bins also keep the range of what they hold."""
+
+    kind: str
+    counts: list[int]
+    lo: list[float] = field(default_factory=list)
+    hi: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind == "numeric" and not self.lo:
+            self.lo = [math.inf] * len(self.counts)
+            self.hi = [-math.inf] * len(self.counts)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def add(self, b: int, value: float | str) -> None:
+        self.counts[b] += 1
+        if self.kind == "numeric":
+            v = float(value)
+            if v < self.lo[b]:
+                self.lo[b] = v
+            if v > self.hi[b]:
+                self.hi[b] = v
+
+    def merge(self, other: Histogram) -> Histogram:
+        if len(other.counts) != len(self.counts) or other.kind != self.kind:
+            raise ValueError("histograms on different bins cannot merge")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        if self.kind == "numeric":
+            self.lo = [min(a, b) for a, b in zip(self.lo, other.lo, strict=True)]
+            self.hi = [max(a, b) for a, b in zip(self.hi, other.hi, strict=True)]
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": self.kind, "counts": self.counts}
+        if self.kind == "numeric":  # JSON has no infinity: empty bins are null
+            doc["lo"] = [v if math.isfinite(v) else None for v in self.lo]
+            doc["hi"] = [v if math.isfinite(v) else None for v in self.hi]
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Histogram:
+        if doc["kind"] != "numeric":
+            return cls(doc["kind"], list(doc["counts"]))
+        lo = [math.inf if v is None else v for v in doc["lo"]]
+        hi = [-math.inf if v is None else v for v in doc["hi"]]
+        return cls("numeric", list(doc["counts"]), lo, hi)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The reference: one FeatureProfile per feature name."""
+
+    features: Mapping[str, FeatureProfile]
+    source: str = ""
+
+    @classmethod
+    def build(cls, rows: Iterable[Mapping[str, float | str]], *, bins: int = 100,
+              max_categories: int = 50, source: str = "") -> Profile:
+        """Build from feature rows (``features_of`` of each reference event)."""
+        if bins < 2:
+            raise ValueError("bins must be at least 2")
+        values: dict[str, list[float | str]] = {}
+        for row in rows:
+            for name, v in row.items():
+                values.setdefault(name, []).append(v)
+        features: dict[str, FeatureProfile] = {}
+        for name, vs in sorted(values.items()):
+            numbers = [v for v in vs if not isinstance(v, str)]
+            if len(numbers) * 2 >= len(vs):
+                arr = np.asarray(numbers, float)
+                qs = np.quantile(arr, np.linspace(0, 1, bins + 1)[1:-1], method="lower")
+                fp = FeatureProfile(name, "numeric", edges=tuple(np.unique(qs).tolist()))
+                sample: list[float | str] = list(numbers)
+            else:
+                labels = [v for v in vs if isinstance(v, str)]
+                freq = sorted({c: labels.count(c) for c in set(labels)}.items(),
+                              key=lambda kv: (-kv[1], kv[0]))
+                cats = tuple(c for c, _ in freq[:max_categories])
+                fp = FeatureProfile(name, "categorical", categories=cats)
+                sample = list(labels)
+            ref = fp.empty()
+            for v in sample:
+                b = fp.bin_of(v)
+                if b is not None:
+                    ref.add(b, v)
+            features[name] = FeatureProfile(fp.name, fp.kind, fp.edges, fp.categories, ref)
+        return cls(features, source)
+
+    def histograms(self) -> dict[str, Histogram]:
+        return {name: fp.empty() for name, fp in self.features.items()}
+
+    def observe(self, hists: dict[str, Histogram], row: Mapping[str, float | str],
+                reference_of: Callable[[str], str] | None = None) -> None:
+        """Count one row. ``reference_of`` names the profile feature a row's feature is judged
+        against (candidate outputs against the live outputs' reference)."""
+        for name, v in row.items():
+            fp = self.features.get(reference_of(name) if reference_of else name)
+            if fp is None:
+                continue
+            b = fp.bin_of(v)
+            if b is None:
+                continue
+            h = hists.get(name)
+            if h is None:
+                h = hists[name] = fp.empty()
+            h.add(b, v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source,
+                "features": [fp.to_dict() for fp in self.features.values()]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Profile:
+        feats = [FeatureProfile.from_dict(f) for f in doc["features"]]
+        return cls({f.name: f for f in feats}, doc.get("source", ""))
+
+
+def drift(reference: Histogram, window: Histogram) -> dict[str, float]:
+    """All statistics of one feature; empty when either side has no data."""
+    n_ref, n_win = reference.total, window.total
+    if n_ref == 0 or n_win == 0:
+        return {}
+    p = np.asarray(reference.counts, float) / n_ref
+    q = np.asarray(window.counts, float) / n_win
+    out = {"n": float(n_win), "js": _js_distance(p, q)}
+    if reference.kind == "numeric":
+        out["psi"] = psi(p, q)
+        gaps = np.abs(np.cumsum(p) - np.cumsum(q))
+        out["ks"] = float(gaps.max())
+        out["ks_bound"] = float(np.maximum(p, q).max())
+        out["wasserstein"], out["wasserstein_bound"] = _wasserstein(reference, window, p, q)
+    else:
+        expected = p * n_win
+        seen = expected > 0
+        # Categories the reference never had cannot be tested by chi-square: they are pooled
+        # in OTHER by the binning and show up in JS instead.
+        if seen.sum() >= 2:
+            obs = np.asarray(window.counts, float)[seen]
+            exp = expected[seen] * obs.sum() / expected[seen].sum()
+            res = sps.chisquare(obs, exp)
+            out["chi2"], out["chi2_p"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def psi(p: np.ndarray, q: np.ndarray) -> float:
+    p = np.maximum(p, PSI_FLOOR)
+    q = np.maximum(q, PSI_FLOOR)
+    return float(((q - p) * np.log(q / p)).sum())
+
+
+def _js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    m = 0.5 * (p + q)
+    div = 0.0
+    for x in (p, q):
+        nz = x > 0
+        div += 0.5 * float((x[nz] * np.log2(x[nz] / m[nz])).sum())
+    return math.sqrt(max(0.0, div))
+
+
+def _wasserstein(ref: Histogram, win: Histogram, p: np.ndarray,
+                 q: np.ndarray) -> tuple[float, float]:
+    lo = np.minimum(ref.lo, win.lo)
+    hi = np.maximum(ref.hi, win.hi)
+    used = (p > 0) | (q > 0)
+    centres = (lo[used] + hi[used]) / 2
+    # Bins are ordered and disjoint, so the centres are sorted: W1 = integral of |F - G|.
+    cdf_gap = np.abs(np.cumsum(p[used]) - np.cumsum(q[used]))[:-1]
+    w1 = float((cdf_gap * np.diff(centres)).sum())
+    bound = float(((hi[used] - lo[used]) / 2 * (p[used] + q[used])).sum())
+    return w1, bound

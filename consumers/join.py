@@ -1,0 +1,384 @@
+"""The join of live and shadow answers per request, and the windows it closes. No Kafka here.
+
+``JoinCore`` is driven one message at a time by the Faust agent in ``consumers.app`` (and can be
+driven by a test or by replay with a plain dict as its table). It returns what to send; it
+never sends. Its only durable state is ``table``: one *entry* per request id (plus a few ``~``
+keys), which the Faust app backs with a changelogged Table, so a restarted app finds the same
+entries and closes the same windows with the same numbers.
+
+An entry, as stored (short keys: there is one per in-flight request)::
+
+    {"m": model, "ts": event time, "seg": segment,
+     "live": {"lat", "err", "o": output, "f": features, "src": [topic, partition, offset]},
+     "c": {candidate: {"lat", "err", "f", "src", "o" (until compared),
+                       "r": {"k", "s", "d", "m"} (comparison) | "dl": reason}},
+     "dl": reason}   # the request itself could not be decoded
+
+Time is event time. The watermark is the greatest ``ts`` seen. A window ``[s, s+size)`` closes
+when the watermark reaches ``s + size + grace``: then every entry of the window is final (a
+missing side is *unmatched*), its summaries are emitted and its entries deleted. An event for a
+window that has closed is either a replay after a restart (its offset is at or below the offset
+recorded when the window closed: ignored) or late (dead letter, counted).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from consumers.compare import ComparisonError, Tolerances, compare
+from consumers.drift import Profile, features_of
+from consumers.windows import aggregate, output_features, window_start
+from schemas import (
+    ContractError,
+    DeadLetter,
+    DivergencePair,
+    MirroredRequest,
+    ShadowOutput,
+    WindowSummary,
+    decode,
+    encode,
+)
+
+__all__ = ["JoinConfig", "JoinCore", "JoinStats", "Outgoing"]
+
+log = logging.getLogger(__name__)
+
+META_KEY = "~meta"
+PROFILE_KEY = "~profile:"
+DEAD_KEY = "~dl:"
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    window_ms: int = 60_000
+    """Size of the tumbling event-time windows."""
+    grace_ms: int = 10_000
+    """How long (event time) after a window ends its stragglers are waited for: the TTL of
+    an unmatched side. Keep it above the time a worker may lag behind the requests."""
+    reference_size: int = 1000
+    """Requests per model that make the drift reference, when no profile file is given."""
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    """Reference profiles per model from ``shadow profile build`` (override reference_size)."""
+    candidates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Candidates expected per model; others are learned from the outputs they send."""
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    max_event_bytes: int = 1 << 20
+    """Events larger than this are dead-lettered unread."""
+
+
+@dataclass
+class JoinStats:
+    requests: int = 0
+    outputs: int = 0
+    pairs: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    late: int = 0
+    dead_lettered: int = 0
+    windows_closed: int = 0
+    unmatched: dict[str, int] = field(default_factory=lambda: {"live": 0, "shadow": 0})
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to send: topic role ("pairs", "windows", "deadletter"), key and value."""
+
+    role: str
+    key: bytes | None
+    value: bytes
+
+
+class JoinCore:
+    def __init__(self, config: JoinConfig, table: MutableMapping[str, Any],
+                 requests_topic: str, outputs_topic: str) -> None:
+        self.config = config
+        self.table = table
+        self.requests_topic, self.outputs_topic = requests_topic, outputs_topic
+        self.stats = JoinStats()
+        self.watermark = 0
+        self.closed_before = 0  # windows starting before this have closed
+        self.closed_offsets: dict[str, int] = {}  # "topic:partition" -> offset at close
+        self.positions: dict[str, int] = {}  # "topic:partition" -> last offset handled
+        self.windows: dict[int, set[str]] = defaultdict(set)  # window start -> table keys
+        self.candidates: dict[str, set[str]] = defaultdict(set)
+        for model, cands in config.candidates.items():
+            self.candidates[model].update(cands)
+        self.profiles: dict[str, Profile] = dict(config.profiles)
+        self._reference: dict[str, list[dict[str, float | str]]] = defaultdict(list)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Rebuild the in-memory indexes from the table (after a restart or a rebalance)."""
+        self.windows.clear()
+        meta = self.table.get(META_KEY)
+        if meta:
+            self.closed_before = max(self.closed_before, meta["closed_before"])
+            self.closed_offsets = dict(meta["offsets"])
+        for key, entry in list(self.table.items()):
+            if key.startswith(PROFILE_KEY):
+                self.profiles.setdefault(key.removeprefix(PROFILE_KEY),
+                                         Profile.from_dict(entry))
+            elif not key.startswith("~") or key.startswith(DEAD_KEY):  # a request entry
+                self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
+                self.watermark = max(self.watermark, entry["ts"])
+                self.candidates[entry["m"]].update(entry.get("c", {}))
+        log.info("join: recovered %d entries in %d open windows, watermark %d",
+                 sum(map(len, self.windows.values())), len(self.windows), self.watermark)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def handle(self, topic: str, partition: int, offset: int, key: bytes | None,
+               value: bytes | None) -> list[Outgoing]:
+        """Process one message of either input topic; returns what to send."""
+        out: list[Outgoing] = []
+        src = [topic, partition, offset]
+        data = value or b""
+        is_request = topic == self.requests_topic
+        try:
+            if len(data) > self.config.max_event_bytes:
+                raise ContractError(f"event of {len(data)} bytes is over the limit of "
+                                    f"{self.config.max_event_bytes}")
+            if is_request:
+                self._on_request(decode(data, MirroredRequest), src, out)
+            else:
+                self._on_output(decode(data, ShadowOutput), src, out)
+        except ContractError as exc:
+            self._dead_event(exc, src, key, data, out)
+        self.positions[f"{topic}:{partition}"] = offset
+        self.sweep(self.watermark, out)
+        return out
+
+    def _on_request(self, r: MirroredRequest, src: list[Any], out: list[Outgoing]) -> None:
+        self.stats.requests += 1
+        if self._closed(r.ts, src, r.request_id, r.model, out):
+            return
+        entry = self.table.get(r.request_id) or {"m": r.model, "ts": r.ts, "c": {}}
+        live = entry.get("live")
+        if live is not None:
+            if live["src"] == src:  # the same message again, after a restart: resend its pairs
+                self.stats.replayed += 1
+                self._resend(r.request_id, entry, out)
+            else:
+                self.stats.duplicates += 1
+            return
+        output = r.live.output.model_dump(exclude_none=True) if r.live.output else None
+        features = features_of(r.inputs, "inputs")
+        features.update({f"output.{k}": v for k, v in output_features(output).items()})
+        entry["live"] = {"lat": r.live.latency_ms, "err": r.live.error, "o": output,
+                         "f": features, "src": src}
+        entry["ts"] = r.ts  # the request's time is authoritative for its window
+        entry["m"] = r.model
+        if r.attrs is not None and r.attrs.segment:
+            entry["seg"] = r.attrs.segment
+        for cand, answer in entry["c"].items():
+            if "r" not in answer and "dl" not in answer:  # answered before the request came
+                self._pair(r.request_id, entry, cand, answer, out)
+        self._store(r.request_id, entry)
+        self._learn_reference(r.model, features)
+
+    def _on_output(self, o: ShadowOutput, src: list[Any], out: list[Outgoing]) -> None:
+        self.stats.outputs += 1
+        if self._closed(o.ts, src, o.request_id, o.model, out):
+            return
+        self.candidates[o.model].add(o.candidate)
+        entry = self.table.get(o.request_id) or {"m": o.model, "ts": o.ts, "c": {}}
+        known = entry["c"].get(o.candidate)
+        if known is not None:
+            if known["src"] == src:
+                self.stats.replayed += 1
+                self._resend(o.request_id, entry, out)
+            else:  # the worker answered twice (at-least-once): the first answer counts
+                self.stats.duplicates += 1
+            return
+        output = o.output.model_dump(exclude_none=True) if o.output else None
+        answer: dict[str, Any] = {"lat": o.latency_ms, "err": o.error, "src": src,
+                                  "f": {f"candidate.{k}": v
+                                        for k, v in output_features(output).items()}}
+        if output is not None:
+            answer["o"] = output
+        entry["c"][o.candidate] = answer
+        if "live" in entry:
+            self._pair(o.request_id, entry, o.candidate, answer, out)
+        self._store(o.request_id, entry)
+
+    def _store(self, key: str, entry: dict[str, Any]) -> None:
+        self.table[key] = entry
+        self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
+        if entry["ts"] > self.watermark:
+            self.watermark = entry["ts"]
+
+    def _closed(self, ts: int, src: list[Any], request_id: str | None, model: str | None,
+                out: list[Outgoing]) -> bool:
+        """True when the event's window has closed (replayed or late: not joined)."""
+        if window_start(ts, self.config.window_ms) >= self.closed_before:
+            return False
+        if src[2] <= self.closed_offsets.get(f"{src[0]}:{src[1]}", -1):
+            self.stats.replayed += 1
+        else:
+            self.stats.late += 1
+            self.stats.dead_lettered += 1
+            out.append(self._dead_letter("join", "late: its window has closed", src, None,
+                                         None, request_id, model,
+                                         detail=f"event time {ts}, windows before "
+                                                f"{self.closed_before} are closed"))
+        return True
+
+    # -- pairs -------------------------------------------------------------------------------
+
+    def _pair(self, request_id: str, entry: dict[str, Any], cand: str, answer: dict[str, Any],
+              out: list[Outgoing]) -> None:
+        live = entry["live"]
+        cand_output = answer.pop("o", None)
+        if live["o"] is not None and cand_output is not None:
+            try:
+                c = compare(live["o"], cand_output,
+                            self.config.tolerances.for_model(entry["m"]))
+            except ComparisonError as exc:
+                answer["dl"] = str(exc)
+                self.stats.dead_lettered += 1
+                out.append(self._dead_letter(
+                    "join", str(exc), answer["src"], request_id.encode(), None, request_id,
+                    entry["m"], detail=f"candidate {cand}"))
+                return
+            answer["r"] = {"k": c.kind, "s": c.score, "d": c.disagree, "m": c.metrics}
+        else:
+            answer["r"] = None  # an error on either side: a pair, not a comparison
+        self.stats.pairs += 1
+        out.append(self._pair_record(request_id, entry, cand, answer))
+
+    def _resend(self, request_id: str, entry: dict[str, Any], out: list[Outgoing]) -> None:
+        if "live" not in entry:
+            return
+        for cand, answer in sorted(entry["c"].items()):
+            if "r" in answer:
+                out.append(self._pair_record(request_id, entry, cand, answer))
+
+    def _pair_record(self, request_id: str, entry: dict[str, Any], cand: str,
+                     answer: dict[str, Any]) -> Outgoing:
+        live, r = entry["live"], answer["r"]
+        doc: dict[str, Any] = {
+            "schema": DivergencePair.SCHEMA, "request_id": request_id, "model": entry["m"],
+            "ts": entry["ts"], "candidate": cand, "disagree": bool(r and r["d"]),
+            "live_latency_ms": live["lat"], "candidate_latency_ms": answer["lat"]}
+        if r:
+            doc.update(kind=r["k"], score=r["s"], metrics=r["m"])
+        for name, value in (("segment", entry.get("seg")), ("live_error", live["err"]),
+                            ("candidate_error", answer.get("err"))):
+            if value is not None:
+                doc[name] = value
+        return Outgoing("pairs", request_id.encode(), orjson.dumps(doc))
+
+    # -- reference and windows ---------------------------------------------------------------
+
+    def _learn_reference(self, model: str, features: dict[str, float | str]) -> None:
+        if model in self.profiles:
+            return
+        rows = self._reference[model]
+        rows.append(features)
+        if len(rows) >= self.config.reference_size:
+            profile = Profile.build(rows, source=f"first {len(rows)} requests")
+            self.profiles[model] = profile
+            self.table[PROFILE_KEY + model] = profile.to_dict()
+            del self._reference[model]
+            log.info("join: drift reference of %s built from %d requests", model, len(rows))
+
+    def closable(self, watermark: int) -> list[int]:
+        """Starts of the open windows that the watermark closes, oldest first."""
+        limit = watermark - self.config.grace_ms - self.config.window_ms
+        return sorted(s for s in self.windows if s <= limit)
+
+    def summaries(self, start: int, now_ms: int | None = None) -> list[WindowSummary]:
+        """The summaries of one window, from its entries (reads the table, writes nothing)."""
+        entries = [e for k in self.windows.get(start, ()) if (e := self.table.get(k))]
+        aggs = aggregate(entries, self.candidates, self.config.window_ms, self.profiles)
+        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
+                for k in sorted(aggs, key=lambda k: k.sort_key())]
+
+    def sweep(self, watermark: int, out: list[Outgoing]) -> None:
+        """Close every window the watermark has passed: emit, delete its entries, remember."""
+        for start in self.closable(watermark):
+            for summary in self.summaries(start):
+                out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
+                                    encode(summary)))
+                if summary.segment is None:
+                    self.stats.unmatched["live"] += summary.unmatched_live
+                    self.stats.unmatched["shadow"] += summary.unmatched_shadow
+            self.forget(start)
+
+    def forget(self, start: int) -> None:
+        """Delete a closed window's entries and record it as closed (in the table)."""
+        for key in self.windows.pop(start, ()):
+            self.table.pop(key, None)
+        self.closed_before = max(self.closed_before, start + self.config.window_ms)
+        self.closed_offsets.update(self.positions)
+        self.table[META_KEY] = {"closed_before": self.closed_before,
+                                "offsets": self.closed_offsets}
+        self.stats.windows_closed += 1
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def _dead_event(self, exc: ContractError, src: list[Any], key: bytes | None, data: bytes,
+                    out: list[Outgoing]) -> None:
+        """An input event that cannot be decoded: a dead letter, and counted in its window
+        when its model and time can still be read."""
+        self.stats.dead_lettered += 1
+        envelope = _envelope(data)
+        request_id = key.decode("utf-8", "replace") if key else envelope.get("request_id")
+        model, ts = envelope.get("model"), envelope.get("ts")
+        stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
+        out.append(self._dead_letter(stage, str(exc), src, key, data, request_id, model,
+                                     detail=exc.path))
+        if src[0] != self.requests_topic or model is None or ts is None:
+            return  # cannot be placed in a window: counted in the stats and metrics only
+        if window_start(ts, self.config.window_ms) < self.closed_before:
+            return
+        # Keyed by request id when there is one, so a candidate's answer to it (if any) joins
+        # this entry instead of counting as a second request.
+        table_key = request_id or f"{DEAD_KEY}{src[0]}:{src[1]}:{src[2]}"
+        entry = self.table.get(table_key) or {"m": model, "ts": ts, "c": {}}
+        entry["dl"] = str(exc)[:200]
+        self._store(table_key, entry)
+
+    def _dead_letter(self, stage: str, reason: str, src: list[Any], key: bytes | None,
+                     data: bytes | None, request_id: str | None, model: str | None,
+                     detail: str = "") -> Outgoing:
+        doc: dict[str, Any] = {
+            "schema": DeadLetter.SCHEMA, "ts": time.time_ns() // 1_000_000, "stage": stage,
+            "reason": reason[:256] or "invalid", "detail": detail,
+            "source": {"topic": src[0], "partition": src[1], "offset": src[2]}}
+        if request_id:
+            doc["request_id"] = request_id[:256]
+        if model:
+            doc["model"] = model[:256]
+        if key is not None:
+            doc["key_b64"] = base64.b64encode(key).decode()
+        if data is not None:
+            doc["value_b64"] = base64.b64encode(data).decode()
+        return Outgoing("deadletter", key, orjson.dumps(doc))
+
+
+def _envelope(data: bytes) -> dict[str, Any]:
+    """What can still be read of a broken event: request_id, model and ts when well typed."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name, typ in (("request_id", str), ("model", str), ("ts", int)):
+        v = doc.get(name)
+        if isinstance(v, typ) and not isinstance(v, bool) and (typ is str or v >= 0):
+            out[name] = v
+    return out
+

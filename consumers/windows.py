@@ -1,0 +1,229 @@
+"""Event-time windows: what one model and candidate did in one tumbling window. Pure code.
+
+The join keeps one *entry* per request (a plain dict, see ``consumers.join``); a window's
+numbers are a function of its entries alone, which is what makes them exact and the same after
+a restart (entries live in a changelogged table until their window closes) and the same in
+offline replay. Per candidate, an entry counts once in ``requests`` and once in exactly one of
+``pairs``, ``unmatched_live`` (the candidate answered, the live request never came),
+``unmatched_shadow`` (the request came, the candidate never answered) or ``dead_lettered``, so
+``requests = pairs + unmatched_live + unmatched_shadow + dead_lettered`` holds by construction.
+
+Aggregates merge by addition (counts, sketches, histograms): summaries of several partitions,
+workers or windows combine exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers.drift import Histogram, Profile, drift
+from consumers.sketch import QuantileSketch
+from schemas import WindowSummary
+
+__all__ = ["WindowAggregate", "WindowKey", "aggregate", "output_features", "window_start"]
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+SKETCH_ACCURACY = 0.01
+
+
+def window_start(ts: int, size_ms: int) -> int:
+    return ts - ts % size_ms
+
+
+def output_features(output: Mapping[str, Any] | None) -> dict[str, float | str]:
+    """What drift watches in an answer: one or two numbers or labels per output kind."""
+    if not output:
+        return {}
+    kind, value = output.get("kind"), output.get("value")
+    if kind == "scalar":
+        return {"value": float(value)}  # type: ignore[arg-type]
+    if not isinstance(value, list) or not value:
+        return {}
+    if kind == "probs":
+        top = max(range(len(value)), key=value.__getitem__)
+        labels = output.get("labels")
+        return {"confidence": float(value[top]), "top1": labels[top] if labels else str(top)}
+    if kind == "scores":
+        top = max(range(len(value)), key=value.__getitem__)
+        items = output.get("items")
+        return {"top1": items[top] if items else str(top)}
+    if kind == "embedding":
+        return {"norm": float(sum(v * v for v in value) ** 0.5)}
+    return {f"value[{i}]": float(v) for i, v in enumerate(value[:8])}  # vector
+
+
+@dataclass(frozen=True, order=True)
+class WindowKey:
+    model: str
+    candidate: str
+    start: int
+    segment: str | None = None
+
+    def sort_key(self) -> tuple[str, str, int, str]:
+        return (self.model, self.candidate, self.start, self.segment or "")
+
+
+@dataclass
+class WindowAggregate:
+    """Mergeable state of one window of one model and candidate (and segment)."""
+
+    requests: int = 0
+    pairs: int = 0
+    unmatched_live: int = 0
+    unmatched_shadow: int = 0
+    dead_lettered: int = 0
+    candidate_errors: int = 0
+    compared: int = 0
+    disagreements: int = 0
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    divergence: QuantileSketch = field(default_factory=lambda: QuantileSketch(SKETCH_ACCURACY))
+    live_latency: QuantileSketch = field(default_factory=lambda: QuantileSketch(SKETCH_ACCURACY))
+    candidate_latency: QuantileSketch = field(
+        default_factory=lambda: QuantileSketch(SKETCH_ACCURACY))
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+
+    def add(self, entry: Mapping[str, Any], candidate: str, profile: Profile | None) -> bool:
+        """Count one request entry for one candidate; False when it is not this candidate's."""
+        live = entry.get("live")
+        answer = entry.get("c", {}).get(candidate)
+        if "dl" in entry:  # the request itself could not be decoded
+            self.requests += 1
+            self.dead_lettered += 1
+            return True
+        if live is None and answer is None:
+            return False
+        self.requests += 1
+        if live is not None:
+            self.live_latency.add(live["lat"])
+            if profile is not None:
+                profile.observe(self.histograms, live.get("f", {}))
+        if answer is not None:
+            self.candidate_latency.add(answer["lat"])
+            if profile is not None and "f" in answer:
+                profile.observe(self.histograms, answer["f"], _reference_name)
+        if live is None:
+            self.unmatched_live += 1
+        elif answer is None:
+            self.unmatched_shadow += 1
+        elif "dl" in answer:
+            self.dead_lettered += 1
+        else:
+            self.pairs += 1
+            self.candidate_errors += answer.get("err") is not None
+            result = answer.get("r")
+            if result is not None:
+                self.compared += 1
+                self.disagreements += bool(result["d"])
+                self.divergence.add(result["s"])
+                for k, v in result["m"].items():
+                    self.metric_sums[k] = self.metric_sums.get(k, 0.0) + v
+        return True
+
+    def merge(self, other: WindowAggregate) -> WindowAggregate:
+        for name in ("requests", "pairs", "unmatched_live", "unmatched_shadow", "dead_lettered",
+                     "candidate_errors", "compared", "disagreements"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.metric_sums.items():
+            self.metric_sums[k] = self.metric_sums.get(k, 0.0) + v
+        self.divergence.merge(other.divergence)
+        self.live_latency.merge(other.live_latency)
+        self.candidate_latency.merge(other.candidate_latency)
+        for k, h in other.histograms.items():
+            if k in self.histograms:
+                self.histograms[k].merge(h)
+            else:
+                self.histograms[k] = Histogram.from_dict(h.to_dict())
+        return self
+
+    def summary(self, key: WindowKey, size_ms: int, profile: Profile | None,
+                now_ms: int) -> WindowSummary:
+        div: dict[str, float] = {}
+        if self.compared:
+            for name, q in QUANTILES.items():
+                div[name] = self.divergence.quantile(q)  # type: ignore[assignment]
+            div["max"] = self.divergence.max
+            div["mean"] = self.divergence.sum / self.compared
+            for k, v in sorted(self.metric_sums.items()):
+                div[f"mean_{k}"] = v / self.compared
+        return WindowSummary.model_validate({
+            "schema": WindowSummary.SCHEMA, "model": key.model, "candidate": key.candidate,
+            "segment": key.segment, "ts": now_ms, "window_start": key.start,
+            "window_end": key.start + size_ms, "requests": self.requests, "pairs": self.pairs,
+            "unmatched_live": self.unmatched_live, "unmatched_shadow": self.unmatched_shadow,
+            "dead_lettered": self.dead_lettered, "candidate_errors": self.candidate_errors,
+            "coverage": self.pairs / self.requests if self.requests else None,
+            "disagreement_rate": self.disagreements / self.compared if self.compared else None,
+            "divergence": div,
+            "latency": {"live_p50": self.live_latency.quantile(0.5),
+                        "live_p99": self.live_latency.quantile(0.99),
+                        "candidate_p50": self.candidate_latency.quantile(0.5),
+                        "candidate_p99": self.candidate_latency.quantile(0.99)},
+            "drift": self._drift(profile),
+            "state": self.to_state(),
+        })
+
+    def _drift(self, profile: Profile | None) -> dict[str, dict[str, float]]:
+        if profile is None:
+            return {}
+        out = {}
+        for name, hist in sorted(self.histograms.items()):
+            fp = profile.features.get(_reference_name(name))
+            if fp is not None:
+                stats = drift(fp.reference, hist)
+                if stats:
+                    out[name] = stats
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"requests": self.requests, "pairs": self.pairs,
+                "unmatched_live": self.unmatched_live, "unmatched_shadow": self.unmatched_shadow,
+                "dead_lettered": self.dead_lettered, "candidate_errors": self.candidate_errors,
+                "compared": self.compared, "disagreements": self.disagreements,
+                "metric_sums": self.metric_sums, "divergence": self.divergence.to_dict(),
+                "live_latency": self.live_latency.to_dict(),
+                "candidate_latency": self.candidate_latency.to_dict(),
+                "histograms": {k: h.to_dict() for k, h in sorted(self.histograms.items())}}
+
+    @classmethod
+    def from_state(cls, doc: Mapping[str, Any]) -> WindowAggregate:
+        agg = cls(**{k: doc[k] for k in ("requests", "pairs", "unmatched_live",
+                                         "unmatched_shadow", "dead_lettered",
+                                         "candidate_errors", "compared", "disagreements")})
+        agg.metric_sums = dict(doc["metric_sums"])
+        agg.divergence = QuantileSketch.from_dict(doc["divergence"])
+        agg.live_latency = QuantileSketch.from_dict(doc["live_latency"])
+        agg.candidate_latency = QuantileSketch.from_dict(doc["candidate_latency"])
+        agg.histograms = {k: Histogram.from_dict(h) for k, h in doc["histograms"].items()}
+        return agg
+
+
+def _reference_name(name: str) -> str:
+    """Candidate output features are judged against the live outputs' reference."""
+    return "output." + name.removeprefix("candidate.") if name.startswith("candidate.") else name
+
+
+def aggregate(entries: Iterable[Mapping[str, Any]], candidates: Mapping[str, Iterable[str]],
+              size_ms: int, profiles: Mapping[str, Profile]) -> dict[WindowKey, WindowAggregate]:
+    """Window aggregates of request entries, per model, candidate, window and segment.
+
+    ``candidates`` names the candidates each model is known to have: a request none of them
+    answered still counts (as unmatched) for every one of them.
+    """
+    out: dict[WindowKey, WindowAggregate] = {}
+    for entry in entries:
+        start = window_start(entry["ts"], size_ms)
+        profile = profiles.get(entry["m"])
+        for cand in sorted(set(candidates.get(entry["m"], ())) | set(entry.get("c", {}))):
+            keys = [WindowKey(entry["m"], cand, start)]
+            if entry.get("seg"):
+                keys.append(WindowKey(entry["m"], cand, start, entry["seg"]))
+            for key in keys:
+                agg = out.get(key)
+                fresh = agg is None
+                if fresh:
+                    agg = WindowAggregate()
+                if agg.add(entry, cand, profile) and fresh:  # type: ignore[union-attr]
+                    out[key] = agg  # type: ignore[assignment]
+    return out

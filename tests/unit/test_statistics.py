@@ -1,0 +1,259 @@
+"""Comparators, the quantile sketch and drift statistics, checked against numpy and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+from scipy.spatial import distance
+
+from consumers.compare import ComparisonError, Tolerance, Tolerances, compare, rbo
+from consumers.drift import Profile, drift, features_of, psi
+from consumers.sketch import QuantileSketch
+
+RNG = np.random.default_rng(7)
+
+
+def probs(n: int) -> list[float]:
+    v = RNG.random(n) + 1e-3
+    return (v / v.sum()).tolist()
+
+
+# -- comparators ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_probs_metrics_equal_scipy(n: int) -> None:
+    for _ in range(50):
+        p, q = probs(n), probs(n)
+        c = compare({"kind": "probs", "value": p}, {"kind": "probs", "value": q})
+        assert c.metrics["js_divergence"] == pytest.approx(
+            distance.jensenshannon(p, q, base=2) ** 2, abs=1e-12)
+        assert c.metrics["total_variation"] == pytest.approx(
+            0.5 * np.abs(np.subtract(p, q)).sum(), abs=1e-12)
+        assert c.metrics["confidence_delta"] == pytest.approx(max(q) - max(p), abs=1e-12)
+        agree = int(np.argmax(p)) == int(np.argmax(q))
+        assert c.metrics["top1_agree"] == float(agree)
+        assert c.disagree is (not agree)
+        assert c.score == c.metrics["js_divergence"]
+
+
+def test_probs_js_threshold_makes_agreeing_answers_disagree() -> None:
+    live, cand = {"kind": "probs", "value": [0.9, 0.1]}, {"kind": "probs", "value": [0.6, 0.4]}
+    assert not compare(live, cand).disagree
+    assert compare(live, cand, Tolerance(js_max=0.01)).disagree
+
+
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_regression_errors_and_tolerance_equal_numpy(kind: str) -> None:
+    tol = Tolerance(atol=1e-3, rtol=0.01)
+    for _ in range(200):
+        n = 1 if kind == "scalar" else 5
+        a = RNG.normal(0, 10, n)
+        b = a + RNG.normal(0, 0.05, n) * RNG.integers(0, 2, n)
+        live = {"kind": kind, "value": float(a[0]) if kind == "scalar" else a.tolist()}
+        cand = {"kind": kind, "value": float(b[0]) if kind == "scalar" else b.tolist()}
+        c = compare(live, cand, tol)
+        assert c.metrics["abs_error"] == pytest.approx(np.abs(b - a).max(), abs=1e-12)
+        assert c.metrics["rel_error"] == pytest.approx((np.abs(b - a) / np.abs(a)).max())
+        assert c.disagree is (not np.allclose(b, a, rtol=tol.rtol, atol=tol.atol))
+        if kind == "vector":
+            assert c.metrics["mean_abs_error"] == pytest.approx(np.abs(b - a).mean())
+
+
+def test_embedding_cosine_distance_equals_scipy() -> None:
+    for _ in range(50):
+        a, b = RNG.normal(size=16), RNG.normal(size=16)
+        c = compare({"kind": "embedding", "value": a.tolist()},
+                    {"kind": "embedding", "value": b.tolist()}, Tolerance(cosine_max=0.5))
+        assert c.score == pytest.approx(distance.cosine(a, b), abs=1e-12)
+        assert c.disagree == bool(distance.cosine(a, b) > 0.5)
+
+
+def rbo_reference(s: list[int], t: list[int], p: float) -> float:
+    """Webber et al.'s extrapolated RBO written straight from its definition with sets."""
+    k = len(s)
+    agreement = [len(set(s[:d]) & set(t[:d])) / d for d in range(1, k + 1)]
+    x_k = agreement[-1] * k
+    return x_k / k * p**k + (1 - p) / p * sum(a * p**d for d, a in
+                                                enumerate(agreement, start=1))
+
+
+@given(st.permutations(list(range(12))), st.permutations(list(range(12))),
+       st.sampled_from([0.5, 0.9, 0.98]))
+def test_rbo_equals_its_definition(s: list[int], t: list[int], p: float) -> None:
+    assert rbo(s, t, p) == pytest.approx(rbo_reference(s, t, p), abs=1e-12)
+
+
+def test_rbo_bounds_and_scores_comparator() -> None:
+    assert rbo([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert rbo([1, 2, 3], [4, 5, 6]) == 0.0
+    live = {"kind": "scores", "value": [0.9, 0.5, 0.1, 0.3], "items": ["a", "b", "c", "d"]}
+    cand = {"kind": "scores", "value": [0.8, 0.9, 0.1, 0.3], "items": ["a", "b", "c", "d"]}
+    c = compare(live, cand, Tolerance(top_k=2))
+    assert c.metrics["topk_overlap"] == 1.0  # {a, b} both sides
+    assert c.disagree  # top-1 a vs b
+    assert c.score == pytest.approx(1 - rbo(["a", "b", "d", "c"], ["b", "a", "d", "c"]))
+
+
+@pytest.mark.parametrize("live,cand,message", [
+    ({"kind": "probs", "value": [0.5, 0.5]}, {"kind": "scalar", "value": 1.0}, "kinds differ"),
+    ({"kind": "vector", "value": [1.0]}, {"kind": "vector", "value": [1.0, 2.0]},
+     "lengths differ"),
+    ({"kind": "vector", "value": [1.0]}, {"kind": "vector", "value": [math.nan]}, "non-finite"),
+])
+def test_incomparable_answers_raise(live: dict, cand: dict, message: str) -> None:
+    with pytest.raises(ComparisonError, match=message):
+        compare(live, cand)
+
+
+def test_tolerances_per_model_and_bad_files_refused(tmp_path) -> None:
+    path = tmp_path / "tol.toml"
+    path.write_text("[default]\nrtol = 0.05\n[models.m1]\ncosine_max = 0.2\n")
+    tols = Tolerances.from_file(path)
+    assert tols.for_model("other").rtol == 0.05
+    assert tols.for_model("m1").cosine_max == 0.2 and tols.for_model("m1").rtol == 0.05
+    path.write_text("[default]\nrtoll = 1\n")
+    with pytest.raises(ValueError, match=r"unknown keys.*rtoll"):
+        Tolerances.from_file(path)
+    path.write_text("[default]\nrtol = -1\n")
+    with pytest.raises(ValueError, match="non-negative"):
+        Tolerances.from_file(path)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.floats(0.01, 1), min_size=2, max_size=6).flatmap(
+    lambda p: st.tuples(st.just(p), st.lists(st.floats(0.01, 1), min_size=len(p),
+                                             max_size=len(p)))))
+def test_probs_metrics_are_bounded_and_symmetric(pq: tuple[list[float], list[float]]) -> None:
+    p, q = pq
+    a = compare({"kind": "probs", "value": p}, {"kind": "probs", "value": q})
+    b = compare({"kind": "probs", "value": q}, {"kind": "probs", "value": p})
+    assert 0 <= a.metrics["js_divergence"] <= 1 + 1e-12
+    assert 0 <= a.metrics["total_variation"] <= 1 + 1e-12
+    assert a.metrics["js_divergence"] == pytest.approx(b.metrics["js_divergence"], abs=1e-12)
+
+
+# -- quantile sketch -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accuracy", [0.01, 0.05])
+def test_sketch_quantiles_within_relative_accuracy_of_numpy(accuracy: float) -> None:
+    data = np.concatenate([RNG.lognormal(0, 2, 20_000), np.zeros(300), RNG.random(50) * 1e-3])
+    sketch = QuantileSketch(accuracy).extend(data.tolist())
+    for q in (0, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1):
+        exact = float(np.quantile(data, q, method="lower"))
+        assert abs(sketch.quantile(q) - exact) <= accuracy * exact * (1 + 1e-9) + 1e-12, q
+    assert sketch.count == data.size and sketch.max == data.max()
+
+
+@given(st.lists(st.floats(0, 1e6), min_size=1, max_size=300),
+       st.lists(st.floats(0, 1e6), max_size=300))
+def test_sketch_merge_is_the_sketch_of_the_concatenation(a: list[float], b: list[float]) -> None:
+    merged = QuantileSketch().extend(a).merge(QuantileSketch().extend(b))
+    whole = QuantileSketch().extend(a + b)
+    assert merged.buckets == whole.buckets and merged.zeros == whole.zeros
+    assert merged.count == whole.count and merged.max == whole.max and merged.min == whole.min
+    assert merged.quantile(0.5) == whole.quantile(0.5)
+    assert QuantileSketch.from_dict(merged.to_dict()).buckets == merged.buckets
+
+
+def test_sketch_refuses_negative_and_nan() -> None:
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError):
+            QuantileSketch().add(bad)
+    assert QuantileSketch().quantile(0.5) is None
+
+
+# -- drift ---------------------------------------------------------------------------------
+
+
+def counts_on(edges: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+    """Counts of (e[i-1], e[i]] bins, computed independently of the code under test."""
+    below = np.array([(x <= e).sum() for e in edges] + [x.size])
+    return np.diff(np.concatenate([[0], below]))
+
+
+def numeric_case(shift: float, scale: float = 1.0, n_ref: int = 5000, n_win: int = 3000):
+    ref = RNG.normal(0, 1, n_ref)
+    win = RNG.normal(shift, scale, n_win)
+    profile = Profile.build([{"x": float(v)} for v in ref], bins=100)
+    hists = profile.histograms()
+    for v in win:
+        profile.observe(hists, {"x": float(v)})
+    return ref, win, profile.features["x"], hists["x"]
+
+
+@pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (0.3, 1.3), (1.5, 1.0)])
+def test_numeric_drift_equals_numpy_scipy_within_stated_bounds(shift: float,
+                                                               scale: float) -> None:
+    ref, win, fp, hist = numeric_case(shift, scale)
+    p = counts_on(fp.edges, ref) / ref.size
+    q = counts_on(fp.edges, win) / win.size
+    assert fp.reference.counts == counts_on(fp.edges, ref).tolist()
+    assert hist.counts == counts_on(fp.edges, win).tolist()
+    out = drift(fp.reference, hist)
+    pf, qf = np.maximum(p, 1e-4), np.maximum(q, 1e-4)
+    assert out["psi"] == pytest.approx(float(((qf - pf) * np.log(qf / pf)).sum()), rel=1e-12)
+    assert out["js"] == pytest.approx(distance.jensenshannon(p, q, base=2), abs=1e-9)
+    ks = sps.ks_2samp(ref, win).statistic
+    assert out["ks"] <= ks + 1e-12 <= out["ks"] + out["ks_bound"] + 1e-12
+    if shift == 0 and scale == 1:  # no drift: 100 bins make the bound small
+        assert out["ks_bound"] <= 0.03
+    w1 = sps.wasserstein_distance(ref, win)
+    assert abs(out["wasserstein"] - w1) <= out["wasserstein_bound"] + 1e-12
+    assert out["n"] == win.size
+
+
+def test_psi_orders_shifts() -> None:
+    values = [drift(fp.reference, h)["psi"] for *_, fp, h in
+              (numeric_case(s) for s in (0.0, 0.5, 2.0))]
+    assert values[0] < 0.1 < values[1] < values[2]
+    assert psi(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0
+
+
+def test_categorical_drift_equals_scipy() -> None:
+    cats = ["DE", "FR", "US"]
+    ref = RNG.choice(cats, 4000, p=[0.45, 0.35, 0.2])
+    win = RNG.choice([*cats, "JP"], 2000, p=[0.2, 0.2, 0.5, 0.1])
+    profile = Profile.build([{"c": str(v)} for v in ref])
+    hists = profile.histograms()
+    for v in win:
+        profile.observe(hists, {"c": str(v)})
+    fp = profile.features["c"]
+    assert fp.kind == "categorical" and set(fp.categories) == set(cats)
+    out = drift(fp.reference, hists["c"])
+    ref_counts = np.array([(ref == c).sum() for c in fp.categories] + [0])
+    win_counts = np.array([(win == c).sum() for c in fp.categories] + [(win == "JP").sum()])
+    assert hists["c"].counts == win_counts.tolist()
+    assert out["js"] == pytest.approx(distance.jensenshannon(
+        ref_counts / ref_counts.sum(), win_counts / win_counts.sum(), base=2), abs=1e-9)
+    obs = win_counts[:3]
+    exp = ref_counts[:3] / ref_counts[:3].sum() * obs.sum()
+    expected = sps.chisquare(obs, exp)
+    assert out["chi2"] == pytest.approx(expected.statistic)
+    assert out["chi2_p"] == pytest.approx(expected.pvalue)
+
+
+def test_histograms_merge_by_addition_and_round_trip() -> None:
+    _, win, fp, whole = numeric_case(0.2)
+    a, b = fp.empty(), fp.empty()
+    for i, v in enumerate(win):
+        (a if i % 2 else b).add(fp.bin_of(float(v)), float(v))
+    merged = a.merge(b)
+    assert merged.counts == whole.counts and merged.lo == whole.lo and merged.hi == whole.hi
+    profile = Profile({"x": fp})
+    assert Profile.from_dict(profile.to_dict()).features["x"].reference == fp.reference
+
+
+def test_features_of_flattens_inputs() -> None:
+    doc = {"amount": 3, "country": "DE", "flag": True, "history": [0.1, 0.2],
+           "user": {"age": 40, "tier": "gold"}, "big": list(range(100)), "x": math.inf}
+    assert features_of(doc, "inputs") == {
+        "inputs.amount": 3.0, "inputs.country": "DE", "inputs.flag": "true",
+        "inputs.history[0]": 0.1, "inputs.history[1]": 0.2, "inputs.user.age": 40.0,
+        "inputs.user.tier": "gold"}
