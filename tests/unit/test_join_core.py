@@ -1,0 +1,225 @@
+"""The join and its windows, driven message by message with a dict as the table (no Kafka)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from consumers.join import JoinConfig, JoinCore, Outgoing
+from consumers.windows import WindowAggregate, aggregate
+from schemas import DeadLetter, DivergencePair, WindowSummary, decode
+
+REQ, OUT = "t.requests", "t.outputs"
+WINDOW = 10_000
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % WINDOW
+
+
+def request(i: int, ts: int, probs: list[float], segment: str = "eu") -> dict[str, Any]:
+    return {"schema": "mirror.request/1", "request_id": f"r{i}", "model": "m", "ts": ts,
+            "inputs": {"x": float(i % 17), "c": "ab"[i % 2]},
+            "live": {"version": "v1", "latency_ms": 2.0 + i % 5,
+                     "output": {"kind": "probs", "value": probs}},
+            "attrs": {"segment": segment}}
+
+
+def output(i: int, ts: int, cand: str, probs: list[float] | None, err: str | None = None):
+    doc = {"schema": "shadow.output/1", "request_id": f"r{i}", "model": "m", "ts": ts,
+           "candidate": cand, "latency_ms": 1.0 + i % 3}
+    if probs is not None:
+        doc["output"] = {"kind": "probs", "value": probs}
+    if err:
+        doc["error"] = err
+    return doc
+
+
+class Log:
+    """Two topics of three partitions, offsets assigned as messages are appended."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, int, int, bytes, bytes]] = []
+        self._next: Counter[tuple[str, int]] = Counter()
+
+    def append(self, topic: str, key: str, value: bytes | dict) -> None:
+        partition = sum(key.encode()) % 3
+        offset = self._next[(topic, partition)]
+        self._next[(topic, partition)] += 1
+        data = value if isinstance(value, bytes) else orjson.dumps(value)
+        self.messages.append((topic, partition, offset, key.encode(), data))
+
+
+def traffic(n: int = 400, seed: int = 1) -> tuple[Log, dict[str, Any]]:
+    """Requests over three windows; candidate "c1" answers all but a few, 10% of them with
+    the other top class; "c2" answers half. Ground truth returned with the log."""
+    rnd = random.Random(seed)
+    log = Log()
+    truth = {"disagree": set(), "no_c1": set(), "c1_error": set()}
+    pending: list[tuple[str, str, dict]] = []
+    for i in range(n):
+        ts = T0 + i * (3 * WINDOW // n)
+        p = round(rnd.random(), 4)
+        live = [p, round(1 - p, 4)]
+        pending.append((REQ, f"r{i}", request(i, ts, live)))
+        if i % 37 == 5:
+            truth["no_c1"].add(f"r{i}")
+        elif i % 41 == 7:
+            truth["c1_error"].add(f"r{i}")
+            pending.append((OUT, f"r{i}", output(i, ts, "c1", None, "boom")))
+        else:
+            flip = i % 10 == 3 and abs(p - 0.5) > 1e-3
+            if flip:
+                truth["disagree"].add(f"r{i}")
+            pending.append((OUT, f"r{i}", output(i, ts, "c1", live[::-1] if flip else live)))
+        if i % 2 == 0:
+            pending.append((OUT, f"r{i}", output(i, ts, "c2", live)))
+    # Outputs may overtake their request: shuffle within small neighbourhoods.
+    for j in range(0, len(pending), 6):
+        chunk = pending[j:j + 6]
+        rnd.shuffle(chunk)
+        pending[j:j + 6] = chunk
+    for topic, key, doc in pending:
+        log.append(topic, key, doc)
+    return log, truth
+
+
+def run(core: JoinCore, messages) -> list[Outgoing]:
+    out: list[Outgoing] = []
+    for m in messages:
+        out.extend(core.handle(*m))
+    return out
+
+
+def close_all(core: JoinCore, log: Log) -> list[Outgoing]:
+    """A request far in the future moves the watermark past every window."""
+    log.append(REQ, "late-tick", request(10**6, T0 + 100 * WINDOW, [0.5, 0.5]))
+    return run(core, log.messages[-1:])
+
+
+def windows_of(out: list[Outgoing]) -> dict[tuple, WindowSummary]:
+    found = {}
+    for o in out:
+        if o.role == "windows":
+            s = decode(o.value, WindowSummary)
+            found[(s.candidate, s.window_start, s.segment)] = s
+    return found
+
+
+def make_core(table: dict | None = None, **kw: Any) -> JoinCore:
+    config = JoinConfig(window_ms=WINDOW, grace_ms=2_000, reference_size=50, **kw)
+    return JoinCore(config, {} if table is None else table, REQ, OUT)
+
+
+def test_pairs_once_per_request_and_candidate_with_ground_truth() -> None:
+    log, truth = traffic()
+    core = make_core()
+    log.append(OUT, "r10", output(10, T0 + 10 * 75, "c2", [0.1, 0.9]))  # a second answer
+    m = log.messages  # ... and two messages delivered again (replayed):
+    messages = [*m[:60], m[-1], m[5], m[9], *m[60:-1]]
+    out = run(core, messages) + close_all(core, log)
+    pairs = [decode(o.value, DivergencePair) for o in out if o.role == "pairs"]
+    first = {(p.request_id, p.candidate): p for p in pairs}
+    c1 = {rid for rid, c in first if c == "c1"}
+    assert len(c1) == 400 - len(truth["no_c1"])
+    assert {rid for (rid, c), p in first.items() if c == "c1" and p.disagree} == truth["disagree"]
+    assert {rid for (rid, c), p in first.items() if p.candidate_error} == truth["c1_error"]
+    assert first[("r10", "c2")].disagree is False  # the duplicate answer was ignored
+    assert core.stats.duplicates == 1 and core.stats.replayed == 2
+    # A replayed message re-sends its pairs (at least once downstream), identical each time.
+    assert all(p == first[(p.request_id, p.candidate)] for p in pairs)
+
+
+def test_windows_conserve_and_match_ground_truth() -> None:
+    log, truth = traffic()
+    core = make_core()
+    out = run(core, log.messages) + close_all(core, log)
+    windows = windows_of(out)
+    assert {k[1] for k in windows} == {T0, T0 + WINDOW, T0 + 2 * WINDOW}
+    for s in windows.values():
+        assert s.requests == s.pairs + s.unmatched_live + s.unmatched_shadow + s.dead_lettered
+    c1 = [s for (cand, _, seg), s in windows.items() if cand == "c1" and seg is None]
+    assert sum(s.requests for s in c1) == 400
+    assert sum(s.unmatched_shadow for s in c1) == len(truth["no_c1"])
+    assert sum(s.candidate_errors for s in c1) == len(truth["c1_error"])
+    compared = 400 - len(truth["no_c1"]) - len(truth["c1_error"])
+    disagreements = sum(round(s.disagreement_rate * (s.pairs - s.candidate_errors))
+                        for s in c1)
+    assert disagreements == len(truth["disagree"]) and compared > 300
+    c2 = [s for (cand, _, seg), s in windows.items() if cand == "c2" and seg is None]
+    assert sum(s.pairs for s in c2) == 200 and sum(s.unmatched_shadow for s in c2) == 200
+    assert all(s.disagreement_rate == 0 for s in c2)
+    # Segments split the same requests.
+    seg = [s for (cand, _, sg), s in windows.items() if cand == "c1" and sg is not None]
+    assert sum(s.requests for s in seg) == 400
+    # Drift is measured once the reference (50 requests) is known.
+    later = windows[("c1", T0 + 2 * WINDOW, None)]
+    assert {"inputs.x", "inputs.c", "output.confidence", "candidate.confidence"} <= set(
+        later.drift)
+    assert later.latency.live_p50 is not None and later.divergence["p99"] >= 0
+
+
+def test_unmatched_live_dead_letters_and_late_events() -> None:
+    core = make_core()
+    log = Log()
+    log.append(OUT, "orphan", output(1, T0 + 5, "c1", [0.5, 0.5]) | {"request_id": "orphan"})
+    log.append(REQ, "bad", b'{"schema": "mirror.request/1", "model": "m", "ts": %d}' % (T0 + 6))
+    log.append(REQ, "junk", b"\x00\xffnot json")
+    log.append(REQ, "r2", request(2, T0 + 7, [0.2, 0.8]))
+    log.append(OUT, "r2", output(2, T0 + 8, "c1", [0.2, 0.8, 0.0]))  # wrong shape
+    out = run(core, log.messages) + close_all(core, log)
+    dead = [decode(o.value, DeadLetter) for o in out if o.role == "deadletter"]
+    assert [d.stage for d in dead] == ["validate", "decode", "join"]
+    assert dead[0].reason.startswith("missing required field") and dead[0].model == "m"
+    assert "lengths differ" in dead[2].reason and dead[2].request_id == "r2"
+    s = windows_of(out)[("c1", T0, None)]
+    assert (s.requests, s.pairs, s.unmatched_live, s.dead_lettered) == (3, 0, 1, 2)
+    # An event for the closed window is late: a dead letter, not a silent drop.
+    log.append(REQ, "r3", request(3, T0 + 9, [0.5, 0.5]))
+    late = run(core, log.messages[-1:])
+    assert [o.role for o in late] == ["deadletter"] and core.stats.late == 1
+    assert "late" in decode(late[0].value, DeadLetter).reason
+
+
+@pytest.mark.parametrize("cut,lag", [(0.3, 40), (0.5, 5), (0.8, 300)])
+def test_restart_mid_stream_changes_no_number(cut: float, lag: int) -> None:
+    """A crash: the table (changelog) survives, the committed offsets lag ``lag`` messages
+    behind; the restarted core replays from there. Every window comes out the same, once."""
+    log, _ = traffic(600, seed=3)
+    whole = make_core()
+    expected = windows_of(run(whole, log.messages) + close_all(whole, log))
+
+    table: dict[str, Any] = {}
+    first = make_core(table)
+    n = int(len(log.messages) * cut)
+    before = windows_of(run(first, log.messages[:n]))
+    second = make_core(table)
+    second.recover()
+    after = windows_of(run(second, log.messages[n - lag:]) + close_all(second, log))
+    assert second.stats.late == 0 and second.stats.replayed >= lag - 5
+    assert not set(before) & set(after)
+    assert set(before) | set(after) == set(expected)
+    for key, s in expected.items():
+        got = after.get(key) or before[key]
+        assert got.model_dump(exclude={"ts"}) == s.model_dump(exclude={"ts"}), key
+
+
+def test_window_aggregates_merge_exactly() -> None:
+    log, _ = traffic()
+    core = make_core()
+    run(core, log.messages)
+    entries = [e for k, e in core.table.items() if not k.startswith("~")]
+    cands = {"m": {"c1", "c2"}}
+    whole = aggregate(entries, cands, WINDOW, core.profiles)
+    a = aggregate(entries[::2], cands, WINDOW, core.profiles)
+    b = aggregate(entries[1::2], cands, WINDOW, core.profiles)
+    for key, agg in whole.items():
+        merged = WindowAggregate.from_state(a[key].to_state()).merge(b[key])
+        want, got = agg.to_state(), merged.to_state()
+        for name in ("divergence", "live_latency", "candidate_latency"):
+            assert got[name]["b"] == want[name]["b"]
+            assert abs(got[name]["s"] - want[name]["s"]) < 1e-6
+            got.pop(name), want.pop(name)
+        assert got.pop("metric_sums").keys() == want.pop("metric_sums").keys()
+        assert got == want
