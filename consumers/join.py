@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 
 from consumers.compare import ComparisonError, Tolerances, compare
-from consumers.drift import Profile, features_of
-from consumers.windows import aggregate, output_features, window_start
+from consumers.drift import Profile
+from consumers.windows import aggregate, output_features, request_features, window_start
 from schemas import (
     ContractError,
     DeadLetter,
@@ -113,6 +113,7 @@ class JoinCore:
             self.candidates[model].update(cands)
         self.profiles: dict[str, Profile] = dict(config.profiles)
         self._reference: dict[str, list[dict[str, float | str]]] = defaultdict(list)
+        self._emitted: set[int] = set()  # closed by close_idle, entries not yet deleted
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -140,6 +141,9 @@ class JoinCore:
                value: bytes | None) -> list[Outgoing]:
         """Process one message of either input topic; returns what to send."""
         out: list[Outgoing] = []
+        for start in sorted(self._emitted):
+            self.forget(start)
+        self._emitted.clear()
         src = [topic, partition, offset]
         data = value or b""
         is_request = topic == self.requests_topic
@@ -171,8 +175,7 @@ class JoinCore:
                 self.stats.duplicates += 1
             return
         output = r.live.output.model_dump(exclude_none=True) if r.live.output else None
-        features = features_of(r.inputs, "inputs")
-        features.update({f"output.{k}": v for k, v in output_features(output).items()})
+        features = request_features(r.inputs, output)
         entry["live"] = {"lat": r.live.latency_ms, "err": r.live.error, "o": output,
                          "f": features, "src": src}
         entry["ts"] = r.ts  # the request's time is authoritative for its window
@@ -307,13 +310,27 @@ class JoinCore:
     def sweep(self, watermark: int, out: list[Outgoing]) -> None:
         """Close every window the watermark has passed: emit, delete its entries, remember."""
         for start in self.closable(watermark):
-            for summary in self.summaries(start):
-                out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
-                                    encode(summary)))
-                if summary.segment is None:
-                    self.stats.unmatched["live"] += summary.unmatched_live
-                    self.stats.unmatched["shadow"] += summary.unmatched_shadow
+            self._emit(start, out)
             self.forget(start)
+
+    def close_idle(self, watermark: int) -> list[Outgoing]:
+        """Emit the windows a watermark closes without writing the table (for a timer: the
+        input is idle). Their entries are deleted when the next event is handled."""
+        out: list[Outgoing] = []
+        for start in self.closable(watermark):
+            if start not in self._emitted:
+                self._emit(start, out)
+                self._emitted.add(start)
+                self.closed_before = max(self.closed_before, start + self.config.window_ms)
+        return out
+
+    def _emit(self, start: int, out: list[Outgoing]) -> None:
+        for summary in self.summaries(start):
+            out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
+                                encode(summary)))
+            if summary.segment is None:
+                self.stats.unmatched["live"] += summary.unmatched_live
+                self.stats.unmatched["shadow"] += summary.unmatched_shadow
 
     def forget(self, start: int) -> None:
         """Delete a closed window's entries and record it as closed (in the table)."""

@@ -18,11 +18,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.drift import Histogram, Profile, drift
+from consumers.drift import Histogram, Profile, drift, features_of
 from consumers.sketch import QuantileSketch
 from schemas import WindowSummary
 
-__all__ = ["WindowAggregate", "WindowKey", "aggregate", "output_features", "window_start"]
+__all__ = ["WindowAggregate", "WindowKey", "aggregate", "output_features", "request_features",
+           "window_start"]
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 SKETCH_ACCURACY = 0.01
@@ -52,6 +53,14 @@ def output_features(output: Mapping[str, Any] | None) -> dict[str, float | str]:
     if kind == "embedding":
         return {"norm": float(sum(v * v for v in value) ** 0.5)}
     return {f"value[{i}]": float(v) for i, v in enumerate(value[:8])}  # vector
+
+
+def request_features(inputs: Mapping[str, Any],
+                     live_output: Mapping[str, Any] | None) -> dict[str, float | str]:
+    """The features drift watches in one request: its inputs and the live answer."""
+    features = features_of(inputs, "inputs")
+    features.update({f"output.{k}": v for k, v in output_features(live_output).items()})
+    return features
 
 
 @dataclass(frozen=True, order=True)

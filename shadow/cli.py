@@ -288,6 +288,118 @@ def worker(candidate: str, candidate_id: str, weights: Path | None, card: Path |
                       highlight=False)
 
 
+# -- join -------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the app keeps its table store (default: <state dir>/join).")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
+              help="Port of the app's web server; Prometheus metrics at /metrics.")
+@click.option("--window-s", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
+              help="Size of the tumbling event-time windows.")
+@click.option("--grace-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Event time a window waits after its end for late answers (the TTL of "
+                   "an unmatched side).")
+@click.option("--reference-size", type=click.IntRange(min=10), default=1000,
+              show_default=True, help="Requests per model that make the drift reference.")
+@click.option("--profile", "profile_file", type=click.Path(exists=True, dir_okay=False,
+                                                           path_type=Path),
+              default=None, help="Drift reference from `shadow profile build` instead.")
+@click.option("--tolerances", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="TOML file of comparison tolerances per model.")
+@click.option("--expect", multiple=True, metavar="MODEL=CANDIDATE",
+              help="A candidate expected to answer a model's requests (repeatable); a request "
+                   "it never answers counts as unmatched even before it sent anything.")
+@click.option("--idle-close-s", type=click.FloatRange(min=0.1), default=5.0,
+              show_default=True, help="With no event for this long, event time runs on "
+                                      "with the clock and closes the windows it passes.")
+def join(data_dir: Path | None, web_port: int, window_s: float, grace_s: float,
+         reference_size: int, profile_file: Path | None, tolerances: Path | None,
+         expect: tuple[str, ...], idle_close_s: float) -> None:
+    """Join live and shadow answers per request; emit pairs and closed windows.
+
+    A Faust app with one agent over <prefix>.requests and <prefix>.outputs. Writes one
+    DivergencePair per request and candidate to <prefix>.pairs, a WindowSummary per closed
+    window, model and candidate (and segment) to <prefix>.windows, and what it cannot
+    process to <prefix>.deadletter. SIGTERM or Ctrl-C stops it after a commit.
+    """
+    from consumers.app import JoinAppConfig, build_app, run_app
+    from consumers.compare import Tolerances
+    from consumers.join import JoinConfig
+    from shadow.stack import resolve_endpoints
+
+    s = _settings()
+    candidates: dict[str, tuple[str, ...]] = {}
+    for item in expect:
+        model, sep, cand = item.partition("=")
+        if not (sep and model and cand):
+            raise click.BadParameter(f"{item!r}: expected MODEL=CANDIDATE", param_hint="--expect")
+        candidates[model] = (*candidates.get(model, ()), cand)
+    try:
+        tols = Tolerances.from_file(tolerances) if tolerances else Tolerances()
+    except ValueError as exc:
+        raise ShadowstreamError(f"tolerances: {exc}") from None
+    config = JoinConfig(window_ms=int(window_s * 1000), grace_ms=int(grace_s * 1000),
+                        reference_size=reference_size, candidates=candidates, tolerances=tols,
+                        profiles=_load_profiles(profile_file) if profile_file else {})
+    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    app_config = JoinAppConfig(join=config, data_dir=data_dir or s.state_dir / "join",
+                               web_port=web_port, idle_close_s=idle_close_s)
+    app, _ = build_app(s, bootstrap, app_config)
+    err_console.print(f"join: {s.topic('requests')} + {s.topic('outputs')} -> pairs, windows "
+                      f"of {window_s:g} s (grace {grace_s:g} s), store {app.conf.store}, "
+                      f"metrics on http://127.0.0.1:{web_port}/metrics", highlight=False)
+    run_app(app)
+
+
+def _load_profiles(path: Path) -> dict[str, Any]:
+    from consumers.drift import Profile
+
+    try:
+        doc = orjson.loads(path.read_bytes())
+        return {model: Profile.from_dict(p) for model, p in doc["models"].items()}
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ShadowstreamError(f"{path}: not a profile file ({exc})") from None
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+@main.group()
+def profile() -> None:
+    """Drift reference profiles."""
+
+
+@profile.command("build")
+@click.option("--from", "start", required=True, metavar="TIME",
+              help="Start of the range: ISO time (2026-11-22T10:00:00Z) or epoch ms.")
+@click.option("--to", "end", required=True, metavar="TIME", help="End of the range (excluded).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The profile file to write (JSON).")
+@click.option("--bins", type=click.IntRange(2, 10_000), default=100, show_default=True,
+              help="Quantile bins per numeric feature.")
+def profile_build(start: str, end: str, output: Path, bins: int) -> None:
+    """Build a drift reference from the requests of a time range of <prefix>.requests.
+
+    One profile per model found: its inputs' features and its live answers, binned on
+    quantiles of the range. `shadow join --profile FILE` judges drift against it.
+    """
+    from shadow.profiles import build_profiles, parse_time
+    from shadow.stack import resolve_endpoints
+
+    s = _settings()
+    t0, t1 = parse_time(start), parse_time(end)
+    if t1 <= t0:
+        raise click.BadParameter("--to must be after --from", param_hint="--to")
+    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    with err_console.status("reading requests...", spinner="dots") as status:
+        result = build_profiles(s, bootstrap, t0, t1, bins=bins,
+                                progress=lambda n: status.update(f"read {n} requests"))
+    output.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    err_console.print(f"profile: {result.requests} requests of {len(result.profiles)} "
+                      f"model(s), {result.skipped} undecodable skipped -> {output}",
+                      highlight=False)
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 @main.command()

@@ -223,3 +223,20 @@ def test_window_aggregates_merge_exactly() -> None:
             got.pop(name), want.pop(name)
         assert got.pop("metric_sums").keys() == want.pop("metric_sums").keys()
         assert got == want
+
+
+def test_idle_close_emits_without_writing_and_the_next_event_deletes() -> None:
+    log, _ = traffic(100)
+    core = make_core()
+    streamed = windows_of(run(core, log.messages))
+    assert {k[1] for k in streamed} == {T0, T0 + WINDOW}  # the watermark closed these
+    before = dict(core.table)
+    out = core.close_idle(core.watermark + 60_000)
+    assert core.table == before  # a timer may not write the table
+    assert {k[1] for k in windows_of(out)} == {T0 + 2 * WINDOW}
+    assert core.close_idle(core.watermark + 60_000) == []  # not twice
+    log.append(REQ, "r-late", request(9999, T0 + 5, [0.5, 0.5]))
+    late = run(core, log.messages[-1:])
+    assert [o.role for o in late] == ["deadletter"]
+    assert not [k for k in core.table if not k.startswith("~")]
+    assert core.table["~meta"]["closed_before"] == T0 + 3 * WINDOW

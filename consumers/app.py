@@ -1,0 +1,209 @@
+"""The Faust app: one agent over <prefix>.requests and <prefix>.outputs runs the join.
+
+Faust here is transport and durable state only; every decision is ``JoinCore``'s, in
+``consumers.join``. The shape follows the Faust pitfalls in the design:
+
+- no ``join``, ``&`` or ``combine`` (not implemented, or they lose events): one agent reads
+  both topics, ``concurrency=1``, so the join sees one event at a time;
+- the buffer is a Table keyed by request id, changelogged, on RocksDB (rocksdict) when it is
+  installed, in memory otherwise; entries are swept inside stream processing, because tables
+  cannot be written from timers;
+- windows close in the core's own state by event-time watermark, not by Faust's windowed-table
+  expiry (it never fires again for windows restored after a restart).
+
+At least once: Faust commits offsets only after flushing the producer, so the changelog always
+holds at least what the committed offsets cover; the core recognises what it sees again.
+
+When no event arrives for ``idle_close_s`` (the traffic stopped), a timer lets event time run
+on with the wall clock and emits the windows that this closes; their entries are deleted by the
+next event, inside stream processing. A window emitted that way and restarted before the next
+event is emitted again, with the same numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.serializers import codecs
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from consumers.join import JoinConfig, JoinCore, Outgoing
+
+__all__ = ["JoinAppConfig", "build_app", "run_app"]
+
+log = logging.getLogger("shadowstream.join")
+
+
+class _OrjsonCodec(codecs.Codec):
+    """Table keys and values as JSON, through orjson (Faust's own json is slower)."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
+codecs.register("orjson", _OrjsonCodec())
+
+
+@dataclass(frozen=True)
+class JoinAppConfig:
+    join: JoinConfig
+    data_dir: Path
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    idle_close_s: float = 5.0
+    """Wall seconds without any event before event time is let run on with the clock."""
+    replication_factor: int = 1
+    """Of the app's own topics (the table's changelog)."""
+    store: str | None = None
+    """Faust table store URL; default rocksdb:// when rocksdict is installed, else memory://."""
+
+
+def default_store() -> str:
+    return "rocksdb://" if importlib.util.find_spec("rocksdict") else "memory://"
+
+
+def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[faust.App, JoinCore]:
+    """The Faust app and the core it drives (``settings`` is ``shadow.settings.Settings``)."""
+    prefix = settings.topic_prefix
+    app = faust.App(
+        f"{prefix}-join",
+        broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store=config.store or default_store(),
+        datadir=str(config.data_dir),
+        web_enabled=True,
+        web_port=config.web_port,
+        web_host=config.web_host,
+        web_bind=config.web_host,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=config.replication_factor,
+        topic_allow_declare=True,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        table_standby_replicas=0,
+        producer_acks=-1,
+        producer_compression_type="lz4" if importlib.util.find_spec("lz4") else None,
+    )
+    topics = {role: settings.topic(role) for role in ("pairs", "windows", "deadletter")}
+    sinks = {role: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw") for role, name in topics.items()}
+    source = app.topic(settings.topic("requests"), settings.topic("outputs"),
+                       key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw")
+    table = app.Table("entries", partitions=settings.partitions, key_serializer="orjson",
+                      value_serializer="orjson")
+    core = JoinCore(config.join, table, settings.topic("requests"), settings.topic("outputs"))
+    clock = _Clock()
+
+    def send(outgoing: list[Outgoing]) -> None:
+        for o in outgoing:
+            sinks[o.role].send_soon(key=o.key, value=o.value)
+
+    @table.on_recover
+    async def recovered() -> None:
+        core.recover()
+
+    @app.agent(source, concurrency=1)
+    async def join(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            clock.touch()
+            send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+
+    @app.timer(interval=1.0)
+    async def idle_close() -> None:
+        idle_s = clock.idle_s()
+        if idle_s >= config.idle_close_s and core.windows:
+            send(core.close_idle(core.watermark + int(idle_s * 1000)))
+
+    registry = CollectorRegistry()
+    registry.register(_JoinCollector(core))
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    app.shadow_registry = registry  # type: ignore[attr-defined]
+    _ = (join, idle_close, recovered, metrics)
+    return app, core
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self.last
+
+
+class _JoinCollector(Collector):
+    """Reads the core's counters at scrape time: nothing is paid per event."""
+
+    def __init__(self, core: JoinCore) -> None:
+        self.core = core
+
+    def collect(self) -> Iterator[Any]:
+        s = self.core.stats
+        events = CounterMetricFamily("shadow_join_events", "Input events, by kind and outcome",
+                                     labels=["kind"])
+        for kind, value in (("request", s.requests), ("output", s.outputs),
+                            ("duplicate", s.duplicates), ("replayed", s.replayed),
+                            ("late", s.late)):
+            events.add_metric([kind], value)
+        yield events
+        yield CounterMetricFamily("shadow_join_pairs", "DivergencePairs emitted",
+                                  value=s.pairs)
+        yield CounterMetricFamily("shadow_join_dead_lettered", "Records sent to dead letter",
+                                  value=s.dead_lettered)
+        yield CounterMetricFamily("shadow_join_windows_closed", "Windows closed",
+                                  value=s.windows_closed)
+        unmatched = CounterMetricFamily("shadow_join_unmatched",
+                                        "Requests unmatched in closed windows, by missing side",
+                                        labels=["side"])
+        for side, value in sorted(s.unmatched.items()):
+            unmatched.add_metric([side], value)
+        yield unmatched
+        yield GaugeMetricFamily("shadow_join_watermark_ms", "Event-time watermark (epoch ms)",
+                                value=self.core.watermark)
+        yield GaugeMetricFamily("shadow_join_open_entries", "Requests held in open windows",
+                                value=sum(map(len, self.core.windows.values())))
+
+
+def _credentials(settings: Any) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = settings.ssl_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value()
+            if settings.kafka_sasl_password else None,
+            mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
+    return faust.SSLCredentials(ssl_context)
+
+
+def run_app(app: faust.App, loglevel: str = "WARNING") -> None:
+    """Run until SIGTERM/SIGINT; Faust then stops the agent, flushes and commits."""
+    # Faust's worker sets up its own event loop and signal handlers.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
