@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,18 +105,23 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     source = app.topic(settings.topic("requests"), settings.topic("outputs"),
                        key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
-    table = app.Table("entries", partitions=settings.partitions, key_serializer="orjson",
-                      value_serializer="orjson")
-    core = JoinCore(config.join, table, settings.topic("requests"), settings.topic("outputs"))
+    table = app.Table("entries", partitions=settings.partitions,
+                      schema=faust.Schema(key_serializer="orjson", value_serializer="orjson"))
+    join_config = replace(config.join, partition_idle_s=config.idle_close_s)
+    core = JoinCore(join_config, table, settings.topic("requests"), settings.topic("outputs"))
     clock = _Clock()
 
     def send(outgoing: list[Outgoing]) -> None:
         for o in outgoing:
             sinks[o.role].send_soon(key=o.key, value=o.value)
 
+    inputs = {settings.topic("requests"), settings.topic("outputs")}
+
     @table.on_recover
     async def recovered() -> None:
         core.recover()
+        core.assign([(tp.topic, tp.partition) for tp in app.consumer.assignment()
+                     if tp.topic in inputs])
 
     @app.agent(source, concurrency=1)
     async def join(stream: faust.StreamT) -> None:
@@ -129,14 +134,15 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     async def idle_close() -> None:
         idle_s = clock.idle_s()
         if idle_s >= config.idle_close_s and core.windows:
-            send(core.close_idle(core.watermark + int(idle_s * 1000)))
+            send(core.close_idle(core.max_ts + int(idle_s * 1000)))
 
     registry = CollectorRegistry()
     registry.register(_JoinCollector(core))
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type: give the media type alone.
+        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     app.shadow_registry = registry  # type: ignore[attr-defined]
     _ = (join, idle_close, recovered, metrics)

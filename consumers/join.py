@@ -14,7 +14,11 @@ An entry, as stored (short keys: there is one per in-flight request)::
                        "r": {"k", "s", "d", "m"} (comparison) | "dl": reason}},
      "dl": reason}   # the request itself could not be decoded
 
-Time is event time. The watermark is the greatest ``ts`` seen. A window ``[s, s+size)`` closes
+Time is event time. Each input partition's progress is the greatest ``ts`` read from it; the
+watermark is the least progress of the partitions still active (an event within the last
+``partition_idle_s`` wall seconds), so a partition read behind the others (a backlog, a slow
+worker's outputs) holds windows open instead of making its events late. With every partition
+idle it is the greatest ``ts`` seen. A window ``[s, s+size)`` closes
 when the watermark reaches ``s + size + grace``: then every entry of the window is final (a
 missing side is *unmatched*), its summaries are emitted and its entries deleted. An event for a
 window that has closed is either a replay after a restart (its offset is at or below the offset
@@ -72,6 +76,8 @@ class JoinConfig:
     tolerances: Tolerances = field(default_factory=Tolerances)
     max_event_bytes: int = 1 << 20
     """Events larger than this are dead-lettered unread."""
+    partition_idle_s: float = 5.0
+    """A partition with no event for this long (wall clock) stops holding the watermark."""
 
 
 @dataclass
@@ -103,7 +109,9 @@ class JoinCore:
         self.table = table
         self.requests_topic, self.outputs_topic = requests_topic, outputs_topic
         self.stats = JoinStats()
-        self.watermark = 0
+        self.max_ts = 0  # the greatest event time seen on any partition
+        self._progress: dict[str, int] = {}  # "topic:partition" -> greatest ts read there
+        self._last_seen: dict[str, float] = {}  # "topic:partition" -> monotonic time
         self.closed_before = 0  # windows starting before this have closed
         self.closed_offsets: dict[str, int] = {}  # "topic:partition" -> offset at close
         self.positions: dict[str, int] = {}  # "topic:partition" -> last offset handled
@@ -130,10 +138,10 @@ class JoinCore:
                                          Profile.from_dict(entry))
             elif not key.startswith("~") or key.startswith(DEAD_KEY):  # a request entry
                 self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
-                self.watermark = max(self.watermark, entry["ts"])
+                self.max_ts = max(self.max_ts, entry["ts"])
                 self.candidates[entry["m"]].update(entry.get("c", {}))
         log.info("join: recovered %d entries in %d open windows, watermark %d",
-                 sum(map(len, self.windows.values())), len(self.windows), self.watermark)
+                 sum(map(len, self.windows.values())), len(self.windows), self.max_ts)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -145,6 +153,7 @@ class JoinCore:
             self.forget(start)
         self._emitted.clear()
         src = [topic, partition, offset]
+        tp = f"{topic}:{partition}"
         data = value or b""
         is_request = topic == self.requests_topic
         try:
@@ -157,12 +166,40 @@ class JoinCore:
                 self._on_output(decode(data, ShadowOutput), src, out)
         except ContractError as exc:
             self._dead_event(exc, src, key, data, out)
-        self.positions[f"{topic}:{partition}"] = offset
+        self.positions[tp] = offset
         self.sweep(self.watermark, out)
         return out
 
+    def assign(self, partitions: list[tuple[str, int]]) -> None:
+        """The input partitions this app reads (after a rebalance). Until one has sent an
+        event or been idle for ``partition_idle_s``, it holds the watermark back."""
+        now = time.monotonic()
+        wanted = {f"{t}:{p}" for t, p in partitions}
+        for tp in list(self._progress):
+            if tp not in wanted:
+                del self._progress[tp], self._last_seen[tp]
+        for tp in wanted - set(self._progress):
+            self._progress[tp] = 0
+            self._last_seen[tp] = now
+
+    @property
+    def watermark(self) -> int:
+        """The least progress of the active partitions (see the module docstring)."""
+        now = time.monotonic()
+        idle = self.config.partition_idle_s
+        active = [ts for tp, ts in self._progress.items() if now - self._last_seen[tp] < idle]
+        return min(active) if active else self.max_ts
+
+    def _advance(self, tp: str, ts: int) -> None:
+        self._last_seen[tp] = time.monotonic()
+        if ts > self._progress.get(tp, -1):
+            self._progress[tp] = ts
+        if ts > self.max_ts:
+            self.max_ts = ts
+
     def _on_request(self, r: MirroredRequest, src: list[Any], out: list[Outgoing]) -> None:
         self.stats.requests += 1
+        self._advance(f"{src[0]}:{src[1]}", r.ts)
         if self._closed(r.ts, src, r.request_id, r.model, out):
             return
         entry = self.table.get(r.request_id) or {"m": r.model, "ts": r.ts, "c": {}}
@@ -190,6 +227,7 @@ class JoinCore:
 
     def _on_output(self, o: ShadowOutput, src: list[Any], out: list[Outgoing]) -> None:
         self.stats.outputs += 1
+        self._advance(f"{src[0]}:{src[1]}", o.ts)
         if self._closed(o.ts, src, o.request_id, o.model, out):
             return
         self.candidates[o.model].add(o.candidate)
@@ -216,8 +254,6 @@ class JoinCore:
     def _store(self, key: str, entry: dict[str, Any]) -> None:
         self.table[key] = entry
         self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
-        if entry["ts"] > self.watermark:
-            self.watermark = entry["ts"]
 
     def _closed(self, ts: int, src: list[Any], request_id: str | None, model: str | None,
                 out: list[Outgoing]) -> bool:
@@ -301,7 +337,8 @@ class JoinCore:
 
     def summaries(self, start: int, now_ms: int | None = None) -> list[WindowSummary]:
         """The summaries of one window, from its entries (reads the table, writes nothing)."""
-        entries = [e for k in self.windows.get(start, ()) if (e := self.table.get(k))]
+        # Sorted: float sums then add up in the same order after a restart (same bytes).
+        entries = [e for k in sorted(self.windows.get(start, ())) if (e := self.table.get(k))]
         aggs = aggregate(entries, self.candidates, self.config.window_ms, self.profiles)
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
@@ -352,12 +389,15 @@ class JoinCore:
         envelope = _envelope(data)
         request_id = key.decode("utf-8", "replace") if key else envelope.get("request_id")
         model, ts = envelope.get("model"), envelope.get("ts")
+        if ts is not None:
+            self._advance(f"{src[0]}:{src[1]}", ts)
         stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
         out.append(self._dead_letter(stage, str(exc), src, key, data, request_id, model,
                                      detail=exc.path))
         if src[0] != self.requests_topic or model is None or ts is None:
             return  # cannot be placed in a window: counted in the stats and metrics only
         if window_start(ts, self.config.window_ms) < self.closed_before:
+            self.stats.late += 1
             return
         # Keyed by request id when there is one, so a candidate's answer to it (if any) joins
         # this entry instead of counting as a second request.
