@@ -34,6 +34,7 @@ from typing import Any
 import faust
 import orjson
 from faust.serializers import codecs
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -97,8 +98,16 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         broker_commit_interval=1.0,
         table_standby_replicas=0,
         producer_acks=-1,
+        # Table writes and our records leave through one producer: batch them, or each
+        # waits on its own round trip to the broker.
+        producer_linger=0.005,
+        producer_max_batch_size=1 << 20,
+        producer_max_request_size=4 << 20,
         producer_compression_type="lz4" if importlib.util.find_spec("lz4") else None,
     )
+    # Faust stalls the agent whenever more than max_messages table writes wait to be produced;
+    # at 100 (its default) that is every few events.
+    app.producer.buffer.max_messages = 20_000
     topics = {role: settings.topic(role) for role in ("pairs", "windows", "deadletter")}
     sinks = {role: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw") for role, name in topics.items()}
@@ -107,8 +116,15 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                        value_serializer="raw")
     table = app.Table("entries", partitions=settings.partitions,
                       schema=faust.Schema(key_serializer="orjson", value_serializer="orjson"))
+    def caught_up(topic: str, partition: int, last_read: int) -> bool:
+        # Only a partition with nothing left to read may stop holding the watermark: one
+        # that waits in the fetcher behind the others (a backlog after a restart) may not.
+        highwater = app.consumer.highwater(TP(topic, partition))
+        return highwater is not None and highwater <= last_read + 1
+
     join_config = replace(config.join, partition_idle_s=config.idle_close_s)
-    core = JoinCore(join_config, table, settings.topic("requests"), settings.topic("outputs"))
+    core = JoinCore(join_config, table, settings.topic("requests"), settings.topic("outputs"),
+                    caught_up)
     clock = _Clock()
 
     def send(outgoing: list[Outgoing]) -> None:

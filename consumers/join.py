@@ -31,7 +31,7 @@ import base64
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,10 +104,14 @@ class Outgoing:
 
 class JoinCore:
     def __init__(self, config: JoinConfig, table: MutableMapping[str, Any],
-                 requests_topic: str, outputs_topic: str) -> None:
+                 requests_topic: str, outputs_topic: str,
+                 caught_up: Callable[[str, int, int], bool] | None = None) -> None:
+        """``caught_up(topic, partition, last_offset_read)`` says whether a partition has
+        nothing more to read now; only such a partition may go idle (default: any may)."""
         self.config = config
         self.table = table
         self.requests_topic, self.outputs_topic = requests_topic, outputs_topic
+        self.caught_up = caught_up
         self.stats = JoinStats()
         self.max_ts = 0  # the greatest event time seen on any partition
         self._progress: dict[str, int] = {}  # "topic:partition" -> greatest ts read there
@@ -187,8 +191,15 @@ class JoinCore:
         """The least progress of the active partitions (see the module docstring)."""
         now = time.monotonic()
         idle = self.config.partition_idle_s
-        active = [ts for tp, ts in self._progress.items() if now - self._last_seen[tp] < idle]
+        active = [ts for tp, ts in self._progress.items()
+                  if now - self._last_seen[tp] < idle or not self._drained(tp)]
         return min(active) if active else self.max_ts
+
+    def _drained(self, tp: str) -> bool:
+        if self.caught_up is None:
+            return True
+        topic, _, partition = tp.rpartition(":")
+        return self.caught_up(topic, int(partition), self.positions.get(tp, -1))
 
     def _advance(self, tp: str, ts: int) -> None:
         self._last_seen[tp] = time.monotonic()

@@ -257,3 +257,15 @@ def test_a_partition_read_behind_the_others_holds_the_watermark() -> None:
     skip = {"ts", "drift", "state"}
     for key, s in expected.items():
         assert got[key].model_dump(exclude=skip) == s.model_dump(exclude=skip), key
+
+
+def test_an_idle_partition_with_records_left_to_read_still_holds_the_watermark() -> None:
+    log, _ = traffic(100)
+    behind = {(REQ, 2)}
+    core = JoinCore(JoinConfig(window_ms=WINDOW, grace_ms=2_000, partition_idle_s=0.0), {},
+                    REQ, OUT, caught_up=lambda t, p, _: (t, p) not in behind)
+    core.assign([(t, p) for t in (REQ, OUT) for p in range(3)])
+    run(core, [m for m in log.messages if (m[0], m[1]) not in behind])
+    assert core.watermark == 0 and core.stats.windows_closed == 0  # partition 2 holds it
+    behind.clear()  # now it has nothing to read: idle (0 s) and drained, it lets go
+    assert core.watermark == core.max_ts
