@@ -1,6 +1,6 @@
 """Per-request comparators: how differently the candidate answered, by output kind.
 
-Pure code (numpy only, no Kafka, no Faust): the join app and offline replay call the same
+Pure code (no Kafka, no Faust): the join app and offline replay call the same
 ``compare``. Outputs are the wire documents of ``schemas.records.ModelOutput`` as plain dicts.
 
 Every comparison has one ``score`` (0 = identical, larger = further apart; what window quantiles
@@ -21,13 +21,12 @@ embedding  cosine_distance                                     > cosine_max     
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from schemas import ShadowstreamError
 
@@ -123,53 +122,59 @@ def compare(live: Mapping[str, Any], candidate: Mapping[str, Any],
     fn = _COMPARATORS.get(kind)  # type: ignore[arg-type]
     if fn is None:
         raise ComparisonError(f"unknown output kind {kind!r}")
+    a, b = live["value"], candidate["value"]
     if kind == "scalar":
-        a, b = np.array([live["value"]], float), np.array([candidate["value"]], float)
-    else:
-        a, b = np.asarray(live["value"], float), np.asarray(candidate["value"], float)
-        if a.shape != b.shape:
-            raise ComparisonError(f"{kind} lengths differ: live {a.size}, candidate {b.size}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        a, b = [a], [b]
+    elif len(a) != len(b):
+        raise ComparisonError(f"{kind} lengths differ: live {len(a)}, candidate {len(b)}")
+    # Plain Python on purpose: outputs are short, and numpy's per-call cost would dominate.
+    if not all(map(math.isfinite, a)) or not all(map(math.isfinite, b)):
         raise ComparisonError("non-finite value in an output")
     return fn(a, b, tol, live, candidate)
 
 
 def _regression(kind: str) -> Any:
-    def fn(a: np.ndarray, b: np.ndarray, tol: Tolerance, *_: Any) -> Comparison:
-        err = np.abs(b - a)
-        rel = err / np.maximum(np.abs(a), _EPS)
-        metrics = {"abs_error": float(err.max()), "rel_error": float(rel.max())}
+    def fn(a: list[float], b: list[float], tol: Tolerance, *_: Any) -> Comparison:
+        err = [abs(y - x) for x, y in zip(a, b, strict=True)]
+        rel = max(e / max(abs(x), _EPS) for e, x in zip(err, a, strict=True))
+        metrics = {"abs_error": max(err), "rel_error": rel}
         if kind == "vector":
-            metrics["mean_abs_error"] = float(err.mean())
-        disagree = bool((err > tol.atol + tol.rtol * np.abs(a)).any())
+            metrics["mean_abs_error"] = math.fsum(err) / len(err)
+        disagree = any(e > tol.atol + tol.rtol * abs(x) for e, x in zip(err, a, strict=True))
         return Comparison(kind, metrics["abs_error"], disagree, metrics)
     return fn
 
 
-def _probs(a: np.ndarray, b: np.ndarray, tol: Tolerance, *_: Any) -> Comparison:
-    p, q = a / a.sum(), b / b.sum()
-    m = 0.5 * (p + q)
-    js = 0.5 * (_kl_bits(p, m) + _kl_bits(q, m))
-    agree = int(np.argmax(p)) == int(np.argmax(q))
-    metrics = {"top1_agree": float(agree), "js_divergence": js,
-               "total_variation": float(0.5 * np.abs(p - q).sum()),
-               "confidence_delta": float(q.max() - p.max())}
-    disagree = not agree or (tol.js_max is not None and js > tol.js_max)
+def _probs(a: list[float], b: list[float], tol: Tolerance, *_: Any) -> Comparison:
+    sa, sb = math.fsum(a), math.fsum(b)
+    p, q = [x / sa for x in a], [x / sb for x in b]
+    js = 0.0
+    for x, y in zip(p, q, strict=True):
+        m = 0.5 * (x + y)
+        if x > 0:
+            js += 0.5 * x * math.log2(x / m)
+        if y > 0:
+            js += 0.5 * y * math.log2(y / m)
+    js = max(0.0, js)
+    top_p, top_q = _argmax(p), _argmax(q)
+    metrics = {"top1_agree": float(top_p == top_q), "js_divergence": js,
+               "total_variation": 0.5 * math.fsum(abs(x - y) for x, y in zip(p, q, strict=True)),
+               "confidence_delta": q[top_q] - p[top_p]}
+    disagree = top_p != top_q or (tol.js_max is not None and js > tol.js_max)
     return Comparison("probs", js, disagree, metrics)
 
 
-def _kl_bits(p: np.ndarray, m: np.ndarray) -> float:
-    nz = p > 0
-    return max(0.0, float((p[nz] * np.log2(p[nz] / m[nz])).sum()))
+def _argmax(v: list[float]) -> int:
+    return max(range(len(v)), key=v.__getitem__)  # the first of equal maxima, like numpy
 
 
-def _scores(a: np.ndarray, b: np.ndarray, tol: Tolerance, live: Mapping[str, Any],
+def _scores(a: list[float], b: list[float], tol: Tolerance, live: Mapping[str, Any],
             cand: Mapping[str, Any]) -> Comparison:
-    items_a = live.get("items") or range(a.size)
-    items_b = cand.get("items") or range(b.size)
+    items_a = live.get("items") or range(len(a))
+    items_b = cand.get("items") or range(len(b))
     # Stable sort: ties keep index order on both sides, so equal scores rank equally.
-    rank_a = [items_a[i] for i in np.argsort(-a, kind="stable")]
-    rank_b = [items_b[i] for i in np.argsort(-b, kind="stable")]
+    rank_a = [items_a[i] for i in sorted(range(len(a)), key=lambda i: -a[i])]
+    rank_b = [items_b[i] for i in sorted(range(len(b)), key=lambda i: -b[i])]
     k = max(1, min(tol.top_k, len(rank_a)))
     overlap = len(set(rank_a[:k]) & set(rank_b[:k])) / k
     similarity = rbo(rank_a, rank_b, tol.rbo_p)
@@ -206,12 +211,14 @@ def rbo(s: Sequence[Any], t: Sequence[Any], p: float = 0.9) -> float:
     return min(1.0, overlap / k * p**k + (1 - p) / p * total)
 
 
-def _embedding(a: np.ndarray, b: np.ndarray, tol: Tolerance, *_: Any) -> Comparison:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+def _embedding(a: list[float], b: list[float], tol: Tolerance, *_: Any) -> Comparison:
+    na = math.sqrt(math.fsum(x * x for x in a))
+    nb = math.sqrt(math.fsum(y * y for y in b))
     if na == 0.0 or nb == 0.0:
         distance = 0.0 if na == nb else 1.0
     else:
-        distance = min(2.0, max(0.0, 1.0 - float(a @ b) / (na * nb)))
+        dot = math.fsum(x * y for x, y in zip(a, b, strict=True))
+        distance = min(2.0, max(0.0, 1.0 - dot / (na * nb)))
     return Comparison("embedding", distance, distance > tol.cosine_max,
                       {"cosine_distance": distance})
 

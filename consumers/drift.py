@@ -24,6 +24,7 @@ Statistics, each checked against numpy/scipy in the unit tests:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class FeatureProfile:
     edges: tuple[float, ...] = ()
     categories: tuple[str, ...] = ()
     reference: Histogram = field(default=None)  # type: ignore[assignment]
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.categories)})
 
     def empty(self) -> Histogram:
         n = len(self.edges) + 1 if self.kind == "numeric" else len(self.categories) + 1
@@ -81,13 +86,10 @@ class FeatureProfile:
         if self.kind == "numeric":
             if isinstance(value, str):
                 return None
-            return int(np.searchsorted(self.edges, value, side="left"))
+            return bisect.bisect_left(self.edges, value)  # (e[i-1], e[i]] holds value
         if not isinstance(value, str):
             return None
-        try:
-            return self.categories.index(value)
-        except ValueError:
-            return len(self.categories)
+        return self._index.get(value, len(self.categories))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "edges": list(self.edges),

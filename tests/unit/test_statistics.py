@@ -65,9 +65,10 @@ def test_regression_errors_and_tolerance_equal_numpy(kind: str) -> None:
             assert c.metrics["mean_abs_error"] == pytest.approx(np.abs(b - a).mean())
 
 
-def test_embedding_cosine_distance_equals_scipy() -> None:
+@pytest.mark.parametrize("dim", [16, 768])
+def test_embedding_cosine_distance_equals_scipy(dim: int) -> None:
     for _ in range(50):
-        a, b = RNG.normal(size=16), RNG.normal(size=16)
+        a, b = RNG.normal(size=dim), RNG.normal(size=dim)
         c = compare({"kind": "embedding", "value": a.tolist()},
                     {"kind": "embedding", "value": b.tolist()}, Tolerance(cosine_max=0.5))
         assert c.score == pytest.approx(distance.cosine(a, b), abs=1e-12)
