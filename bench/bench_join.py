@@ -5,6 +5,8 @@ compressed with lz4 like the mirror does. Then, in the same run:
 
 - reference: a bare aiokafka consumer reads both topics (all partitions) and does nothing
   with the records; its rate is quoted as pairs/s (two records a pair);
+- Faust's ceiling: a do-nothing Faust agent over the same topics, and one that writes a table
+  key per event (the join writes one entry per event), to show what Faust itself costs;
 - app: ``shadow join`` (one worker, memory store) reads the same records; the rate is taken
   from its /metrics (shadow_join_pairs_total) between 5 percent and 100 percent of N, so the
   app's start-up is not counted.
@@ -130,6 +132,17 @@ def app_rate(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float
         proc.wait(60)
 
 
+def faust_noop(settings: Settings, bootstrap: str, n_records: int, table: bool) -> float:
+    """Events per second of a do-nothing Faust agent (optionally one table write each)."""
+    cmd = [sys.executable, "-m", "bench._faust_noop", bootstrap, settings.topic_prefix,
+           str(settings.partitions), str(n_records), *(["table"] if table else [])]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    for line in run.stderr.splitlines():
+        if line.startswith("RATE "):
+            return float(line.split()[1])
+    raise RuntimeError(f"the Faust baseline failed: {run.stderr[-2000:]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=60_000)
@@ -150,10 +163,16 @@ def main() -> None:
         raw = asyncio.run(raw_consume(settings, bootstrap, 2 * args.pairs)) / 2
         app = app_rate(settings, bootstrap, args.pairs, workdir)
         raw_after = asyncio.run(raw_consume(settings, bootstrap, 2 * args.pairs)) / 2
+        noop = faust_noop(settings, bootstrap, 2 * args.pairs, table=False) / 2
+        noop_table = faust_noop(settings, bootstrap, 2 * args.pairs, table=True) / 2
         ref = (raw + raw_after) / 2
         print(f"raw aiokafka consumer: {ref:,.0f} pairs/s (before {raw:,.0f}, "
               f"after {raw_after:,.0f})")
-        print(f"join app, one worker:  {app:,.0f} pairs/s; ratio to raw {app / ref:.3f}")
+        print(f"Faust agent doing nothing: {noop:,.0f} pairs/s; with one table write an event: "
+              f"{noop_table:,.0f} pairs/s (Faust's ceiling on this machine)")
+        print(f"join app, one worker:  {app:,.0f} pairs/s; ratio to raw {app / ref:.3f}, "
+              f"to the do-nothing Faust agent {app / noop:.2f}, to the one with a table write "
+              f"{app / noop_table:.2f}")
         print(verdict("join pairs/s", app, TARGETS["join"]["pairs_per_s_min"],
                       lower_is_better=False))
     finally:

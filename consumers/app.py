@@ -7,7 +7,9 @@ Faust here is transport and durable state only; every decision is ``JoinCore``'s
   both topics, ``concurrency=1``, so the join sees one event at a time;
 - the buffer is a Table keyed by request id, changelogged, on RocksDB (rocksdict) when it is
   installed, in memory otherwise; entries are swept inside stream processing, because tables
-  cannot be written from timers;
+  cannot be written from timers, and each key is written (and deleted) only while an event of
+  its own partition is handled: Faust puts the changelog record in the current event's
+  partition, and a record in the wrong one comes back after a restart;
 - windows close in the core's own state by event-time watermark, not by Faust's windowed-table
   expiry (it never fires again for windows restored after a restart).
 
@@ -23,10 +25,11 @@ event is emitted again, with the same numbers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from typing import Any
 import faust
 import orjson
 from faust.serializers import codecs
+from faust.streams import _current_event
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -122,14 +126,18 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         highwater = app.consumer.highwater(TP(topic, partition))
         return highwater is not None and highwater <= last_read + 1
 
-    join_config = replace(config.join, partition_idle_s=config.idle_close_s)
-    core = JoinCore(join_config, table, settings.topic("requests"), settings.topic("outputs"),
-                    caught_up)
+    join_config = replace(config.join, partition_idle_s=config.idle_close_s,
+                          confirm_delivery=True)
+    core = JoinCore(join_config, _TableView(table), settings.topic("requests"),
+                    settings.topic("outputs"), caught_up)
     clock = _Clock()
 
     def send(outgoing: list[Outgoing]) -> None:
         for o in outgoing:
-            sinks[o.role].send_soon(key=o.key, value=o.value)
+            callback = None
+            if o.window is not None:
+                callback = functools.partial(_delivered, core, o.window)
+            sinks[o.role].send_soon(key=o.key, value=o.value, callback=callback)
 
     inputs = {settings.topic("requests"), settings.topic("outputs")}
 
@@ -163,6 +171,44 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     app.shadow_registry = registry  # type: ignore[attr-defined]
     _ = (join, idle_close, recovered, metrics)
     return app, core
+
+
+def _delivered(core: JoinCore, start: int, _fut: Any) -> None:
+    core.delivered(start)
+
+
+class _TableView(MutableMapping[str, Any]):
+    """The table as the core sees it: a read finds a key whatever its partition.
+
+    Faust's RocksDB store reads only the current event's partition while an event is being
+    handled; closing a window reads entries of every partition. Writes are untouched: the
+    core writes each key only from its own partition.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> Any:
+        token = _current_event.set(None)
+        try:
+            return self.table[key]
+        finally:
+            _current_event.reset(token)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.table[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def items(self) -> Any:
+        return self.table.items()
 
 
 class _Clock:

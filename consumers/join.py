@@ -10,6 +10,7 @@ An entry, as stored (short keys: there is one per in-flight request)::
 
     {"m": model, "ts": event time, "seg": segment,
      "live": {"lat", "err", "o": output, "f": features, "src": [topic, partition, offset]},
+     "p": input partition (requests and outputs are co-partitioned by request id),
      "c": {candidate: {"lat", "err", "f", "src", "o" (until compared),
                        "r": {"k", "s", "d", "m"} (comparison) | "dl": reason}},
      "dl": reason}   # the request itself could not be decoded
@@ -53,9 +54,9 @@ from schemas import (
 
 __all__ = ["JoinConfig", "JoinCore", "JoinStats", "Outgoing"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shadowstream.join")
 
-META_KEY = "~meta"
+META_KEY = "~meta:"  # + the input partition it is written from
 PROFILE_KEY = "~profile:"
 DEAD_KEY = "~dl:"
 
@@ -76,6 +77,9 @@ class JoinConfig:
     tolerances: Tolerances = field(default_factory=Tolerances)
     max_event_bytes: int = 1 << 20
     """Events larger than this are dead-lettered unread."""
+    confirm_delivery: bool = False
+    """Forget a closed window only after ``delivered`` was called for each of its summaries
+    (the Faust app does; a plain caller's sends are synchronous)."""
     partition_idle_s: float = 5.0
     """A partition with no event for this long (wall clock) stops holding the watermark."""
 
@@ -100,6 +104,8 @@ class Outgoing:
     role: str
     key: bytes | None
     value: bytes
+    window: int | None = None
+    """For a window summary: the window's start, to report its delivery with ``delivered``."""
 
 
 class JoinCore:
@@ -125,23 +131,38 @@ class JoinCore:
             self.candidates[model].update(cands)
         self.profiles: dict[str, Profile] = dict(config.profiles)
         self._reference: dict[str, list[dict[str, float | str]]] = defaultdict(list)
-        self._emitted: set[int] = set()  # closed by close_idle, entries not yet deleted
+        # Windows emitted, not yet forgotten: start -> summaries not yet delivered. A window
+        # is recorded as closed (in the table) only once its summaries are delivered, so a
+        # crash in between emits it again instead of losing it.
+        self._emitted: dict[int, int] = {}
+        # Entries of closed windows, by input partition, deleted while an event of that
+        # partition is handled: a table key must always be written from its own partition
+        # (Faust sends the changelog record to the current event's partition).
+        self._doomed: dict[int, list[str]] = defaultdict(list)
+        self._partition = 0  # the partition of the event being handled
 
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self) -> None:
         """Rebuild the in-memory indexes from the table (after a restart or a rebalance)."""
         self.windows.clear()
-        meta = self.table.get(META_KEY)
-        if meta:
-            self.closed_before = max(self.closed_before, meta["closed_before"])
-            self.closed_offsets = dict(meta["offsets"])
-        for key, entry in list(self.table.items()):
+        self._doomed.clear()
+        items = list(self.table.items())
+        for key, meta in items:
+            if key.startswith(META_KEY):  # one per partition; closing only moves forward
+                self.closed_before = max(self.closed_before, meta["closed_before"])
+                for tp, offset in meta["offsets"].items():
+                    self.closed_offsets[tp] = max(offset, self.closed_offsets.get(tp, -1))
+        for key, entry in items:
             if key.startswith(PROFILE_KEY):
                 self.profiles.setdefault(key.removeprefix(PROFILE_KEY),
                                          Profile.from_dict(entry))
             elif not key.startswith("~") or key.startswith(DEAD_KEY):  # a request entry
-                self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
+                start = window_start(entry["ts"], self.config.window_ms)
+                if start < self.closed_before:  # closed before its deletion was written
+                    self._doomed[entry["p"]].append(key)
+                    continue
+                self.windows[start].add(key)
                 self.max_ts = max(self.max_ts, entry["ts"])
                 self.candidates[entry["m"]].update(entry.get("c", {}))
         log.info("join: recovered %d entries in %d open windows, watermark %d",
@@ -153,9 +174,12 @@ class JoinCore:
                value: bytes | None) -> list[Outgoing]:
         """Process one message of either input topic; returns what to send."""
         out: list[Outgoing] = []
-        for start in sorted(self._emitted):
+        self._partition = partition
+        for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
+            del self._emitted[start]
             self.forget(start)
-        self._emitted.clear()
+        for key in self._doomed.pop(partition, ()):
+            self.table.pop(key, None)
         src = [topic, partition, offset]
         tp = f"{topic}:{partition}"
         data = value or b""
@@ -185,6 +209,7 @@ class JoinCore:
         for tp in wanted - set(self._progress):
             self._progress[tp] = 0
             self._last_seen[tp] = now
+        log.info("join: reading %d partitions: %s", len(wanted), ", ".join(sorted(wanted)))
 
     @property
     def watermark(self) -> int:
@@ -213,7 +238,7 @@ class JoinCore:
         self._advance(f"{src[0]}:{src[1]}", r.ts)
         if self._closed(r.ts, src, r.request_id, r.model, out):
             return
-        entry = self.table.get(r.request_id) or {"m": r.model, "ts": r.ts, "c": {}}
+        entry = self.table.get(r.request_id) or {"m": r.model, "ts": r.ts, "p": src[1], "c": {}}
         live = entry.get("live")
         if live is not None:
             if live["src"] == src:  # the same message again, after a restart: resend its pairs
@@ -242,7 +267,7 @@ class JoinCore:
         if self._closed(o.ts, src, o.request_id, o.model, out):
             return
         self.candidates[o.model].add(o.candidate)
-        entry = self.table.get(o.request_id) or {"m": o.model, "ts": o.ts, "c": {}}
+        entry = self.table.get(o.request_id) or {"m": o.model, "ts": o.ts, "p": src[1], "c": {}}
         known = entry["c"].get(o.candidate)
         if known is not None:
             if known["src"] == src:
@@ -356,38 +381,51 @@ class JoinCore:
                 for k in sorted(aggs, key=lambda k: k.sort_key())]
 
     def sweep(self, watermark: int, out: list[Outgoing]) -> None:
-        """Close every window the watermark has passed: emit, delete its entries, remember."""
+        """Close every window the watermark has passed: emit its summaries; it is forgotten
+        (entries deleted, closing recorded) once they are delivered."""
         for start in self.closable(watermark):
             self._emit(start, out)
-            self.forget(start)
+        if not self.config.confirm_delivery:
+            for start in list(self._emitted):
+                del self._emitted[start]
+                self.forget(start)
 
     def close_idle(self, watermark: int) -> list[Outgoing]:
         """Emit the windows a watermark closes without writing the table (for a timer: the
-        input is idle). Their entries are deleted when the next event is handled."""
+        input is idle). They are forgotten when the next event is handled."""
         out: list[Outgoing] = []
         for start in self.closable(watermark):
-            if start not in self._emitted:
-                self._emit(start, out)
-                self._emitted.add(start)
-                self.closed_before = max(self.closed_before, start + self.config.window_ms)
+            self._emit(start, out)
         return out
 
+    def delivered(self, start: int) -> None:
+        """One summary of the window starting at ``start`` reached Kafka."""
+        if start in self._emitted:
+            self._emitted[start] -= 1
+
     def _emit(self, start: int, out: list[Outgoing]) -> None:
-        for summary in self.summaries(start):
+        if start in self._emitted:
+            return
+        summaries = self.summaries(start)
+        self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
+        self.closed_before = max(self.closed_before, start + self.config.window_ms)
+        for summary in summaries:
             out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
-                                encode(summary)))
+                                encode(summary), start))
             if summary.segment is None:
                 self.stats.unmatched["live"] += summary.unmatched_live
                 self.stats.unmatched["shadow"] += summary.unmatched_shadow
 
     def forget(self, start: int) -> None:
-        """Delete a closed window's entries and record it as closed (in the table)."""
+        """Record a closed window (in the table) and doom its entries."""
         for key in self.windows.pop(start, ()):
-            self.table.pop(key, None)
+            entry = self.table.get(key)
+            if entry is not None:
+                self._doomed[entry["p"]].append(key)
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         self.closed_offsets.update(self.positions)
-        self.table[META_KEY] = {"closed_before": self.closed_before,
-                                "offsets": self.closed_offsets}
+        self.table[f"{META_KEY}{self._partition}"] = {"closed_before": self.closed_before,
+                                                      "offsets": self.closed_offsets}
         self.stats.windows_closed += 1
 
     # -- dead letters ------------------------------------------------------------------------
@@ -413,7 +451,7 @@ class JoinCore:
         # Keyed by request id when there is one, so a candidate's answer to it (if any) joins
         # this entry instead of counting as a second request.
         table_key = request_id or f"{DEAD_KEY}{src[0]}:{src[1]}:{src[2]}"
-        entry = self.table.get(table_key) or {"m": model, "ts": ts, "c": {}}
+        entry = self.table.get(table_key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
         entry["dl"] = str(exc)[:200]
         self._store(table_key, entry)
 

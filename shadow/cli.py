@@ -328,6 +328,7 @@ def join(data_dir: Path | None, web_port: int, window_s: float, grace_s: float,
     from consumers.join import JoinConfig
     from shadow.stack import resolve_endpoints
 
+    logging.getLogger("shadowstream.join").setLevel(logging.INFO)
     s = _settings()
     candidates: dict[str, tuple[str, ...]] = {}
     for item in expect:
