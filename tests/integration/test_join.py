@@ -212,3 +212,37 @@ def test_kill_9_mid_stream_changes_no_number(
     _check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
     second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0, log.read_text()[-3000:]
+
+
+def test_profile_build_reads_a_time_range_of_the_requests(
+        pipeline: Settings, stack: Endpoints, tmp_path: Path) -> None:
+    from consumers.drift import Profile
+    from shadow.profiles import build_profiles
+
+    spec = TrafficSpec(seed=2)
+    before = time.time_ns() // 1_000_000 - 1
+    _send(pipeline, stack.kafka_bootstrap, spec, _t0(), 0, 600)
+    after = time.time_ns() // 1_000_000 + 1
+    result = build_profiles(pipeline, stack.kafka_bootstrap, before, after, bins=20)
+    assert result.requests == 600 and set(result.profiles) == {"fraud-scorer"}
+    profile = Profile.from_dict(result.to_dict()["models"]["fraud-scorer"])
+    amount = profile.features["inputs.amount"]
+    assert amount.kind == "numeric" and amount.reference.total == 600
+    assert len(amount.edges) <= 19
+    assert profile.features["inputs.country"].kind == "categorical"
+    assert "output.confidence" in profile.features and "output.top1" in profile.features
+    # The CLI writes the same profile; an empty range is an error that says so.
+    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+           "SHADOW_TOPIC_PREFIX": pipeline.topic_prefix, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "ref.json"
+    run = subprocess.run([sys.executable, "-m", "shadow.cli", "profile", "build", "--from",
+                          str(before), "--to", str(after), "-o", str(out), "--bins", "20"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert orjson.loads(out.read_bytes())["models"]["fraud-scorer"] == \
+        result.to_dict()["models"]["fraud-scorer"]
+    empty = subprocess.run([sys.executable, "-m", "shadow.cli", "profile", "build", "--from",
+                            "2001-01-01T00:00:00Z", "--to", "2001-01-02T00:00:00Z", "-o",
+                            str(tmp_path / "none.json")],
+                           env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert empty.returncode == 1 and "no requests" in empty.stderr
