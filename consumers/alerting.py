@@ -1,0 +1,98 @@
+"""The alert state machine, one per (model, candidate, rule). Pure code.
+
+::
+
+    ok / resolved --breach--> pending --breach for N windows--> firing --cleared--> resolved
+                   \\--breach, N = 1-------------------------> firing
+    pending --no breach--> back to ok / resolved
+
+Each window closes once per model and candidate (the overall summary, segment None) and moves
+each rule's machine at most one step; every change of state is one ``Alert``. Windows with
+fewer than the rule's ``min_samples`` or without the metric change nothing. The alert id is
+derived from model, candidate, rule, window and new state, and a machine never evaluates a
+window at or before the last one it saw, so reprocessing windows after a restart (the join may
+emit a window twice) repeats no alert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import MutableMapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from consumers.rules import Rule, RuleSet, metric_value, samples
+from schemas import Alert, WindowSummary
+
+__all__ = ["AlertMachine", "RuleState", "alert_id"]
+
+
+@dataclass
+class RuleState:
+    state: str = "ok"
+    calm: str = "ok"  # where a pending breach that stops goes back to: ok, or resolved
+    breaches: int = 0
+    last_window: int = -1
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RuleState:
+        return cls(**doc)
+
+
+def alert_id(model: str, candidate: str, rule: str, window_start: int, state: str) -> str:
+    key = f"{model}\x1f{candidate}\x1f{rule}\x1f{window_start}\x1f{state}".encode()
+    return hashlib.blake2b(key, digest_size=12).hexdigest()
+
+
+class AlertMachine:
+    """Evaluates closed windows against the rules; ``states`` may be any mapping (a dict, or
+    one backed by Redis) from ``model|candidate|rule`` to the state as a dict."""
+
+    def __init__(self, rules: RuleSet,
+                 states: MutableMapping[str, dict[str, Any]] | None = None) -> None:
+        self.rules = rules
+        self.states: MutableMapping[str, dict[str, Any]] = {} if states is None else states
+
+    def evaluate(self, summary: WindowSummary, now_ms: int) -> list[Alert]:
+        if summary.segment is not None:
+            return []
+        alerts = []
+        for rule in self.rules.for_pair(summary.model, summary.candidate):
+            key = f"{summary.model}|{summary.candidate}|{rule.name}"
+            doc = self.states.get(key)
+            st = RuleState.from_dict(doc) if doc else RuleState()
+            if summary.window_start <= st.last_window:
+                continue  # seen before: a window emitted again after a restart
+            alert = self._step(rule, st, summary, now_ms)
+            self.states[key] = asdict(st)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int) -> Alert | None:
+        st.last_window = s.window_start
+        value = metric_value(s, rule.metric)
+        if value is None or samples(s, rule.metric) < rule.min_samples:
+            return None
+        before = st.state
+        if st.state == "firing":
+            if rule.cleared(value):
+                st.state, st.calm, st.breaches = "resolved", "resolved", 0
+        elif rule.breached(value):
+            st.breaches += 1
+            st.state = "firing" if st.breaches >= rule.for_windows else "pending"
+        elif st.state == "pending":
+            st.state, st.breaches = st.calm, 0
+        if st.state == before:
+            return None
+        threshold = rule.clear_level if st.state == "resolved" else rule.threshold
+        clears = f", clears at {rule.clear_level:g}" if st.state == "resolved" else ""
+        return Alert.model_validate({
+            "schema": Alert.SCHEMA,
+            "alert_id": alert_id(s.model, s.candidate, rule.name, s.window_start, st.state),
+            "model": s.model, "candidate": s.candidate, "ts": now_ms, "rule": rule.name,
+            "severity": rule.severity, "state": st.state, "previous_state": before,
+            "metric": rule.metric, "value": value, "threshold": threshold,
+            "window_start": s.window_start, "window_end": s.window_end,
+            "message": f"{rule.metric} = {value:.4g} ({rule.comparison} {rule.threshold:g}"
+                       f"{clears}) for {s.model}/{s.candidate}: {before} -> {st.state}"})

@@ -1,0 +1,251 @@
+"""Alert rules: what to watch in each closed window, loaded from TOML. Pure code.
+
+A rules file has defaults and per model/candidate overrides::
+
+    [[rules]]
+    name = "disagreement"
+    metric = "disagreement_rate"      # any WindowSummary number, or a derived one below
+    comparison = ">="
+    threshold = 0.05
+    clear_threshold = 0.03            # hysteresis: firing until the value falls below this
+    for_windows = 2                   # breached in this many evaluated windows in a row
+    min_samples = 100                 # windows with fewer pairs are not evaluated
+    severity = "warning"
+
+    [[overrides]]
+    model = "fraud-scorer"            # and/or candidate = "..."
+    rule = "disagreement"
+    threshold = 0.02
+
+Metrics: the numbers of WindowSummary (``requests``, ``coverage``, ``disagreement_rate``...),
+``divergence.<name>`` (``divergence.p99``), ``latency.<name>``, ``drift.<feature>.<stat>``,
+``drift.*.<stat>`` (the largest over features, e.g. ``drift.*.psi``), and the derived
+``unmatched_rate`` ((unmatched_live + unmatched_shadow) / requests), ``candidate_error_rate``
+(candidate_errors / pairs) and ``dead_letter_rate``.
+
+``direction`` says which way is bad: ``up`` (comparison ``>`` or ``>=``, clear threshold at or
+below the threshold), ``down`` (``<``/``<=``, clear threshold at or above), or ``both`` (the
+absolute value is compared, as ``up``). It defaults to what the comparison implies.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from schemas import ShadowstreamError, WindowSummary
+
+__all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "metric_value"]
+
+Comparison = Literal[">", ">=", "<", "<="]
+Direction = Literal["up", "down", "both"]
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+_SEVERITIES = ("info", "warning", "critical")
+_DERIVED = ("unmatched_rate", "candidate_error_rate", "dead_letter_rate")
+_NUMBERS = ("requests", "pairs", "unmatched_live", "unmatched_shadow", "dead_lettered",
+            "candidate_errors", "coverage", "disagreement_rate")
+
+
+class RuleError(ShadowstreamError):
+    """A rules file that cannot be used; says which rule and why."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"rule {rule!r}: {reason}")
+        self.rule, self.reason = rule, reason
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    metric: str
+    threshold: float
+    comparison: Comparison = ">="
+    clear_threshold: float | None = None
+    """Default: the threshold (no hysteresis)."""
+    for_windows: int = 1
+    min_samples: int = 1
+    """Least pairs a window needs to be evaluated (requests for the rates of requests)."""
+    direction: Direction | None = None
+    severity: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise RuleError("?", "a rule needs a name")
+        if self.comparison not in _COMPARE:
+            raise RuleError(self.name, f"comparison must be one of {sorted(_COMPARE)}, "
+                                       f"got {self.comparison!r}")
+        if self.severity not in _SEVERITIES:
+            raise RuleError(self.name, f"severity must be one of {list(_SEVERITIES)}, "
+                                       f"got {self.severity!r}")
+        _check_metric(self.name, self.metric)
+        for name in ("threshold", "clear_threshold"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                                  or not math.isfinite(v)):
+                raise RuleError(self.name, f"{name} must be a finite number, got {v!r}")
+        if not isinstance(self.for_windows, int) or self.for_windows < 1:
+            raise RuleError(self.name, f"for_windows must be an integer >= 1, "
+                                       f"got {self.for_windows!r}")
+        if not isinstance(self.min_samples, int) or self.min_samples < 0:
+            raise RuleError(self.name, f"min_samples must be an integer >= 0, "
+                                       f"got {self.min_samples!r}")
+        rising = self.comparison in (">", ">=")
+        direction = self.direction or ("up" if rising else "down")
+        if direction not in ("up", "down", "both"):
+            raise RuleError(self.name, f"direction must be up, down or both, got {direction!r}")
+        if (direction in ("up", "both")) != rising:
+            raise RuleError(self.name, f"direction {direction!r} does not go with "
+                                       f"comparison {self.comparison!r}")
+        clear = self.threshold if self.clear_threshold is None else self.clear_threshold
+        if (rising and clear > self.threshold) or (not rising and clear < self.threshold):
+            raise RuleError(self.name, f"clear_threshold {clear} is on the firing side of "
+                                       f"threshold {self.threshold}")
+        object.__setattr__(self, "direction", direction)
+
+    @property
+    def clear_level(self) -> float:
+        return self.threshold if self.clear_threshold is None else self.clear_threshold
+
+    def breached(self, value: float) -> bool:
+        return _COMPARE[self.comparison](self._signed(value), self.threshold)
+
+    def cleared(self, value: float) -> bool:
+        """The value is back past the clear threshold (hysteresis)."""
+        return not _COMPARE[self.comparison](self._signed(value), self.clear_level)
+
+    def _signed(self, value: float) -> float:
+        return abs(value) if self.direction == "both" else value
+
+
+def _check_metric(rule: str, metric: str) -> None:
+    if metric in _NUMBERS or metric in _DERIVED:
+        return
+    head, _, rest = metric.partition(".")
+    if head in ("divergence", "latency") and rest:
+        return
+    if head == "drift" and rest.count(".") >= 1:
+        return
+    raise RuleError(rule, f"unknown metric {metric!r} (a WindowSummary number, "
+                          f"divergence.<q>, latency.<name>, drift.<feature>.<stat>, "
+                          f"drift.*.<stat> or one of {list(_DERIVED)})")
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("disagreement", "disagreement_rate", 0.05, clear_threshold=0.03, for_windows=2,
+         min_samples=100),
+    Rule("divergence_p99", "divergence.p99", 0.3, clear_threshold=0.2, for_windows=2,
+         min_samples=100),
+    Rule("starved_shadow", "unmatched_rate", 0.1, clear_threshold=0.05, for_windows=2,
+         min_samples=100, severity="critical"),
+    Rule("candidate_errors", "candidate_error_rate", 0.01, clear_threshold=0.005,
+         for_windows=1, min_samples=100, severity="critical"),
+    Rule("input_drift", "drift.*.psi", 0.2, clear_threshold=0.1, for_windows=2,
+         min_samples=100),
+)
+
+
+@dataclass(frozen=True)
+class _Override:
+    rule: str
+    model: str | None
+    candidate: str | None
+    changes: Mapping[str, Any]
+
+    def matches(self, model: str, candidate: str) -> bool:
+        return self.model in (None, model) and self.candidate in (None, candidate)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    overrides: tuple[_Override, ...] = ()
+
+    def for_pair(self, model: str, candidate: str) -> tuple[Rule, ...]:
+        """The rules of one model and candidate, overrides applied (most specific last)."""
+        out = []
+        for rule in self.rules:
+            hits = sorted((o for o in self.overrides if o.rule == rule.name
+                           and o.matches(model, candidate)),
+                          key=lambda o: (o.model is not None) + (o.candidate is not None))
+            for o in hits:
+                rule = replace(rule, **o.changes)
+            out.append(rule)
+        return tuple(out)
+
+    @classmethod
+    def from_file(cls, path: Path) -> RuleSet:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise RuleError(str(path), str(exc)) from None
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> RuleSet:
+        """``rules`` replace the shipped defaults of the same name and add others;
+        ``overrides`` change fields of a rule for a model and/or candidate."""
+        known = {f.name for f in fields(Rule)}
+        by_name = {r.name: r for r in DEFAULT_RULES}
+        for i, table in enumerate(doc.get("rules", [])):
+            name = table.get("name") or f"rules[{i}]"
+            unknown = set(table) - known
+            if unknown:
+                raise RuleError(name, f"unknown keys {sorted(unknown)}")
+            try:
+                by_name[name] = Rule(**table)
+            except TypeError as exc:  # a required key is missing
+                raise RuleError(name, str(exc).split(") ", 1)[-1]) from None
+        overrides = []
+        for o in doc.get("overrides", []):
+            name = o.get("rule")
+            if name not in by_name:
+                raise RuleError(str(name), "override of an unknown rule")
+            changes = {k: v for k, v in o.items() if k not in ("rule", "model", "candidate")}
+            bad = set(changes) - (known - {"name", "metric"})
+            if bad:
+                raise RuleError(name, f"an override cannot set {sorted(bad)}")
+            try:
+                replace(by_name[name], **changes)  # refuse a bad override at load time
+            except TypeError as exc:
+                raise RuleError(name, str(exc)) from None
+            overrides.append(_Override(name, o.get("model"), o.get("candidate"), changes))
+        return cls(tuple(by_name.values()), tuple(overrides))
+
+
+def metric_value(summary: WindowSummary, metric: str) -> float | None:
+    """The value of a rule's metric in a summary; None when the window has none."""
+    s = summary
+    if metric == "unmatched_rate":
+        return (s.unmatched_live + s.unmatched_shadow) / s.requests if s.requests else None
+    if metric == "candidate_error_rate":
+        return s.candidate_errors / s.pairs if s.pairs else None
+    if metric == "dead_letter_rate":
+        return s.dead_lettered / s.requests if s.requests else None
+    if metric in _NUMBERS:
+        v = getattr(s, metric)
+        return None if v is None else float(v)
+    head, _, rest = metric.partition(".")
+    if head == "divergence":
+        return s.divergence.get(rest)
+    if head == "latency":
+        return getattr(s.latency, rest, None)
+    feature, _, stat = rest.rpartition(".")
+    if feature == "*":
+        values: Sequence[float] = [d[stat] for d in s.drift.values() if stat in d]
+        return max(values) if values else None
+    return s.drift.get(feature, {}).get(stat)
+
+
+def samples(summary: WindowSummary, metric: str) -> int:
+    """What min_samples counts: requests for the rates of requests, else pairs."""
+    if metric in ("unmatched_rate", "dead_letter_rate", "requests", "coverage"):
+        return summary.requests
+    if metric.startswith("drift."):
+        return summary.requests
+    return summary.pairs

@@ -1,0 +1,190 @@
+"""Alert rules (loading, validation, metrics) and the per-rule state machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumers.alerting import AlertMachine, alert_id
+from consumers.rules import DEFAULT_RULES, Rule, RuleError, RuleSet, metric_value
+from schemas import WindowSummary
+
+W = 60_000
+
+
+def window(i: int, *, rate: float | None = 0.0, pairs: int = 1000, requests: int = 1000,
+           unmatched: int = 0, errors: int = 0, psi: float = 0.01, p99: float = 0.1,
+           model: str = "m", candidate: str = "c", segment: str | None = None
+           ) -> WindowSummary:
+    return WindowSummary.model_validate({
+        "schema": "window.summary/1", "model": model, "candidate": candidate,
+        "segment": segment, "ts": i * W + W, "window_start": i * W, "window_end": i * W + W,
+        "requests": requests, "pairs": pairs - unmatched, "unmatched_shadow": unmatched,
+        "candidate_errors": errors, "coverage": (pairs - unmatched) / requests,
+        "disagreement_rate": rate, "divergence": {"p99": p99},
+        "drift": {"inputs.amount": {"psi": psi, "js": 0.1}, "inputs.hour": {"psi": psi / 2}}})
+
+
+def rules(**kw: Any) -> RuleSet:
+    return RuleSet((Rule("r", "disagreement_rate", 0.05, clear_threshold=0.03, **kw),))
+
+
+def run(machine: AlertMachine, rates: list[float | None], **kw: Any) -> list[tuple[str, str]]:
+    out = []
+    for i, rate in enumerate(rates):
+        out += [(a.previous_state, a.state) for a in machine.evaluate(window(i, rate=rate, **kw),
+                                                                        i)]
+    return out
+
+
+def test_pending_then_firing_then_resolved_with_hysteresis() -> None:
+    m = AlertMachine(rules(for_windows=2))
+    assert run(m, [0.01, 0.06, 0.07, 0.04, 0.035, 0.02, 0.01]) == [
+        ("ok", "pending"), ("pending", "firing"), ("firing", "resolved")]
+    # 0.04 and 0.035 are below the threshold but above the clear threshold: still firing.
+
+
+def test_a_breach_that_stops_goes_back_and_a_single_window_rule_fires_at_once() -> None:
+    m = AlertMachine(rules(for_windows=3))
+    assert run(m, [0.06, 0.06, 0.01, 0.06]) == [("ok", "pending"), ("pending", "ok"),
+                                                ("ok", "pending")]
+    m = AlertMachine(rules(for_windows=1))
+    assert run(m, [0.06, 0.02, 0.09, 0.1]) == [("ok", "firing"), ("firing", "resolved"),
+                                               ("resolved", "firing")]
+
+
+def test_small_or_empty_windows_change_nothing() -> None:
+    m = AlertMachine(rules(for_windows=2, min_samples=500))
+    assert run(m, [0.5, None, 0.5], pairs=100) == []
+    assert run(AlertMachine(rules(for_windows=2)), [0.06, None, 0.06]) == [
+        ("ok", "pending"), ("pending", "firing")]  # a window without the metric is skipped
+
+
+def test_reprocessing_windows_repeats_no_alert_and_ids_are_stable() -> None:
+    states: dict[str, Any] = {}
+    first = AlertMachine(rules(for_windows=1), states)
+    alerts = [a for i, r in enumerate([0.01, 0.2, 0.2]) for a in
+              first.evaluate(window(i, rate=r), 0)]
+    assert [a.state for a in alerts] == ["firing"]
+    assert alerts[0].alert_id == alert_id("m", "c", "r", W, "firing")
+    again = AlertMachine(rules(for_windows=1), states)  # a restart with the saved states
+    assert [again.evaluate(window(i, rate=r), 0) for i, r in enumerate([0.01, 0.2, 0.2])] == \
+        [[], [], []]
+
+
+def test_alert_fields_and_segments_are_not_evaluated() -> None:
+    m = AlertMachine(rules(for_windows=1, severity="critical"))
+    assert m.evaluate(window(0, rate=0.3, segment="eu"), 5) == []
+    (a,) = m.evaluate(window(0, rate=0.3), 5)
+    assert (a.rule, a.severity, a.metric, a.value, a.threshold) == (
+        "r", "critical", "disagreement_rate", 0.3, 0.05)
+    assert (a.window_start, a.window_end, a.ts) == (0, W, 5)
+    assert "0.3" in a.message and "ok -> firing" in a.message
+
+
+def test_shipped_defaults_cover_the_issue_and_fire_on_their_metrics() -> None:
+    names = {r.name: r for r in DEFAULT_RULES}
+    assert {r.metric for r in DEFAULT_RULES} == {
+        "disagreement_rate", "divergence.p99", "unmatched_rate", "candidate_error_rate",
+        "drift.*.psi"}
+    assert names["input_drift"].threshold == 0.2
+    m = AlertMachine(RuleSet())
+    fired = set()
+    for i in range(3):
+        w = window(i, rate=0.2, unmatched=300, errors=50, psi=0.5, p99=0.9)
+        fired |= {a.rule for a in m.evaluate(w, i) if a.state == "firing"}
+    assert fired == set(names)
+
+
+def test_metric_values() -> None:
+    w = window(0, rate=0.1, unmatched=100, errors=9, psi=0.4, p99=0.7)
+    assert metric_value(w, "unmatched_rate") == 0.1
+    assert metric_value(w, "candidate_error_rate") == 9 / 900
+    assert metric_value(w, "drift.*.psi") == 0.4
+    assert metric_value(w, "drift.inputs.hour.psi") == 0.2
+    assert metric_value(w, "drift.inputs.none.psi") is None
+    assert metric_value(w, "divergence.p99") == 0.7
+    assert metric_value(w, "coverage") == 0.9
+
+
+def test_down_and_both_directions() -> None:
+    coverage = RuleSet((Rule("cov", "coverage", 0.9, comparison="<", clear_threshold=0.95),))
+    m = AlertMachine(coverage)
+    fired = [a.state for i, u in enumerate([0, 200, 80, 10])
+             for a in m.evaluate(window(i, unmatched=u), i)]
+    assert fired == ["firing", "resolved"]  # 0.8 fires, 0.92 holds, 0.99 clears
+    both = Rule("delta", "divergence.p99", 0.5, direction="both")
+    assert both.breached(-0.6) and not both.breached(0.4)
+
+
+def test_rules_file_with_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("""
+[[rules]]
+name = "disagreement"
+metric = "disagreement_rate"
+threshold = 0.1
+[[rules]]
+name = "slow"
+metric = "latency.candidate_p99"
+threshold = 50
+severity = "info"
+[[overrides]]
+rule = "disagreement"
+model = "m"
+threshold = 0.02
+[[overrides]]
+rule = "disagreement"
+model = "m"
+candidate = "c"
+for_windows = 3
+""")
+    rs = RuleSet.from_file(path)
+    by_name = {r.name: r for r in rs.for_pair("m", "c")}
+    assert by_name["disagreement"].threshold == 0.02 and by_name["disagreement"].for_windows == 3
+    assert {r.name: r for r in rs.for_pair("other", "c")}["disagreement"].threshold == 0.1
+    assert "slow" in by_name and "input_drift" in by_name  # defaults kept unless replaced
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[[rules]]\nname = "x"\nmetric = "nope"\nthreshold = 1\n', "'x': unknown metric 'nope'"),
+    ('[[rules]]\nname = "x"\nmetric = "coverage"\n', "'x': .*threshold"),
+    ('[[rules]]\nname = "x"\nmetric = "coverage"\nthreshold = 1\ncomparison = "=="\n',
+     "'x': comparison must be"),
+    ('[[rules]]\nname = "x"\nmetric = "coverage"\nthreshold = 0.5\nclear_threshold = 0.6\n',
+     "'x': clear_threshold 0.6 is on the firing side"),
+    ('[[rules]]\nname = "x"\nmetric = "coverage"\nthreshold = 1\nfor_windows = 0\n',
+     "'x': for_windows must be"),
+    ('[[rules]]\nname = "x"\nmetric = "coverage"\nthreshold = 1\nseverity = "meh"\n',
+     "'x': severity must be"),
+    ('[[rules]]\nname = "x"\nmetric = "coverage"\nthreshold = 1\ncolour = "red"\n',
+     "'x': unknown keys"),
+    ('[[overrides]]\nrule = "ghost"\nthreshold = 1\n', "'ghost': override of an unknown"),
+    ('[[overrides]]\nrule = "disagreement"\nthreshold = "high"\n',
+     "'disagreement': threshold must be a finite number"),
+    ("[[rules]\n", "rules.toml"),
+])
+def test_bad_rules_files_are_refused_with_the_rule_and_the_reason(
+        tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(RuleError, match=message):
+        RuleSet.from_file(path)
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(0, 1)), max_size=40),
+       st.integers(1, 4))
+def test_the_machine_only_makes_legal_transitions(rates: list[float | None], n: int) -> None:
+    legal = {("ok", "pending"), ("ok", "firing"), ("pending", "firing"), ("pending", "ok"),
+             ("firing", "resolved"), ("resolved", "pending"), ("resolved", "firing"),
+             ("pending", "resolved")}
+    transitions = run(AlertMachine(rules(for_windows=n)), rates)
+    assert set(transitions) <= legal
+    state = "ok"
+    for before, after in transitions:  # a chain: each alert starts where the last ended
+        assert before == state
+        state = after
