@@ -53,6 +53,12 @@ class AlertMachine:
         self.rules = rules
         self.states: MutableMapping[str, dict[str, Any]] = {} if states is None else states
 
+    def severity(self, model: str, candidate: str, rule: str) -> str:
+        for r in self.rules.for_pair(model, candidate):
+            if r.name == rule:
+                return r.severity
+        return "warning"
+
     def evaluate(self, summary: WindowSummary, now_ms: int) -> list[Alert]:
         if summary.segment is not None:
             return []

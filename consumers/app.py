@@ -44,6 +44,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
+from consumers.sinks import RedisAlertSink
+from schemas import Alert
 
 __all__ = ["JoinAppConfig", "build_app", "run_app"]
 
@@ -75,6 +77,8 @@ class JoinAppConfig:
     """Of the app's own topics (the table's changelog)."""
     store: str | None = None
     """Faust table store URL; default rocksdb:// when rocksdict is installed, else memory://."""
+    redis_url: str | None = None
+    """Where alerts go (None: nowhere but /metrics)."""
 
 
 def default_store() -> str:
@@ -132,8 +136,21 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                     settings.topic("outputs"), caught_up)
     clock = _Clock()
 
+    sink = None
+    if config.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(config.redis_url, socket_timeout=1.0,
+                                      socket_connect_timeout=1.0)
+        sink = RedisAlertSink(client, prefix)
+
     def send(outgoing: list[Outgoing]) -> None:
+        alerts = [Alert.model_validate_json(o.value) for o in outgoing if o.role == "alerts"]
+        if alerts and sink is not None:
+            sink.publish(alerts)
         for o in outgoing:
+            if o.role == "alerts":
+                continue
             callback = None
             if o.window is not None:
                 callback = functools.partial(_delivered, core, o.window)
@@ -156,12 +173,15 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
     @app.timer(interval=1.0)
     async def idle_close() -> None:
+        send(core.evaluate_delivered())
+        if sink is not None:
+            sink.flush()  # alerts that waited for Redis
         idle_s = clock.idle_s()
         if idle_s >= config.idle_close_s and core.windows:
             send(core.close_idle(core.max_ts + int(idle_s * 1000)))
 
     registry = CollectorRegistry()
-    registry.register(_JoinCollector(core))
+    registry.register(_JoinCollector(core, sink))
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -225,8 +245,9 @@ class _Clock:
 class _JoinCollector(Collector):
     """Reads the core's counters at scrape time: nothing is paid per event."""
 
-    def __init__(self, core: JoinCore) -> None:
+    def __init__(self, core: JoinCore, sink: RedisAlertSink | None) -> None:
         self.core = core
+        self.sink = sink
 
     def collect(self) -> Iterator[Any]:
         s = self.core.stats
@@ -253,6 +274,69 @@ class _JoinCollector(Collector):
                                 value=self.core.watermark)
         yield GaugeMetricFamily("shadow_join_open_entries", "Requests held in open windows",
                                 value=sum(map(len, self.core.windows.values())))
+        yield from self._windows()
+        yield from self._alerts()
+
+    def _windows(self) -> Iterator[Any]:
+        gauges = {name: GaugeMetricFamily(f"shadow_window_{name}", help_, labels=["model",
+                                                                                  "candidate"])
+                  for name, help_ in _WINDOW_GAUGES.items()}
+        for (model, cand), w in sorted(self.core.latest.items()):
+            values = {"requests": w.requests, "pairs": w.pairs, "coverage": w.coverage,
+                      "disagreement_rate": w.disagreement_rate,
+                      "unmatched": w.unmatched_live + w.unmatched_shadow,
+                      "divergence_p99": w.divergence.get("p99"),
+                      "candidate_latency_p99_ms": w.latency.candidate_p99,
+                      "live_latency_p99_ms": w.latency.live_p99,
+                      "drift_psi_max": max((d["psi"] for d in w.drift.values() if "psi" in d),
+                                           default=None),
+                      "end_ms": w.window_end}
+            for name, value in values.items():
+                if value is not None:
+                    gauges[name].add_metric([model, cand], value)
+        yield from gauges.values()
+        drift = GaugeMetricFamily("shadow_window_drift", "Drift of the last closed window",
+                                  labels=["model", "candidate", "feature", "stat"])
+        for (model, cand), w in sorted(self.core.latest.items()):
+            for feature, stats in sorted(w.drift.items()):
+                for stat in ("psi", "js", "ks", "wasserstein", "chi2"):
+                    if stat in stats:
+                        drift.add_metric([model, cand, feature, stat], stats[stat])
+        yield drift
+
+    def _alerts(self) -> Iterator[Any]:
+        active = GaugeMetricFamily("shadow_alert_active", "1 while an alert rule is firing",
+                                   labels=["model", "candidate", "rule", "severity"])
+        machine = self.core.alerts
+        if machine is not None:
+            for key, st in sorted(machine.states.items()):
+                model, cand, rule = key.split("|", 2)
+                severity = machine.severity(model, cand, rule)
+                active.add_metric([model, cand, rule, severity],
+                                  1.0 if st["state"] == "firing" else 0.0)
+        yield active
+        if self.sink is not None:
+            sink = CounterMetricFamily("shadow_alerts_sent", "Alerts given to Redis, by outcome",
+                                       labels=["outcome"])
+            for outcome in ("delivered", "duplicates", "dropped", "failures"):
+                sink.add_metric([outcome], getattr(self.sink, outcome))
+            yield sink
+            yield GaugeMetricFamily("shadow_alerts_outbox", "Alerts waiting for Redis",
+                                    value=len(self.sink.outbox))
+
+
+_WINDOW_GAUGES = {
+    "requests": "Requests in the last closed window",
+    "pairs": "Pairs in the last closed window",
+    "coverage": "Pairs / requests in the last closed window",
+    "disagreement_rate": "Disagreement rate of the last closed window",
+    "unmatched": "Unmatched requests (either side) in the last closed window",
+    "divergence_p99": "p99 divergence score of the last closed window",
+    "candidate_latency_p99_ms": "Candidate latency p99 of the last closed window",
+    "live_latency_p99_ms": "Live latency p99 of the last closed window",
+    "drift_psi_max": "Largest PSI over features in the last closed window",
+    "end_ms": "End of the last closed window (epoch ms)",
+}
 
 
 def _credentials(settings: Any) -> Any:

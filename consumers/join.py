@@ -38,8 +38,10 @@ from typing import Any
 
 import orjson
 
+from consumers.alerting import AlertMachine
 from consumers.compare import ComparisonError, Tolerances, compare
 from consumers.drift import Profile
+from consumers.rules import RuleSet
 from consumers.windows import aggregate, output_features, request_features, window_start
 from schemas import (
     ContractError,
@@ -57,6 +59,7 @@ __all__ = ["JoinConfig", "JoinCore", "JoinStats", "Outgoing"]
 log = logging.getLogger("shadowstream.join")
 
 META_KEY = "~meta:"  # + the input partition it is written from
+ALERTS_KEY = "~alerts:"  # + the input partition: the alert machines' states
 PROFILE_KEY = "~profile:"
 DEAD_KEY = "~dl:"
 
@@ -75,6 +78,8 @@ class JoinConfig:
     candidates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Candidates expected per model; others are learned from the outputs they send."""
     tolerances: Tolerances = field(default_factory=Tolerances)
+    rules: RuleSet | None = None
+    """Alert rules evaluated on each closed window (None: no alerting)."""
     max_event_bytes: int = 1 << 20
     """Events larger than this are dead-lettered unread."""
     confirm_delivery: bool = False
@@ -99,7 +104,8 @@ class JoinStats:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One record to send: topic role ("pairs", "windows", "deadletter"), key and value."""
+    """One record to send: topic role ("pairs", "windows", "deadletter"; "alerts" go to the
+    alert sinks, not to Kafka), key and value."""
 
     role: str
     key: bytes | None
@@ -139,6 +145,9 @@ class JoinCore:
         # partition is handled: a table key must always be written from its own partition
         # (Faust sends the changelog record to the current event's partition).
         self._doomed: dict[int, list[str]] = defaultdict(list)
+        self._summaries: dict[int, list[WindowSummary]] = {}  # emitted, not yet forgotten
+        self.latest: dict[tuple[str, str], WindowSummary] = {}  # last closed, per pair
+        self.alerts = AlertMachine(config.rules) if config.rules is not None else None
         self._partition = 0  # the partition of the event being handled
 
     # -- recovery ----------------------------------------------------------------------------
@@ -153,6 +162,11 @@ class JoinCore:
                 self.closed_before = max(self.closed_before, meta["closed_before"])
                 for tp, offset in meta["offsets"].items():
                     self.closed_offsets[tp] = max(offset, self.closed_offsets.get(tp, -1))
+            elif key.startswith(ALERTS_KEY) and self.alerts is not None:
+                for rule_key, st in meta.items():  # the newest state of each rule wins
+                    known = self.alerts.states.get(rule_key)
+                    if known is None or st["last_window"] > known["last_window"]:
+                        self.alerts.states[rule_key] = st
         for key, entry in items:
             if key.startswith(PROFILE_KEY):
                 self.profiles.setdefault(key.removeprefix(PROFILE_KEY),
@@ -177,7 +191,7 @@ class JoinCore:
         self._partition = partition
         for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
             del self._emitted[start]
-            self.forget(start)
+            self.forget(start, out)
         for key in self._doomed.pop(partition, ()):
             self.table.pop(key, None)
         src = [topic, partition, offset]
@@ -386,9 +400,9 @@ class JoinCore:
         for start in self.closable(watermark):
             self._emit(start, out)
         if not self.config.confirm_delivery:
-            for start in list(self._emitted):
+            for start in sorted(self._emitted):
                 del self._emitted[start]
-                self.forget(start)
+                self.forget(start, out)
 
     def close_idle(self, watermark: int) -> list[Outgoing]:
         """Emit the windows a watermark closes without writing the table (for a timer: the
@@ -408,6 +422,7 @@ class JoinCore:
             return
         summaries = self.summaries(start)
         self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
+        self._summaries[start] = summaries
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         for summary in summaries:
             out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
@@ -416,8 +431,30 @@ class JoinCore:
                 self.stats.unmatched["live"] += summary.unmatched_live
                 self.stats.unmatched["shadow"] += summary.unmatched_shadow
 
-    def forget(self, start: int) -> None:
-        """Record a closed window (in the table) and doom its entries."""
+    def evaluate_delivered(self) -> list[Outgoing]:
+        """Alerts of the windows whose summaries were all delivered (for a timer: the rules
+        see the last windows of a stream that stopped without waiting for another event)."""
+        out: list[Outgoing] = []
+        for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
+            self._evaluate(start, out)
+        return out
+
+    def _evaluate(self, start: int, out: list[Outgoing]) -> None:
+        """Evaluate the alert rules on a window's summaries, once. Only after they were
+        delivered, and with states persisted when the window is forgotten: a window emitted
+        again after a crash is evaluated from the same states (same alerts, same ids)."""
+        summaries = self._summaries.pop(start, [])
+        for summary in summaries:
+            if summary.segment is None:
+                self.latest[(summary.model, summary.candidate)] = summary
+            if self.alerts is not None:
+                for alert in self.alerts.evaluate(summary, summary.ts):
+                    out.append(Outgoing("alerts", alert.alert_id.encode(), encode(alert)))
+
+    def forget(self, start: int, out: list[Outgoing]) -> None:
+        """Record a closed window (in the table), doom its entries, and evaluate its alerts
+        if that was not done yet."""
+        self._evaluate(start, out)
         for key in self.windows.pop(start, ()):
             entry = self.table.get(key)
             if entry is not None:
@@ -426,6 +463,8 @@ class JoinCore:
         self.closed_offsets.update(self.positions)
         self.table[f"{META_KEY}{self._partition}"] = {"closed_before": self.closed_before,
                                                       "offsets": self.closed_offsets}
+        if self.alerts is not None:
+            self.table[f"{ALERTS_KEY}{self._partition}"] = dict(self.alerts.states)
         self.stats.windows_closed += 1
 
     # -- dead letters ------------------------------------------------------------------------

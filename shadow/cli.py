@@ -310,12 +310,17 @@ def worker(candidate: str, candidate_id: str, weights: Path | None, card: Path |
 @click.option("--expect", multiple=True, metavar="MODEL=CANDIDATE",
               help="A candidate expected to answer a model's requests (repeatable); a request "
                    "it never answers counts as unmatched even before it sent anything.")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path),
+              default=None, help="TOML file of alert rules (default: the shipped rules).")
+@click.option("--no-redis", is_flag=True, help="Do not send alerts to Redis.")
 @click.option("--idle-close-s", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, help="With no event for this long, event time runs on "
                                       "with the clock and closes the windows it passes.")
 def join(data_dir: Path | None, web_port: int, window_s: float, grace_s: float,
          reference_size: int, profile_file: Path | None, tolerances: Path | None,
-         expect: tuple[str, ...], idle_close_s: float) -> None:
+         expect: tuple[str, ...], rules_file: Path | None, no_redis: bool,
+         idle_close_s: float) -> None:
     """Join live and shadow answers per request; emit pairs and closed windows.
 
     A Faust app with one agent over <prefix>.requests and <prefix>.outputs. Writes one
@@ -326,6 +331,7 @@ def join(data_dir: Path | None, web_port: int, window_s: float, grace_s: float,
     from consumers.app import JoinAppConfig, build_app, run_app
     from consumers.compare import Tolerances
     from consumers.join import JoinConfig
+    from consumers.rules import RuleSet
     from shadow.stack import resolve_endpoints
 
     logging.getLogger("shadowstream.join").setLevel(logging.INFO)
@@ -340,13 +346,16 @@ def join(data_dir: Path | None, web_port: int, window_s: float, grace_s: float,
         tols = Tolerances.from_file(tolerances) if tolerances else Tolerances()
     except ValueError as exc:
         raise ShadowstreamError(f"tolerances: {exc}") from None
+    rules = RuleSet.from_file(rules_file) if rules_file else RuleSet()
     config = JoinConfig(window_ms=int(window_s * 1000), grace_ms=int(grace_s * 1000),
                         reference_size=reference_size, candidates=candidates, tolerances=tols,
+                        rules=rules,
                         profiles=_load_profiles(profile_file) if profile_file else {})
-    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    endpoints = resolve_endpoints(s)
     app_config = JoinAppConfig(join=config, data_dir=data_dir or s.state_dir / "join",
-                               web_port=web_port, idle_close_s=idle_close_s)
-    app, _ = build_app(s, bootstrap, app_config)
+                               web_port=web_port, idle_close_s=idle_close_s,
+                               redis_url=None if no_redis else endpoints.redis_url)
+    app, _ = build_app(s, endpoints.kafka_bootstrap, app_config)
     err_console.print(f"join: {s.topic('requests')} + {s.topic('outputs')} -> pairs, windows "
                       f"of {window_s:g} s (grace {grace_s:g} s), store {app.conf.store}, "
                       f"metrics on http://127.0.0.1:{web_port}/metrics", highlight=False)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
 from producers.traffic import TrafficService, TrafficSpec
-from schemas import WindowSummary, decode
+from schemas import Alert, WindowSummary, decode
 from shadow import clients
 from shadow.engine import InferenceEngine
 from shadow.models import load_candidate
@@ -91,8 +91,9 @@ def _worker(s: Settings, bootstrap: str, until: int) -> ShadowWorker:
     return worker
 
 
-def _join(s: Settings, bootstrap: str, tmp: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": bootstrap,
+def _join(s: Settings, stack: Endpoints, tmp: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+           "SHADOW_REDIS_URL": stack.redis_url,
            "SHADOW_TOPIC_PREFIX": s.topic_prefix, "SHADOW_PARTITIONS": str(s.partitions),
            "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(tmp / "join"),
@@ -155,6 +156,23 @@ def _check_against_truth(found: dict[tuple, list[WindowSummary]],
             assert w.pairs == want[segment]
 
 
+def _alerts(s: Settings, stack: Endpoints, rule: str, want: int,
+            timeout_s: float = 30) -> list[Alert]:
+    """The alerts of one rule in Redis's stream, once ``want`` of them are there."""
+    client = clients.redis_client(stack.redis_url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = client.xrange(f"{s.topic_prefix}:alerts")
+        alerts = [a for a in (Alert.model_validate_json(f[b"alert"]) for _, f in rows)
+                  if a.rule == rule]
+        if len(alerts) >= want or time.monotonic() > deadline:
+            time.sleep(1.0)  # and nothing more comes
+            rows = client.xrange(f"{s.topic_prefix}:alerts")
+            return [a for a in (Alert.model_validate_json(f[b"alert"]) for _, f in rows)
+                    if a.rule == rule]
+        time.sleep(0.2)
+
+
 def _poison(s: Settings, bootstrap: str, ts: int) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     doc = {"schema": "mirror.request/1", "request_id": "poison-1", "model": "fraud-scorer",
@@ -172,7 +190,7 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
     _poison(pipeline, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
     _worker(pipeline, stack.kafka_bootstrap, N + 1)
     port = free_port()
-    procs.append(_join(pipeline, stack.kafka_bootstrap, tmp_path, port, tmp_path / "join.log"))
+    procs.append(_join(pipeline, stack, tmp_path, port, tmp_path / "join.log"))
     truth = _truth(spec, t0)
     found = _windows(pipeline, stack.kafka_bootstrap, set(truth))
     _check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
@@ -182,6 +200,18 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
     assert "inputs.amount" in last.drift and "output.confidence" in last.drift
     assert _metric(port, "shadow_join_pairs_total") == N
     assert _metric(port, "shadow_join_dead_lettered_total") == 1
+    # 10 % disagreement breaks the shipped rule (5 %, two windows): pending, then firing.
+    alerts = _alerts(pipeline, stack, "disagreement", 2)
+    assert [(a.state, a.window_start) for a in alerts] == [("pending", min(truth)),
+                                                           ("firing", min(truth) + WINDOW_MS)]
+    state = clients.redis_client(stack.redis_url).hgetall(
+        f"{pipeline.topic_prefix}:alert:fraud-scorer:c1:disagreement")
+    assert state[b"state"] == b"firing" and state[b"alert_id"] == alerts[1].alert_id.encode()
+    deadline = time.monotonic() + 10
+    while _metric(port, 'shadow_alert_active{candidate="c1",model="fraud-scorer",'
+                        'rule="disagreement",severity="warning"}') != 1.0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
 
 
 def test_kill_9_mid_stream_changes_no_number(
@@ -193,7 +223,7 @@ def test_kill_9_mid_stream_changes_no_number(
     _poison(pipeline, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
     _worker(pipeline, stack.kafka_bootstrap, N // 2 + 1)
     port, log = free_port(), tmp_path / "join.log"
-    first = _join(pipeline, stack.kafka_bootstrap, tmp_path, port, log)
+    first = _join(pipeline, stack, tmp_path, port, log)
     procs.append(first)
     deadline = time.monotonic() + 90
     while (_metric(port, "shadow_join_pairs_total") or 0) < N // 4:
@@ -205,11 +235,13 @@ def test_kill_9_mid_stream_changes_no_number(
     first.wait(10)
     _send(pipeline, stack.kafka_bootstrap, spec, t0, N // 2, N)
     _worker(pipeline, stack.kafka_bootstrap, N // 2)
-    second = _join(pipeline, stack.kafka_bootstrap, tmp_path, port, log)
+    second = _join(pipeline, stack, tmp_path, port, log)
     procs.append(second)
     truth = _truth(spec, t0)
     found = _windows(pipeline, stack.kafka_bootstrap, set(truth))
     _check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
+    alerts = _alerts(pipeline, stack, "disagreement", 2)  # once each, despite the crash
+    assert [a.state for a in alerts] == ["pending", "firing"]
     second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0, log.read_text()[-3000:]
 

@@ -11,7 +11,7 @@ import pytest
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.windows import WindowAggregate, aggregate
-from schemas import DeadLetter, DivergencePair, WindowSummary, decode
+from schemas import Alert, DeadLetter, DivergencePair, WindowSummary, decode
 
 REQ, OUT = "t.requests", "t.outputs"
 WINDOW = 10_000
@@ -293,3 +293,37 @@ def test_a_window_is_recorded_closed_only_once_its_summaries_are_delivered() -> 
     run(again, log.messages[-1:])
     assert max(v["closed_before"] for k, v in table.items() if k.startswith("~meta")) == \
         max(o.window for o in replay) + WINDOW
+
+
+def test_alerts_are_evaluated_on_delivered_windows_and_not_repeated_after_a_restart() -> None:
+    from consumers.rules import Rule, RuleSet
+
+    rules = RuleSet((Rule("disagreement", "disagreement_rate", 0.05, for_windows=2,
+                          min_samples=50),))
+    config = JoinConfig(window_ms=WINDOW, grace_ms=2_000, reference_size=50, rules=rules,
+                        confirm_delivery=True)
+
+    def drive(core: JoinCore, messages) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for m in messages:
+            got = core.handle(*m)
+            out += got
+            for o in got:
+                if o.role == "windows":
+                    core.delivered(o.window)
+        return out
+
+    log, _ = traffic(600, seed=4)
+    whole = JoinCore(config, {}, REQ, OUT)
+    expected = [decode(o.value, Alert) for o in drive(whole, log.messages) if o.role == "alerts"]
+    assert [(a.candidate, a.state) for a in expected] == [("c1", "pending"), ("c1", "firing")]
+
+    table: dict[str, Any] = {}
+    first = JoinCore(config, table, REQ, OUT)
+    n = int(len(log.messages) * 0.7)
+    got = [decode(o.value, Alert) for o in drive(first, log.messages[:n]) if o.role == "alerts"]
+    second = JoinCore(config, table, REQ, OUT)
+    second.recover()
+    got += [decode(o.value, Alert) for o in drive(second, log.messages[n - 100:])
+            if o.role == "alerts"]
+    assert [a.alert_id for a in got] == [a.alert_id for a in expected]

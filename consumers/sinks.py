@@ -1,0 +1,116 @@
+"""Where alerts go in Redis: a stream, a state hash per rule, a channel. Never stalls the join.
+
+Per alert, atomically (one Lua script) and once (keyed by its alert id, so an alert the join
+evaluates again after a restart is not delivered twice):
+
+- ``XADD <prefix>:alerts MAXLEN ~ N`` with the alert as JSON;
+- ``HSET <prefix>:alert:<model>:<candidate>:<rule>`` state, alert_id, value, ts, ...;
+- ``PUBLISH <prefix>:alerts`` the JSON, for live views (``shadow alerts watch``).
+
+Every call has the client's timeout. When Redis is down, alerts wait in a bounded outbox (the
+oldest are dropped and counted when it is full) and go out in order once it is back; retries
+back off, so a dead Redis costs the stream one failed call per ``retry_s``, not one per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis
+
+from schemas import Alert, encode
+
+__all__ = ["RedisAlertSink"]
+
+log = logging.getLogger("shadowstream.alerts")
+
+_DELIVER = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'alert', ARGV[1])
+  redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+  redis.call('PUBLISH', ARGV[4], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class RedisAlertSink:
+    def __init__(self, client: redis.Redis, prefix: str, *, stream_maxlen: int = 10_000,
+                 outbox_max: int = 10_000, retry_s: float = 1.0,
+                 dedupe_ttl_s: int = 7 * 24 * 3600) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.stream_maxlen = stream_maxlen
+        self.retry_s = retry_s
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.outbox: deque[Alert] = deque()
+        self.outbox_max = outbox_max
+        self.delivered = 0
+        self.duplicates = 0
+        self.dropped = 0
+        self.failures = 0
+        self._retry_at = 0.0
+        self._script = client.register_script(_DELIVER)
+
+    @property
+    def stream_key(self) -> str:
+        return f"{self.prefix}:alerts"
+
+    def state_key(self, model: str, candidate: str, rule: str) -> str:
+        return f"{self.prefix}:alert:{model}:{candidate}:{rule}"
+
+    def publish(self, alerts: Iterable[Alert]) -> None:
+        """Queue alerts (in order) and try to deliver what waits."""
+        for alert in alerts:
+            if len(self.outbox) >= self.outbox_max:
+                self.outbox.popleft()
+                self.dropped += 1
+            self.outbox.append(alert)
+        self.flush()
+
+    def flush(self) -> int:
+        """Deliver waiting alerts in order until one fails; returns how many went out."""
+        if not self.outbox or time.monotonic() < self._retry_at:
+            return 0
+        sent = 0
+        while self.outbox:
+            alert = self.outbox[0]
+            try:
+                self._deliver(alert)
+            except redis.RedisError as exc:
+                self.failures += 1
+                self._retry_at = time.monotonic() + self.retry_s
+                log.warning("alerts: Redis unavailable (%s); %d alerts wait", exc,
+                            len(self.outbox))
+                return sent
+            self.outbox.popleft()
+            sent += 1
+        return sent
+
+    def _deliver(self, a: Alert) -> None:
+        doc = encode(a)
+        fields: list[Any] = ["state", a.state, "previous_state", a.previous_state,
+                             "alert_id", a.alert_id, "severity", a.severity,
+                             "metric", a.metric, "threshold", a.threshold, "ts", a.ts,
+                             "window_start", a.window_start, "window_end", a.window_end,
+                             "value", "" if a.value is None else a.value, "alert", doc]
+        keys = [f"{self.prefix}:alert-id:{a.alert_id}", self.stream_key,
+                self.state_key(a.model, a.candidate, a.rule)]
+        fresh = self._script(keys=keys, args=[doc, self.stream_maxlen, self.dedupe_ttl_s,
+                                              self.stream_key, *fields])
+        if fresh:
+            self.delivered += 1
+        else:
+            self.duplicates += 1
+
+    def recent(self, count: int = 100) -> list[Alert]:
+        """The last ``count`` alerts of the stream, oldest first."""
+        rows = self.client.xrevrange(self.stream_key, count=count)
+        return [Alert.model_validate(orjson.loads(fields[b"alert"]))
+                for _, fields in reversed(rows)]
