@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.sinks import RedisAlertSink
-from schemas import Alert
+from schemas import Alert, WindowSummary
 
 __all__ = ["JoinAppConfig", "build_app", "run_app"]
 
@@ -148,6 +148,10 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         alerts = [Alert.model_validate_json(o.value) for o in outgoing if o.role == "alerts"]
         if alerts and sink is not None:
             sink.publish(alerts)
+        if sink is not None:
+            for o in outgoing:
+                if o.role == "windows":
+                    sink.record_window(WindowSummary.model_validate_json(o.value))
         for o in outgoing:
             if o.role == "alerts":
                 continue

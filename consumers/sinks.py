@@ -7,6 +7,10 @@ evaluates again after a restart is not delivered twice):
 - ``HSET <prefix>:alert:<model>:<candidate>:<rule>`` state, alert_id, value, ts, ...;
 - ``PUBLISH <prefix>:alerts`` the JSON, for live views (``shadow alerts watch``).
 
+The latest window of each model and candidate is kept at ``<prefix>:window:<model>:<candidate>``
+and published on ``<prefix>:windows`` (best effort). An alert is acknowledged by ops with
+``shadow alerts ack ID`` (``acked_at`` in its state hash).
+
 Every call has the client's timeout. When Redis is down, alerts wait in a bounded outbox (the
 oldest are dropped and counted when it is full) and go out in order once it is back; retries
 back off, so a dead Redis costs the stream one failed call per ``retry_s``, not one per event.
@@ -23,7 +27,7 @@ from typing import Any
 import orjson
 import redis
 
-from schemas import Alert, encode
+from schemas import Alert, WindowSummary, encode
 
 __all__ = ["RedisAlertSink"]
 
@@ -108,6 +112,21 @@ class RedisAlertSink:
             self.delivered += 1
         else:
             self.duplicates += 1
+
+    def record_window(self, summary: WindowSummary) -> None:
+        """The latest closed window of a model and candidate, for live views. Best effort:
+        when Redis is down it is skipped (the windows topic has them all)."""
+        if summary.segment is not None or time.monotonic() < self._retry_at:
+            return
+        doc = summary.model_dump_json(by_alias=True, exclude={"state"}, exclude_none=True)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(f"{self.prefix}:window:{summary.model}:{summary.candidate}", doc)
+            pipe.publish(f"{self.prefix}:windows", doc)
+            pipe.execute()
+        except redis.RedisError:
+            self.failures += 1
+            self._retry_at = time.monotonic() + self.retry_s
 
     def recent(self, count: int = 100) -> list[Alert]:
         """The last ``count`` alerts of the stream, oldest first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -370,6 +371,62 @@ def _load_profiles(path: Path) -> dict[str, Any]:
         return {model: Profile.from_dict(p) for model, p in doc["models"].items()}
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ShadowstreamError(f"{path}: not a profile file ({exc})") from None
+
+
+# -- alerts -----------------------------------------------------------------------------------
+
+@main.group()
+def alerts() -> None:
+    """Alerts raised by the join (kept in Redis)."""
+
+
+def _redis() -> tuple[Any, str]:
+    from shadow import clients
+    from shadow.stack import resolve_endpoints
+
+    s = _settings()
+    return clients.redis_client(resolve_endpoints(s).redis_url), s.topic_prefix
+
+
+@alerts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the alerts as JSON.")
+def alerts_list(as_json: bool) -> None:
+    """The current state of every alert rule that fired or is about to, firing first."""
+    from shadow.alerts_view import current_alerts, latest_windows, render
+
+    client, prefix = _redis()
+    found = current_alerts(client, prefix)
+    if as_json:
+        _print_json(found)
+        return
+    console.print(render(found, latest_windows(client, prefix)))
+
+
+@alerts.command("ack")
+@click.argument("alert_id")
+@click.option("--by", default=None, help="Who acknowledges (default: $USER).")
+def alerts_ack(alert_id: str, by: str | None) -> None:
+    """Acknowledge the alert with this id (see `shadow alerts list`)."""
+    import getpass
+
+    from shadow.alerts_view import acknowledge
+
+    client, prefix = _redis()
+    alert = acknowledge(client, prefix, alert_id, by or getpass.getuser())
+    console.print(f"acknowledged {alert_id}: {alert.get('rule')} of {alert.get('model')}/"
+                  f"{alert.get('candidate')} ({alert.get('state')})", highlight=False)
+
+
+@alerts.command("watch")
+@click.option("--seconds", type=click.FloatRange(min=0), default=None,
+              help="Stop after this long (default: until Ctrl-C).")
+def alerts_watch(seconds: float | None) -> None:
+    """A live table of the alerts and the latest windows, fed by Redis pub/sub."""
+    from shadow.alerts_view import watch
+
+    client, prefix = _redis()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one leaves the view
+        watch(client, prefix, seconds, console)
 
 
 # -- profile ----------------------------------------------------------------------------------

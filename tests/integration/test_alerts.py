@@ -66,3 +66,46 @@ def test_a_full_outbox_drops_the_oldest_and_counts_them() -> None:
     sink = RedisAlertSink(client, "t", outbox_max=3, retry_s=60)
     sink.publish([alert(i) for i in range(5)])
     assert sink.dropped == 2 and [a.window_start for a in sink.outbox] == [2, 3, 4]
+
+
+def test_alerts_list_ack_and_watch_through_the_cli(own_redis: dict, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import orjson
+
+    from schemas import WindowSummary
+
+    url = f"redis://127.0.0.1:{own_redis['port']}/0"
+    client = clients.redis_client(url)
+    sink = RedisAlertSink(client, "ops")
+    sink.publish([alert(1, "pending"), alert(2, "firing")])
+    sink.record_window(WindowSummary.model_validate({
+        "schema": "window.summary/1", "model": "m", "candidate": "c", "ts": 1,
+        "window_start": 0, "window_end": 60_000, "requests": 10, "pairs": 10,
+        "disagreement_rate": 0.1}))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SHADOW_REDIS_URL": url, "SHADOW_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "COLUMNS": "200",
+           "SHADOW_TOPIC_PREFIX": "ops", "PYTHONPATH": str(repo)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shadow.cli", "alerts", *args], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=repo)
+
+    listed = orjson.loads(cli("list", "--json").stdout)
+    assert [(a["rule"], a["state"], a["acked_at"]) for a in listed] == [("r", "firing", None)]
+    assert cli("ack", alert(2).alert_id, "--by", "ops-1").returncode == 0
+    listed = orjson.loads(cli("list", "--json").stdout)
+    assert listed[0]["acked_by"] == "ops-1" and listed[0]["acked_at"] > 0
+    wrong = cli("ack", "nope")
+    assert wrong.returncode == 1 and "no current alert has id 'nope'" in wrong.stderr
+    # watch redraws when an alert is published meanwhile.
+    timer = threading.Timer(1.5, lambda: sink.publish([alert(3, "resolved")]))
+    timer.start()
+    watched = cli("watch", "--seconds", "4")
+    timer.join()
+    assert watched.returncode == 0, watched.stderr
+    assert "resolved" in watched.stdout and "latest windows" in watched.stdout
