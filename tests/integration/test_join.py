@@ -25,8 +25,9 @@ from shadow import clients
 from shadow.engine import InferenceEngine
 from shadow.models import load_candidate
 from shadow.settings import Settings
-from shadow.stack import Endpoints
+from shadow.stack import Endpoints, prometheus_root
 from shadow.stack.procs import free_port
+from shadow.stack.prometheus import register_target
 from shadow.topics import create_topics, topic_specs
 from shadow.worker import ShadowWorker, WorkerConfig
 
@@ -156,6 +157,11 @@ def _check_against_truth(found: dict[tuple, list[WindowSummary]],
             assert w.pairs == want[segment]
 
 
+def _prometheus_alerts(url: str) -> list[dict]:
+    with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=5) as resp:
+        return orjson.loads(resp.read())["data"]["alerts"]
+
+
 def _alerts(s: Settings, stack: Endpoints, rule: str, want: int,
             timeout_s: float = 30) -> list[Alert]:
     """The alerts of one rule in Redis's stream, once ``want`` of them are there."""
@@ -212,6 +218,16 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
                         'rule="disagreement",severity="warning"}') != 1.0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    # A real Prometheus scrapes the app and its rule (prometheus/alerts.yml) fires.
+    register_target(prometheus_root(pipeline), "join", f"127.0.0.1:{port}",
+                    {"prefix": pipeline.topic_prefix})
+    deadline = time.monotonic() + 60
+    while not [a for a in _prometheus_alerts(stack.prometheus_url)
+               if a["labels"].get("alertname") == "ShadowRuleFiring"
+               and a["labels"].get("prefix") == pipeline.topic_prefix
+               and a["labels"].get("rule") == "disagreement" and a["state"] == "firing"]:
+        assert time.monotonic() < deadline, "Prometheus never fired ShadowRuleFiring"
+        time.sleep(1)
 
 
 def test_kill_9_mid_stream_changes_no_number(
