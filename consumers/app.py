@@ -152,8 +152,12 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
             for o in outgoing:
                 if o.role == "windows":
                     sink.record_window(WindowSummary.model_validate_json(o.value))
+                elif o.role == "exemplars":
+                    doc = orjson.loads(o.value)
+                    sink.record_exemplars(doc["model"], doc["candidate"], doc["window_start"],
+                                          [tuple(r) for r in doc["top"]])
         for o in outgoing:
-            if o.role == "alerts":
+            if o.role in ("alerts", "exemplars"):
                 continue
             callback = None
             if o.window is not None:

@@ -104,8 +104,8 @@ class JoinStats:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One record to send: topic role ("pairs", "windows", "deadletter"; "alerts" go to the
-    alert sinks, not to Kafka), key and value."""
+    """One record to send: topic role ("pairs", "windows", "deadletter"; "alerts" and
+    "exemplars" go to the alert sinks, not to Kafka), key and value."""
 
     role: str
     key: bytes | None
@@ -394,6 +394,19 @@ class JoinCore:
         return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
                 for k in sorted(aggs, key=lambda k: k.sort_key())]
 
+    def exemplars(self, start: int, k: int = 10) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        """The ``k`` most divergent requests of a window per model and candidate."""
+        top: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
+        for key in sorted(self.windows.get(start, ())):
+            entry = self.table.get(key)
+            if not entry or "live" not in entry:
+                continue
+            for cand, answer in entry["c"].items():
+                if answer.get("r"):
+                    top[(entry["m"], cand)].append((key, answer["r"]["s"]))
+        return {pair: sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
+                for pair, rows in top.items()}
+
     def sweep(self, watermark: int, out: list[Outgoing]) -> None:
         """Close every window the watermark has passed: emit its summaries; it is forgotten
         (entries deleted, closing recorded) once they are delivered."""
@@ -423,6 +436,9 @@ class JoinCore:
         summaries = self.summaries(start)
         self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
         self._summaries[start] = summaries
+        for (model, cand), rows in sorted(self.exemplars(start).items()):
+            doc = {"model": model, "candidate": cand, "window_start": start, "top": rows}
+            out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc)))
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         for summary in summaries:
             out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),

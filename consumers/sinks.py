@@ -7,7 +7,9 @@ evaluates again after a restart is not delivered twice):
 - ``HSET <prefix>:alert:<model>:<candidate>:<rule>`` state, alert_id, value, ts, ...;
 - ``PUBLISH <prefix>:alerts`` the JSON, for live views (``shadow alerts watch``).
 
-The latest window of each model and candidate is kept at ``<prefix>:window:<model>:<candidate>``
+The most divergent requests of each window go to the sorted set
+``<prefix>:exemplars:<model>:<candidate>`` (best effort). The latest window of each model and
+candidate is kept at ``<prefix>:window:<model>:<candidate>``
 and published on ``<prefix>:windows`` (best effort). An alert is acknowledged by ops with
 ``shadow alerts ack ID`` (``acked_at`` in its state hash).
 
@@ -47,12 +49,13 @@ return 0
 class RedisAlertSink:
     def __init__(self, client: redis.Redis, prefix: str, *, stream_maxlen: int = 10_000,
                  outbox_max: int = 10_000, retry_s: float = 1.0,
-                 dedupe_ttl_s: int = 7 * 24 * 3600) -> None:
+                 dedupe_ttl_s: int = 7 * 24 * 3600, exemplars_max: int = 1000) -> None:
         self.client = client
         self.prefix = prefix
         self.stream_maxlen = stream_maxlen
         self.retry_s = retry_s
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.exemplars_max = exemplars_max
         self.outbox: deque[Alert] = deque()
         self.outbox_max = outbox_max
         self.delivered = 0
@@ -123,6 +126,23 @@ class RedisAlertSink:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(f"{self.prefix}:window:{summary.model}:{summary.candidate}", doc)
             pipe.publish(f"{self.prefix}:windows", doc)
+            pipe.execute()
+        except redis.RedisError:
+            self.failures += 1
+            self._retry_at = time.monotonic() + self.retry_s
+
+    def record_exemplars(self, model: str, candidate: str, window_start: int,
+                         top: list[tuple[str, float]]) -> None:
+        """A window's most divergent requests, in the sorted set
+        ``<prefix>:exemplars:<model>:<candidate>`` (member ``<window_start>:<request_id>``,
+        score the divergence), trimmed to the ``exemplars_max`` highest. Best effort."""
+        if not top or time.monotonic() < self._retry_at:
+            return
+        key = f"{self.prefix}:exemplars:{model}:{candidate}"
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(key, {f"{window_start}:{rid}": score for rid, score in top})
+            pipe.zremrangebyrank(key, 0, -self.exemplars_max - 1)
             pipe.execute()
         except redis.RedisError:
             self.failures += 1

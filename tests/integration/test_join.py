@@ -213,6 +213,9 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
     state = clients.redis_client(stack.redis_url).hgetall(
         f"{pipeline.topic_prefix}:alert:fraud-scorer:c1:disagreement")
     assert state[b"state"] == b"firing" and state[b"alert_id"] == alerts[1].alert_id.encode()
+    exemplars = clients.redis_client(stack.redis_url).zrevrange(
+        f"{pipeline.topic_prefix}:exemplars:fraud-scorer:c1", 0, -1, withscores=True)
+    assert len(exemplars) == 30 and exemplars[0][1] >= exemplars[-1][1] > 0  # 10 a window
     deadline = time.monotonic() + 10
     while _metric(port, 'shadow_alert_active{candidate="c1",model="fraud-scorer",'
                         'rule="disagreement",severity="warning"}') != 1.0:

@@ -137,6 +137,14 @@ def test_windows_conserve_and_match_ground_truth() -> None:
     core = make_core()
     out = run(core, log.messages) + close_all(core, log)
     windows = windows_of(out)
+    # Exemplars: the ten most divergent pairs of each window, per candidate.
+    pairs = [decode(o.value, DivergencePair) for o in out if o.role == "pairs"]
+    for o in (o for o in out if o.role == "exemplars"):
+        doc = orjson.loads(o.value)
+        scores = sorted(((p.score, p.request_id) for p in pairs if p.score is not None
+                         and p.candidate == doc["candidate"]
+                         and p.ts - p.ts % WINDOW == doc["window_start"]), reverse=True)
+        assert [s for _, s in doc["top"]] == [s for s, _ in scores[:10]]
     assert {k[1] for k in windows} == {T0, T0 + WINDOW, T0 + 2 * WINDOW}
     for s in windows.values():
         assert s.requests == s.pairs + s.unmatched_live + s.unmatched_shadow + s.dead_lettered
