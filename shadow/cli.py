@@ -373,6 +373,51 @@ def _load_profiles(path: Path) -> dict[str, Any]:
         raise ShadowstreamError(f"{path}: not a profile file ({exc})") from None
 
 
+# -- record -----------------------------------------------------------------------------------
+
+@main.command("record")
+@click.option("--topic", required=True, help="The topic to record (any topic).")
+@click.option("--from", "start", required=True, metavar="POS",
+              help="Start: an offset (1234), an ISO time (2026-11-22T10:00:00Z), epoch ms "
+                   "(@1763798400000) or 'beginning'.")
+@click.option("--to", "end", required=True, metavar="POS",
+              help="End, excluded: same forms as --from, or 'end' (the end when it starts).")
+@click.option("--partitions", default=None, metavar="P,P,...",
+              help="Only these partitions (default: all).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The recording to write (zstd JSON lines).")
+@click.option("--force", is_flag=True, help="Overwrite an existing complete recording.")
+def record_cmd(topic: str, start: str, end: str, partitions: str | None, output: Path,
+               force: bool) -> None:
+    """Record a time or offset range of a topic to a compressed file.
+
+    Keeps each message's topic, partition, offset, timestamp, key and value (exact bytes).
+    Interrupted? Run the same command again: it resumes from the last checkpoint.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from shadow.recording import parse_position, record
+    from shadow.stack import resolve_endpoints
+
+    s = _settings()
+    try:
+        parts = [int(p) for p in partitions.split(",")] if partitions else None
+    except ValueError:
+        raise click.BadParameter(f"{partitions!r}: expected P,P,...",
+                                 param_hint="--partitions") from None
+    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task(f"recording {topic}", total=None)
+        stats = record(s, bootstrap, topic, parse_position(start), parse_position(end), output,
+                       partitions=parts, force=force,
+                       progress=lambda n, total: bar.update(task, completed=n, total=total))
+    resumed = f" (resumed after {stats.resumed_from})" if stats.resumed_from else ""
+    err_console.print(f"recorded {stats.records} messages of {topic} from "
+                      f"{len(stats.partitions)} partition(s){resumed} -> {output}",
+                      highlight=False)
+
+
 # -- alerts -----------------------------------------------------------------------------------
 
 @main.group()
