@@ -117,13 +117,17 @@ class Outgoing:
 class JoinCore:
     def __init__(self, config: JoinConfig, table: MutableMapping[str, Any],
                  requests_topic: str, outputs_topic: str,
-                 caught_up: Callable[[str, int, int], bool] | None = None) -> None:
+                 caught_up: Callable[[str, int, int], bool] | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
         """``caught_up(topic, partition, last_offset_read)`` says whether a partition has
-        nothing more to read now; only such a partition may go idle (default: any may)."""
+        nothing more to read now; only such a partition may go idle (default: any may).
+        ``clock`` gives the ``ts`` of what the core writes (default: wall clock, epoch ms;
+        replay passes a fixed one so that its report is the same bytes every time)."""
         self.config = config
         self.table = table
         self.requests_topic, self.outputs_topic = requests_topic, outputs_topic
         self.caught_up = caught_up
+        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self.stats = JoinStats()
         self.max_ts = 0  # the greatest event time seen on any partition
         self._progress: dict[str, int] = {}  # "topic:partition" -> greatest ts read there
@@ -390,7 +394,7 @@ class JoinCore:
         # Sorted: float sums then add up in the same order after a restart (same bytes).
         entries = [e for k in sorted(self.windows.get(start, ())) if (e := self.table.get(k))]
         aggs = aggregate(entries, self.candidates, self.config.window_ms, self.profiles)
-        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        now = now_ms if now_ms is not None else self.clock()
         return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
                 for k in sorted(aggs, key=lambda k: k.sort_key())]
 
@@ -514,7 +518,7 @@ class JoinCore:
                      data: bytes | None, request_id: str | None, model: str | None,
                      detail: str = "") -> Outgoing:
         doc: dict[str, Any] = {
-            "schema": DeadLetter.SCHEMA, "ts": time.time_ns() // 1_000_000, "stage": stage,
+            "schema": DeadLetter.SCHEMA, "ts": self.clock(), "stage": stage,
             "reason": reason[:256] or "invalid", "detail": detail,
             "source": {"topic": src[0], "partition": src[1], "offset": src[2]}}
         if request_id:

@@ -118,6 +118,18 @@ class _Batch:
     answers: Future[list[Answer]] | None = None
 
 
+def output_record(request: MirroredRequest, candidate_id: str, answer: Answer) -> bytes:
+    """The ShadowOutput of one answer, encoded (the worker's and replay's, the same bytes)."""
+    doc: dict[str, Any] = {"schema": OUTPUT_SCHEMA, "request_id": request.request_id,
+                           "model": request.model, "ts": request.ts, "candidate": candidate_id,
+                           "latency_ms": answer.latency_ms}
+    if answer.output is not None:
+        doc["output"] = answer.output
+    if answer.error is not None:
+        doc["error"] = answer.error
+    return orjson.dumps(doc)
+
+
 @dataclass
 class WorkerStats:
     answered: int = 0
@@ -258,15 +270,8 @@ class ShadowWorker:
         answers = batch.answers.result() if batch.answers is not None else []
         produce, cid = self._producer.produce, self.config.candidate_id
         for msg, request, answer in zip(batch.messages, batch.requests, answers, strict=True):
-            doc: dict[str, Any] = {"schema": OUTPUT_SCHEMA, "request_id": request.request_id,
-                                   "model": request.model, "ts": request.ts, "candidate": cid,
-                                   "latency_ms": answer.latency_ms}
-            if answer.output is not None:
-                doc["output"] = answer.output
-            if answer.error is not None:
-                doc["error"] = answer.error
-            self._produce(produce, self.outputs_topic, orjson.dumps(doc), msg.key(),
-                          msg.partition())
+            self._produce(produce, self.outputs_topic, output_record(request, cid, answer),
+                          msg.key(), msg.partition())
         n_err = sum(a.error is not None for a in answers)
         self.stats.answered += len(answers) - n_err
         self.stats.errors += n_err

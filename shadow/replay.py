@@ -1,0 +1,217 @@
+"""``shadow replay``: recorded requests through candidates, judged by the live pipeline's code.
+
+No Faust and no Kafka on this path, and no logic of its own: each recorded request and each
+candidate's answer go through ``JoinCore.handle`` exactly as the join app feeds it (same
+decoding, pairs, dead letters, windows, drift), and the answers come from the worker's
+``InferenceEngine`` encoded by the worker's ``output_record``. Several candidates run side by
+side in one pass over the file.
+
+The JSON report is the same bytes for the same input and models: the core runs on a fixed
+clock, windows close by event time only, and the candidates' latencies (wall time, so never
+the same twice) are left out of it; they are in ``ReplayResult.timing`` for the terminal and
+the HTML report.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from consumers.join import JoinConfig, JoinCore, Outgoing
+from consumers.windows import WindowAggregate, WindowKey
+from schemas import ContractError, DivergencePair, MirroredRequest, WindowSummary, decode
+from shadow.engine import Answer, InferenceEngine
+from shadow.exceptions import ShadowstreamError
+from shadow.recording import RecordedMessage
+from shadow.worker import output_record
+
+__all__ = ["ReplayCandidate", "ReplayResult", "replay"]
+
+REPORT_SCHEMA = "shadow.replay/1"
+_REQUESTS, _OUTPUTS = "replay.requests", "replay.outputs"
+
+
+@dataclass(frozen=True)
+class ReplayCandidate:
+    candidate_id: str
+    engine: InferenceEngine
+
+
+@dataclass
+class ReplayResult:
+    report: dict[str, Any]
+    """Deterministic: what ``--json`` writes."""
+    timing: dict[str, Any] = field(default_factory=dict)
+    """Wall-clock figures: total seconds, requests/s, per candidate engine time per row."""
+
+    def json_bytes(self) -> bytes:
+        return orjson.dumps(self.report, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+
+@dataclass
+class _Top:
+    """The most divergent pairs of one candidate, with what it takes to show them."""
+
+    size: int
+    heap: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    def offer(self, score: float, request_id: str, row: dict[str, Any]) -> None:
+        item = (score, request_id, row)
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, item)
+        elif (score, request_id) > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, item)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for _, _, row in sorted(self.heap, key=lambda t: (-t[0], t[1]))]
+
+
+def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandidate], *,
+           join: JoinConfig | None = None, batch: int = 256, top: int = 20,
+           source: dict[str, Any] | None = None,
+           progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Replay recorded mirrored requests through every candidate; the report and timings."""
+    if not candidates:
+        raise ShadowstreamError("replay needs at least one candidate")
+    ids = [c.candidate_id for c in candidates]
+    if len(set(ids)) != len(ids):
+        raise ShadowstreamError(f"candidate ids must differ: {ids}")
+    # Event time only: no partition goes idle by the wall clock in a replay.
+    config = replace(join or JoinConfig(), partition_idle_s=float("inf"), confirm_delivery=False,
+                     candidates={})
+    core = JoinCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
+    run = _Run(core, candidates, top)
+    t0 = time.perf_counter()
+    pending: list[RecordedMessage] = []
+    for message in messages:
+        pending.append(message)
+        if len(pending) >= batch:
+            run.batch(pending)
+            pending = []
+            if progress:
+                progress(run.messages)
+    run.batch(pending)
+    run.finish()
+    if run.requests == 0 and run.dead_lettered == 0:
+        raise ShadowstreamError("no mirrored requests in the input")
+    seconds = time.perf_counter() - t0
+    report = run.report(source or {})
+    timing = {"seconds": seconds, "requests_per_s": run.messages / seconds if seconds else 0.0,
+              "candidates": {c.candidate_id: {
+                  "engine_seconds": run.engine_s[c.candidate_id],
+                  "ms_per_request": 1000 * run.engine_s[c.candidate_id] / max(run.requests, 1)}
+                  for c in candidates}}
+    return ReplayResult(report, timing)
+
+
+class _Run:
+    def __init__(self, core: JoinCore, candidates: Sequence[ReplayCandidate], top: int) -> None:
+        self.core = core
+        self.candidates = candidates
+        self.messages = 0
+        self.requests = 0
+        self.dead_lettered = 0
+        self.pairs = 0
+        self.windows: list[WindowSummary] = []
+        self.top = {c.candidate_id: _Top(top) for c in candidates}
+        self.engine_s: dict[str, float] = defaultdict(float)
+        self._out_offsets: dict[int, int] = defaultdict(int)
+
+    def batch(self, messages: list[RecordedMessage]) -> None:
+        requests: list[tuple[RecordedMessage, MirroredRequest]] = []
+        for m in messages:
+            self.messages += 1
+            self._collect(self.core.handle(_REQUESTS, m.partition, m.offset, m.key, m.value),
+                          {})
+            try:
+                requests.append((m, decode(m.value, MirroredRequest)))
+            except ContractError:
+                continue  # the core dead-lettered it, with the reason
+        self.requests += len(requests)
+        if not requests:
+            return
+        inputs = [r.inputs for _, r in requests]
+        for cand in self.candidates:
+            t0 = time.perf_counter()
+            answers = cand.engine.infer(inputs)
+            self.engine_s[cand.candidate_id] += time.perf_counter() - t0
+            shown = {}
+            for (m, r), a in zip(requests, answers, strict=True):
+                # Wall-clock latency would make the report differ run to run: left out.
+                value = output_record(r, cand.candidate_id, Answer(a.output, a.error, 0.0))
+                shown[r.request_id] = (r, a)
+                offset = self._out_offsets[m.partition]
+                self._out_offsets[m.partition] += 1
+                self._collect(self.core.handle(_OUTPUTS, m.partition, offset, m.key, value),
+                              shown)
+
+    def finish(self) -> None:
+        out: list[Outgoing] = []
+        self.core.sweep(2**62, out)
+        self._collect(out, {})
+
+    def _collect(self, out: list[Outgoing], shown: dict[str, tuple[MirroredRequest, Answer]]
+                 ) -> None:
+        for o in out:
+            if o.role == "windows":
+                self.windows.append(decode(o.value, WindowSummary))
+            elif o.role == "deadletter":
+                self.dead_lettered += 1
+            elif o.role == "pairs":
+                self.pairs += 1
+                pair = decode(o.value, DivergencePair)
+                if pair.score is None or pair.request_id not in shown:
+                    continue
+                request, answer = shown[pair.request_id]
+                self.top[pair.candidate].offer(pair.score, pair.request_id, {
+                    "request_id": pair.request_id, "model": pair.model, "ts": pair.ts,
+                    "score": pair.score, "disagree": pair.disagree, "metrics": pair.metrics,
+                    "inputs": request.inputs,
+                    "live": request.live.output.model_dump(exclude_none=True)
+                    if request.live.output else None,
+                    "candidate": answer.output})
+
+    def report(self, source: dict[str, Any]) -> dict[str, Any]:
+        per: dict[str, dict[str, Any]] = {}
+        for cand in self.candidates:
+            cid = cand.candidate_id
+            mine = [w for w in self.windows if w.candidate == cid]
+            models = sorted({w.model for w in mine})
+            per[cid] = {
+                "models": {m: self._model_report(cid, m, [w for w in mine if w.model == m])
+                           for m in models},
+                "top": self.top[cid].rows()}
+        return {"schema": REPORT_SCHEMA, "source": source, "messages": self.messages,
+                "requests": self.requests, "dead_lettered": self.dead_lettered,
+                "window_ms": self.core.config.window_ms, "candidates": per}
+
+    def _model_report(self, cid: str, model: str, windows: list[WindowSummary]
+                      ) -> dict[str, Any]:
+        overall = [w for w in windows if w.segment is None]
+        merged = WindowAggregate()
+        for w in overall:
+            merged.merge(WindowAggregate.from_state(w.state))  # type: ignore[arg-type]
+        start = min(w.window_start for w in overall)
+        end = max(w.window_end for w in overall)
+        key = WindowKey(model, cid, start)
+        summary = merged.summary(key, end - start, self.core.profiles.get(model), 0)
+        drop = {"state", "ts", "schema_"}
+        return {
+            "overall": _deterministic(summary.model_dump(exclude=drop, exclude_none=True)),
+            "windows": [_deterministic(w.model_dump(exclude=drop, exclude_none=True))
+                        for w in sorted(windows, key=lambda w: (w.window_start,
+                                                                w.segment or ""))]}
+
+
+def _deterministic(doc: dict[str, Any]) -> dict[str, Any]:
+    """Candidate latencies are wall time (zero here): not part of the report."""
+    latency = doc.get("latency", {})
+    for name in ("candidate_p50", "candidate_p99"):
+        latency.pop(name, None)
+    return doc
