@@ -418,6 +418,113 @@ def record_cmd(topic: str, start: str, end: str, partitions: str | None, output:
                       highlight=False)
 
 
+# -- replay -----------------------------------------------------------------------------------
+
+@main.command("replay")
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A recording made by `shadow record`.")
+@click.option("--topic", default=None, help="Or read this topic directly (with --from/--to).")
+@click.option("--from", "start", default=None, metavar="POS", help="With --topic: start.")
+@click.option("--to", "end", default=None, metavar="POS", help="With --topic: end (excluded).")
+@click.option("--candidate", "candidates", multiple=True, required=True,
+              metavar="[ID=]MODEL", help="A candidate (repeatable): TorchScript, .pt2 or "
+                                         "package.module:factory, optionally named ID=...")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--max-batch", type=click.IntRange(1, 65536), default=256, show_default=True)
+@click.option("--window-s", type=click.FloatRange(min=0.001), default=60.0, show_default=True)
+@click.option("--reference-size", type=click.IntRange(min=10), default=1000,
+              show_default=True, help="Requests per model that make the drift reference.")
+@click.option("--tolerances", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="TOML file of comparison tolerances per model.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the report as JSON (same bytes for the same input).")
+@click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write a self-contained HTML report.")
+def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: str | None,
+               candidates: tuple[str, ...], device: str, dtype: str, max_batch: int,
+               window_s: float, reference_size: int, tolerances: Path | None,
+               json_out: Path | None, html_out: Path | None) -> None:
+    """Replay recorded requests through candidates and judge them like the live pipeline.
+
+    Runs in-process with the worker's inference engine and the join's comparators, windows
+    and drift code; several candidates side by side in one pass.
+    """
+    import tempfile
+
+    from consumers.compare import Tolerances
+    from consumers.join import JoinConfig
+    from shadow.engine import InferenceEngine
+    from shadow.models import load_candidate
+    from shadow.recording import parse_position, read_recording, record
+    from shadow.replay import ReplayCandidate, replay
+    from shadow.stack import resolve_endpoints
+
+    if (file_ is None) == (topic is None):
+        raise click.UsageError("give either --file or --topic (with --from and --to)")
+    if topic is not None and (start is None or end is None):
+        raise click.UsageError("--topic needs --from and --to")
+    s = _settings()
+    loaded = []
+    for spec in candidates:
+        cid, sep, model = spec.partition("=")
+        if not sep or ":" in cid or "/" in cid:  # no ID= prefix: name it after the model
+            cid, model = _candidate_name(spec), spec
+        engine = InferenceEngine(load_candidate(model), device=device, dtype=dtype,
+                                 max_batch=max_batch)
+        loaded.append(ReplayCandidate(cid, engine))
+    tols = Tolerances.from_file(tolerances) if tolerances else Tolerances()
+    join = JoinConfig(window_ms=int(window_s * 1000), reference_size=reference_size,
+                      tolerances=tols)
+    if topic is not None:
+        file_ = Path(tempfile.mkdtemp(prefix="shadow-replay-")) / "input.jsonl.zst"
+        with err_console.status(f"reading {topic}...", spinner="dots"):
+            record(s, resolve_endpoints(s).kafka_bootstrap, topic, parse_position(start or ""),
+                   parse_position(end or ""), file_)
+        source = {"topic": topic, "from": start, "to": end}
+    else:
+        source = {"file": file_.name}
+    assert file_ is not None
+    with err_console.status("replaying...", spinner="dots") as status:
+        result = replay(read_recording(file_), loaded, join=join, batch=max_batch,
+                        source=source, progress=lambda n: status.update(f"replayed {n}"))
+    if json_out:
+        json_out.write_bytes(result.json_bytes())
+    if html_out:
+        from shadow.report import html_report
+
+        html_out.write_text(html_report(result))
+    console.print(_replay_table(result))
+    console.print(f"{result.report['requests']} requests in {result.timing['seconds']:.1f} s "
+                  f"({result.timing['requests_per_s']:,.0f}/s), "
+                  f"{result.report['dead_lettered']} dead-lettered", highlight=False)
+
+
+def _candidate_name(spec: str) -> str:
+    return spec.rsplit(":", 1)[-1] if ":" in spec else Path(spec).stem
+
+
+def _replay_table(result: Any) -> Table:
+    table = Table("candidate", "model", "requests", "pairs", "coverage", "disagree",
+                  "div p50", "div p99", "max PSI", "engine ms/req",
+                  title="replay", title_justify="left")
+    for cid, cand in result.report["candidates"].items():
+        timing = result.timing["candidates"][cid]
+        for model, rep in cand["models"].items():
+            o = rep["overall"]
+            psi = max((d.get("psi", 0.0) for d in o.get("drift", {}).values()), default=None)
+            table.add_row(cid, model, str(o["requests"]), str(o["pairs"]),
+                          _fmt(o.get("coverage")), _fmt(o.get("disagreement_rate")),
+                          _fmt(o["divergence"].get("p50")), _fmt(o["divergence"].get("p99")),
+                          _fmt(psi), f"{timing['ms_per_request']:.3f}")
+    return table
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
 # -- alerts -----------------------------------------------------------------------------------
 
 @main.group()

@@ -202,7 +202,11 @@ class _Run:
         key = WindowKey(model, cid, start)
         summary = merged.summary(key, end - start, self.core.profiles.get(model), 0)
         drop = {"state", "ts", "schema_"}
+        gamma = (1 + merged.divergence.accuracy) / (1 - merged.divergence.accuracy)
+        histogram = ([[0.0, merged.divergence.zeros]] if merged.divergence.zeros else []) + [
+            [2 * gamma**i / (gamma + 1), n] for i, n in sorted(merged.divergence.buckets.items())]
         return {
+            "divergence_histogram": histogram,
             "overall": _deterministic(summary.model_dump(exclude=drop, exclude_none=True)),
             "windows": [_deterministic(w.model_dump(exclude=drop, exclude_none=True))
                         for w in sorted(windows, key=lambda w: (w.window_start,

@@ -88,3 +88,14 @@ def test_nothing_to_replay_and_bad_candidates_are_errors() -> None:
         run([], candidate("a"))
     with pytest.raises(ShadowstreamError, match="must differ"):
         run(recorded(10, TrafficSpec(), build_model(0)), candidate("a"), candidate("a"))
+
+
+def test_html_report_is_self_contained() -> None:
+    from shadow.report import html_report
+
+    result = run(recorded(600, TrafficSpec(seed=3, disagree=0.05), build_model(0)),
+                 candidate("a"))
+    page = html_report(result)
+    assert page.startswith("<!doctype html>") and "<svg" in page
+    assert "Most divergent requests of a" in page and "inputs.amount" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
