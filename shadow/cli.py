@@ -525,6 +525,94 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
+# -- verdict ----------------------------------------------------------------------------------
+
+@main.command("verdict")
+@click.option("--replay", "replay_json", type=click.Path(exists=True, dir_okay=False,
+                                                          path_type=Path),
+              default=None, help="A replay's JSON report (`shadow replay --json`).")
+@click.option("--live", is_flag=True, help="Judge the closed windows on <prefix>.windows.")
+@click.option("--candidate", default=None, help="Which candidate (needed when there are "
+                                                "several).")
+@click.option("--model", default=None, help="Which model (needed when there are several).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              default=None, help="TOML: min_windows, min_pairs, alpha, [[metrics]].")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def verdict_cmd(replay_json: Path | None, live: bool, candidate: str | None,
+                model: str | None, config_file: Path | None, as_json: bool) -> None:
+    """PROMOTE (exit 0), HOLD (1) or ROLLBACK (2), with the reason for each metric.
+
+    Per metric, the candidate's per-window values against the live model's (Mann-Whitney U,
+    then an effect-size bound), or against a limit; critical metrics decide alone.
+    """
+    from consumers.verdict import JudgeConfig, judge
+
+    if bool(replay_json) == live:
+        raise click.UsageError("give either --replay FILE or --live")
+    config = JudgeConfig.from_file(config_file) if config_file else JudgeConfig()
+    groups = _replay_windows(replay_json) if replay_json else _live_windows()
+    key = _pick(groups, model, candidate)
+    verdict = judge(groups[key], config)
+    if as_json:
+        _print_json({"model": key[0], "candidate": key[1], **verdict.as_dict()})
+    else:
+        colour = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "bold red"}[verdict.decision]
+        console.print(Text.assemble((verdict.decision, colour),
+                                    f" {key[1]} on {key[0]}: {verdict.reason}"))
+        for r in verdict.results:
+            console.print(f"  {r.outcome:8} {'critical ' if r.critical else ''}{r.reason}",
+                          highlight=False)
+    sys.exit(verdict.exit_code)
+
+
+def _replay_windows(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    try:
+        doc = orjson.loads(path.read_bytes())
+        return {(model, cid): [w for w in rep["windows"] if "segment" not in w]
+                for cid, cand in doc["candidates"].items()
+                for model, rep in cand["models"].items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ShadowstreamError(f"{path}: not a replay report ({exc})") from None
+
+
+def _live_windows() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    import tempfile
+
+    from shadow.recording import Position, read_recording, record
+    from shadow.stack import resolve_endpoints
+
+    s = _settings()
+    path = Path(tempfile.mkdtemp(prefix="shadow-verdict-")) / "windows.jsonl.zst"
+    record(s, resolve_endpoints(s).kafka_bootstrap, s.topic("windows"), Position("beginning"),
+           Position("end"), path)
+    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for m in read_recording(path):
+        try:
+            w = orjson.loads(m.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(w, dict) and w.get("segment") is None and "window_start" in w:
+            latest[(w["model"], w["candidate"], w["window_start"])] = w  # re-emitted: same
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (model, cand, _), w in sorted(latest.items()):
+        groups.setdefault((model, cand), []).append(w)
+    return groups
+
+
+def _pick(groups: dict[tuple[str, str], list[dict[str, Any]]], model: str | None,
+          candidate: str | None) -> tuple[str, str]:
+    keys = [k for k in groups if (model is None or k[0] == model)
+            and (candidate is None or k[1] == candidate)]
+    if not keys:
+        raise ShadowstreamError("no windows for that model and candidate"
+                                f" (have: {', '.join('/'.join(k) for k in groups) or 'none'})")
+    if len(keys) > 1:
+        raise ShadowstreamError("several model/candidate pairs: choose with --model and "
+                                f"--candidate ({', '.join('/'.join(k) for k in keys)})")
+    return keys[0]
+
+
 # -- alerts -----------------------------------------------------------------------------------
 
 @main.group()

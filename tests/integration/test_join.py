@@ -221,6 +221,13 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
                         'rule="disagreement",severity="warning"}') != 1.0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    # The verdict on the live windows: 10 % disagreement rolls back (exit 2).
+    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+           "SHADOW_TOPIC_PREFIX": pipeline.topic_prefix, "PYTHONPATH": str(REPO)}
+    verdict = subprocess.run([sys.executable, "-m", "shadow.cli", "verdict", "--live", "--json"],
+                             env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert verdict.returncode == 2, verdict.stdout + verdict.stderr
+    assert orjson.loads(verdict.stdout)["windows"] == 3
     # A real Prometheus scrapes the app and its rule (prometheus/alerts.yml) fires.
     register_target(prometheus_root(pipeline), "join", f"127.0.0.1:{port}",
                     {"prefix": pipeline.topic_prefix})

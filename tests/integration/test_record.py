@@ -130,6 +130,22 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
     assert round(overall["disagreement_rate"] * 900) == sum(
         spec.event(i).disagree for i in range(900))
     assert "v2" in report["candidates"] and "build_model" in run.stdout
+    # The verdict gates on it: 10 % disagreement is critical by default (ROLLBACK, exit 2),
+    # HOLD (exit 1) when configured not critical, PROMOTE (exit 0) under a looser limit.
+    report_path = str(tmp_path / "r1.json")
+    rollback = cli("verdict", "--replay", report_path, "--candidate", "build_model")
+    assert rollback.returncode == 2, rollback.stdout + rollback.stderr
+    assert "ROLLBACK" in rollback.stdout and "disagreement_rate" in rollback.stdout
+    for limit, critical, code in (("0.05", "false", 1), ("0.2", "true", 0)):
+        cfg = tmp_path / f"v{code}.toml"
+        cfg.write_text(f'[[metrics]]\nmetric = "disagreement_rate"\nlimit = {limit}\n'
+                       f"critical = {critical}\n")
+        got = cli("verdict", "--replay", report_path, "--candidate", "build_model",
+                  "--config", str(cfg), "--json")
+        assert got.returncode == code, got.stdout + got.stderr
+        assert orjson.loads(got.stdout)["decision"] == ["PROMOTE", "HOLD"][code]
+    several = cli("verdict", "--replay", report_path)
+    assert several.returncode == 1 and "choose with --model and --candidate" in several.stderr
     # The topic can be replayed directly too; a range with nothing in it is an error.
     direct = cli("replay", "--topic", s.topic("requests"), "--from", "beginning", "--to", "end",
                  "--candidate", "producers.traffic:build_model", "--window-s", "3",
