@@ -49,6 +49,8 @@ class ReplayResult:
     """Deterministic: what ``--json`` writes."""
     timing: dict[str, Any] = field(default_factory=dict)
     """Wall-clock figures: total seconds, requests/s, per candidate engine time per row."""
+    pairs: list[DivergencePair] = field(default_factory=list)
+    """Every pair, when asked for (``keep_pairs``)."""
 
     def json_bytes(self) -> bytes:
         return orjson.dumps(self.report, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
@@ -74,7 +76,7 @@ class _Top:
 
 def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandidate], *,
            join: JoinConfig | None = None, batch: int = 256, top: int = 20,
-           source: dict[str, Any] | None = None,
+           source: dict[str, Any] | None = None, keep_pairs: bool = False,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay recorded mirrored requests through every candidate; the report and timings."""
     if not candidates:
@@ -86,7 +88,7 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
     config = replace(join or JoinConfig(), partition_idle_s=float("inf"), confirm_delivery=False,
                      candidates={})
     core = JoinCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
-    run = _Run(core, candidates, top)
+    run = _Run(core, candidates, top, keep_pairs)
     t0 = time.perf_counter()
     pending: list[RecordedMessage] = []
     for message in messages:
@@ -107,12 +109,15 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
                   "engine_seconds": run.engine_s[c.candidate_id],
                   "ms_per_request": 1000 * run.engine_s[c.candidate_id] / max(run.requests, 1)}
                   for c in candidates}}
-    return ReplayResult(report, timing)
+    return ReplayResult(report, timing, run.kept)
 
 
 class _Run:
-    def __init__(self, core: JoinCore, candidates: Sequence[ReplayCandidate], top: int) -> None:
+    def __init__(self, core: JoinCore, candidates: Sequence[ReplayCandidate], top: int,
+                 keep_pairs: bool) -> None:
         self.core = core
+        self.keep_pairs = keep_pairs
+        self.kept: list[DivergencePair] = []
         self.candidates = candidates
         self.messages = 0
         self.requests = 0
@@ -166,6 +171,8 @@ class _Run:
             elif o.role == "pairs":
                 self.pairs += 1
                 pair = decode(o.value, DivergencePair)
+                if self.keep_pairs:
+                    self.kept.append(pair)
                 if pair.score is None or pair.request_id not in shown:
                     continue
                 request, answer = shown[pair.request_id]

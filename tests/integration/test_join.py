@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
 from producers.traffic import TrafficService, TrafficSpec
-from schemas import Alert, WindowSummary, decode
+from schemas import Alert, DivergencePair, WindowSummary, decode
 from shadow import clients
 from shadow.engine import InferenceEngine
 from shadow.models import load_candidate
@@ -30,6 +30,7 @@ from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
 from shadow.topics import create_topics, topic_specs
 from shadow.worker import ShadowWorker, WorkerConfig
+from tests.helpers import consume_all
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOW_MS = 4_000
@@ -157,6 +158,45 @@ def _check_against_truth(found: dict[tuple, list[WindowSummary]],
             assert w.pairs == want[segment]
 
 
+def _same_as_replay(s: Settings, stack: Endpoints, tmp: Path,
+                    found: dict[tuple, list[WindowSummary]]) -> None:
+    from consumers.join import JoinConfig
+    from shadow.recording import Position, read_recording, record
+    from shadow.replay import ReplayCandidate, replay
+
+    path = tmp / "requests.jsonl.zst"
+    record(s, stack.kafka_bootstrap, s.topic("requests"), Position("beginning"),
+           Position("end"), path)
+    engine = InferenceEngine(load_candidate("producers.traffic:build_model"), device="cpu")
+    result = replay(read_recording(path), [ReplayCandidate("c1", engine)],
+                    join=JoinConfig(window_ms=WINDOW_MS, reference_size=300), keep_pairs=True)
+    live = {}
+    for m in consume_all(lambda g: clients.consumer(s, stack.kafka_bootstrap, g),
+                         s.topic("pairs"), N, 60):
+        p = decode(m.value(), DivergencePair)
+        live[p.request_id] = (p.disagree, p.kind, p.metrics.get("top1_agree"))
+    offline = {p.request_id: (p.disagree, p.kind, p.metrics.get("top1_agree"))
+               for p in result.pairs}
+    assert offline == live and len(live) == N
+    scores = {p.request_id: p.score for p in result.pairs}
+    assert all(abs(scores[rid] - sc) < 1e-6 for rid, sc in _live_scores(s, stack).items())
+    replayed = {w["window_start"]: w for w in result.report["candidates"]["c1"]["models"][
+        "fraud-scorer"]["windows"] if "segment" not in w}
+    for (_, start, segment), copies in found.items():
+        if segment is None:
+            w = copies[0]
+            r = replayed[start]
+            assert (r["requests"], r["pairs"], r["dead_lettered"], r["disagreement_rate"]) == (
+                w.requests, w.pairs, w.dead_lettered, w.disagreement_rate)
+
+
+def _live_scores(s: Settings, stack: Endpoints) -> dict[str, float]:
+    msgs = consume_all(lambda g: clients.consumer(s, stack.kafka_bootstrap, g),
+                       s.topic("pairs"), N, 60)
+    return {p.request_id: p.score for p in (decode(m.value(), DivergencePair) for m in msgs)
+            if p.score is not None}
+
+
 def _prometheus_alerts(url: str) -> list[dict]:
     with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=5) as resp:
         return orjson.loads(resp.read())["data"]["alerts"]
@@ -221,6 +261,8 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
                         'rule="disagreement",severity="warning"}') != 1.0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    # Offline replay of the same requests gives the same pairs and the same windows.
+    _same_as_replay(pipeline, stack, tmp_path, found)
     # The verdict on the live windows: 10 % disagreement rolls back (exit 2).
     env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
            "SHADOW_TOPIC_PREFIX": pipeline.topic_prefix, "PYTHONPATH": str(REPO)}
