@@ -426,9 +426,14 @@ def record_cmd(topic: str, start: str, end: str, partitions: str | None, output:
 @click.option("--topic", default=None, help="Or read this topic directly (with --from/--to).")
 @click.option("--from", "start", default=None, metavar="POS", help="With --topic: start.")
 @click.option("--to", "end", default=None, metavar="POS", help="With --topic: end (excluded).")
-@click.option("--candidate", "candidates", multiple=True, required=True,
+@click.option("--candidate", "candidates", multiple=True,
               metavar="[ID=]MODEL", help="A candidate (repeatable): TorchScript, .pt2 or "
                                          "package.module:factory, optionally named ID=...")
+@click.option("--to-topic", default=None, metavar="T2",
+              help="Instead of judging here, re-publish the requests to this topic for the "
+                   "live pipeline.")
+@click.option("--rate", type=click.FloatRange(min=0.001), default=None,
+              help="With --to-topic: messages per second (default: as fast as possible).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               show_default=True)
@@ -443,7 +448,8 @@ def record_cmd(topic: str, start: str, end: str, partitions: str | None, output:
 @click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write a self-contained HTML report.")
 def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: str | None,
-               candidates: tuple[str, ...], device: str, dtype: str, max_batch: int,
+               candidates: tuple[str, ...], to_topic: str | None, rate: float | None,
+               device: str, dtype: str, max_batch: int,
                window_s: float, reference_size: int, tolerances: Path | None,
                json_out: Path | None, html_out: Path | None) -> None:
     """Replay recorded requests through candidates and judge them like the live pipeline.
@@ -465,6 +471,8 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
         raise click.UsageError("give either --file or --topic (with --from and --to)")
     if topic is not None and (start is None or end is None):
         raise click.UsageError("--topic needs --from and --to")
+    if not candidates and to_topic is None:
+        raise click.UsageError("give at least one --candidate (or --to-topic)")
     s = _settings()
     loaded = []
     for spec in candidates:
@@ -486,6 +494,9 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
     else:
         source = {"file": file_.name}
     assert file_ is not None
+    if to_topic is not None:
+        _republish(s, file_, to_topic, rate)
+        return
     with err_console.status("replaying...", spinner="dots") as status:
         result = replay(read_recording(file_), loaded, join=join, batch=max_batch,
                         source=source, progress=lambda n: status.update(f"replayed {n}"))
@@ -499,6 +510,20 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
     console.print(f"{result.report['requests']} requests in {result.timing['seconds']:.1f} s "
                   f"({result.timing['requests_per_s']:,.0f}/s), "
                   f"{result.report['dead_lettered']} dead-lettered", highlight=False)
+
+
+def _republish(s: Settings, path: Path, topic: str, rate: float | None) -> None:
+    from producers.republish import republish
+    from shadow import clients
+    from shadow.recording import read_recording
+    from shadow.stack import resolve_endpoints
+
+    producer = clients.producer(s, resolve_endpoints(s).kafka_bootstrap)
+    with err_console.status(f"re-publishing to {topic}...", spinner="dots") as status:
+        sent = republish(((m.key, m.value) for m in read_recording(path)), producer, topic,
+                         rate=rate, progress=lambda n: status.update(f"re-published {n}"))
+    err_console.print(f"re-published {sent} messages to {topic}"
+                      f"{f' at {rate:g}/s' if rate else ''}", highlight=False)
 
 
 def _candidate_name(spec: str) -> str:

@@ -146,6 +146,21 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
         assert orjson.loads(got.stdout)["decision"] == ["PROMOTE", "HOLD"][code]
     several = cli("verdict", "--replay", report_path)
     assert several.returncode == 1 and "choose with --model and --candidate" in several.stderr
+    # Re-published for the live pipeline, at a controlled rate, the same bytes.
+    from confluent_kafka.admin import NewTopic
+
+    from shadow import clients
+    from tests.helpers import consume_all
+
+    target = f"{s.topic_prefix}.again"
+    admin.create_topics([NewTopic(target, 3, 1)])[target].result(timeout=30)
+    t0 = time.monotonic()
+    again = cli("replay", "--file", str(rec), "--to-topic", target, "--rate", "1500")
+    assert again.returncode == 0 and "re-published 900 messages" in again.stderr, again.stderr
+    assert time.monotonic() - t0 >= 900 / 1500
+    copied = consume_all(lambda g: clients.consumer(s, stack.kafka_bootstrap, g), target, 900,
+                         60)
+    assert sorted(m.value() for m in copied) == sorted(m.value for m in read_recording(rec))
     # The topic can be replayed directly too; a range with nothing in it is an error.
     direct = cli("replay", "--topic", s.topic("requests"), "--from", "beginning", "--to", "end",
                  "--candidate", "producers.traffic:build_model", "--window-s", "3",
