@@ -99,3 +99,20 @@ def test_html_report_is_self_contained() -> None:
     assert page.startswith("<!doctype html>") and "<svg" in page
     assert "Most divergent requests of a" in page and "inputs.amount" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+@pytest.mark.parametrize("disagree,critical,decision", [
+    (0.0, True, "PROMOTE"), (0.05, True, "ROLLBACK"), (0.05, False, "HOLD")])
+def test_verdict_on_a_replay(disagree: float, critical: bool, decision: str) -> None:
+    from consumers.verdict import JudgeConfig, MetricCheck, judge
+
+    report = run(recorded(1500, TrafficSpec(seed=5, disagree=disagree), build_model(0)),
+                 candidate("c")).report
+    windows = [w for w in report["candidates"]["c"]["models"]["fraud-scorer"]["windows"]
+               if "segment" not in w]
+    config = JudgeConfig(metrics=(MetricCheck("disagreement_rate", critical=critical,
+                                              limit=0.02),
+                                  MetricCheck("candidate_error_rate", critical=True,
+                                              limit=0.01)))
+    verdict = judge(windows, config)
+    assert verdict.decision == decision, verdict.reason
