@@ -9,8 +9,10 @@ seen, so histograms of partitions, workers and windows merge by addition.
 
 Statistics, each checked against numpy/scipy in the unit tests:
 
-- ``psi``: population stability index on the bins, proportions floored at ``PSI_FLOOR``;
-  exact for the binned distributions.
+- ``psi``: population stability index on deciles of the reference (the fine bins grouped ten
+  by ten by reference mass), proportions floored at ``PSI_FLOOR``; exact for those deciles.
+  Ten bins as usual for PSI: on a hundred, a window of 500 identical requests would already
+  score about 0.4 from sampling noise alone (about bins x (1/n_ref + 1/n_window)).
 - ``js``: Jensen-Shannon distance (base 2, in [0, 1]) of the binned distributions; exact.
 - ``ks``: the largest CDF gap at the bin edges. The true two-sample KS statistic lies in
   ``[ks, ks + ks_bound]`` with ``ks_bound`` = the largest mass either side has in one bin.
@@ -33,7 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["OTHER", "FeatureProfile", "Histogram", "Profile", "drift", "features_of"]
+__all__ = ["OTHER", "FeatureProfile", "Histogram", "Profile", "deciles", "drift", "features_of",
+           "psi"]
 
 OTHER = "__other__"
 PSI_FLOOR = 1e-4
@@ -231,7 +234,8 @@ def drift(reference: Histogram, window: Histogram) -> dict[str, float]:
     q = np.asarray(window.counts, float) / n_win
     out = {"n": float(n_win), "js": _js_distance(p, q)}
     if reference.kind == "numeric":
-        out["psi"] = psi(p, q)
+        groups = deciles(p)
+        out["psi"] = psi(np.bincount(groups, p, 10), np.bincount(groups, q, 10))
         gaps = np.abs(np.cumsum(p) - np.cumsum(q))
         out["ks"] = float(gaps.max())
         out["ks_bound"] = float(np.maximum(p, q).max())
@@ -247,6 +251,12 @@ def drift(reference: Histogram, window: Histogram) -> dict[str, float]:
             res = sps.chisquare(obs, exp)
             out["chi2"], out["chi2_p"] = float(res.statistic), float(res.pvalue)
     return out
+
+
+def deciles(p: np.ndarray) -> np.ndarray:
+    """For each fine bin, the decile of the reference it belongs to (by its middle's mass)."""
+    middle = np.cumsum(p) - p / 2
+    return np.clip((middle * 10).astype(int), 0, 9)
 
 
 def psi(p: np.ndarray, q: np.ndarray) -> float:

@@ -735,29 +735,78 @@ def profile_build(start: str, end: str, output: Path, bins: int) -> None:
 # -- demo -------------------------------------------------------------------------------------
 
 @main.command()
-@click.option("--count", type=click.IntRange(1, 1_000_000), default=200, show_default=True,
-              help="Mirrored requests to send through Kafka.")
+@click.option("--duration", type=click.FloatRange(min=15), default=120.0, show_default=True,
+              help="Seconds of traffic; the candidate turns at 1/3, the inputs shift at 2/3.")
+@click.option("--rate", type=click.FloatRange(min=10), default=100.0, show_default=True,
+              help="Requests per second of the synthetic service.")
+@click.option("--window-s", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Size of the join's windows.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(count: int, as_json: bool) -> None:
-    """Bring the stack up, create the topics and send requests through the pipeline."""
-    from shadow.demo import round_trip
-    from shadow.stack import Stack
+def demo(duration: float, rate: float, window_s: float, as_json: bool) -> None:
+    """The whole pipeline on this machine, checked against what it injects.
+
+    Brings the stack up (or uses the configured servers), creates fresh topics, and runs a
+    synthetic service mirroring its requests, a shadow worker whose candidate starts to
+    disagree on segment 'us' a third of the way through, and the join app; the inputs shift
+    two thirds of the way through. Shows throughput, windows, divergence, drift and alerts
+    live; ends with a summary and stops what it started. Exit 0 when the pipeline saw what
+    was injected, 1 with the reasons otherwise.
+    """
+    from rich.live import Live
+
+    from shadow.pipeline_demo import DemoPlan, run_demo
 
     s = _settings()
-    with err_console.status("starting the stack...", spinner="dots"):
-        endpoints = Stack(s).up(with_prometheus=True)
-    with err_console.status(f"sending {count} mirrored requests...", spinner="dots"):
-        result = round_trip(s, endpoints, count=count)
+    plan = DemoPlan(duration_s=duration, rate=rate, window_s=window_s)
     if as_json:
-        _print_json({**result.as_dict(), "endpoints": endpoints.as_dict()})
-        return
-    table = Table("what", "value", title="round trip through Kafka", title_justify="left")
-    for key, value in result.as_dict().items():
-        table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+        summary = run_demo(s, plan)
+    else:
+        with Live(_demo_view({}), console=err_console, refresh_per_second=2) as live:
+            summary = run_demo(s, plan, on_tick=lambda t: live.update(_demo_view(t)))
+    if as_json:
+        _print_json(summary.as_dict())
+    else:
+        _print_demo_summary(summary)
+    sys.exit(0 if summary.ok else 1)
+
+
+def _demo_view(t: dict[str, Any]) -> Table:
+    table = Table("", "", title="shadowstream demo", title_justify="left", show_header=False)
+    if not t:
+        table.add_row("starting", "stack, topics, join app, worker...")
+        return table
+    rows = [("elapsed", f"{t['elapsed_s']:.0f} s"),
+            ("requests mirrored", f"{t['sent']} ({t['rate']:.0f}/s)"),
+            ("answered by the candidate", str(t["answered"])),
+            ("pairs joined", str(t["pairs"])), ("windows closed", str(t["windows"])),
+            ("disagreement (last window)", _fmt(t["disagreement"])),
+            ("largest PSI (last window)", _fmt(t["psi_max"])),
+            ("publish() p99", f"{_fmt(t['publish_p99_us'])} us"),
+            ("firing", ", ".join(t["firing"]) or "-")]
+    rows += [("alert", a) for a in t["alerts"]]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def _print_demo_summary(summary: Any) -> None:
+    d = summary.as_dict()
+    verdict = Text("pipeline behaved as designed", "bold green") if d["ok"] else \
+        Text("pipeline did NOT behave as designed: " + "; ".join(d["reasons"]), "bold red")
+    console.print(verdict)
+    table = Table("what", "value", title="summary", title_justify="left")
+    for key in ("seconds", "requests", "pairs", "unmatched", "dead_lettered", "windows",
+                "turn_at", "shift_at", "dropped"):
+        value = d[key]
+        table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
+    table.add_row("publish() p50 / p99", f"{d['publish_us']['p50']:.1f} / "
+                                         f"{d['publish_us']['p99']:.1f} us")
+    for a in d["alerts"]:
+        table.add_row(f"alert {a['rule']}", f"{a['state']} (window ending {a['window_end']}, "
+                                            f"value {_fmt(a['value'])})")
+    for k, v in d["where"].items():
+        table.add_row(f"look in {k}", v)
     console.print(table)
-    console.print(f"Kafka {endpoints.kafka_bootstrap}  Redis {endpoints.redis_url}  "
-                  f"Prometheus {endpoints.prometheus_url}")
-    console.print("Stop everything with: shadow stack down")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,19 +83,21 @@ class Stack:
                 out.append(ServerStatus(name, st, rec["url"], rec["pid"], rec["log"]))
         return out
 
-    def down(self) -> list[str]:
-        """Stop every server this stack started and delete their data; returns their names."""
+    def down(self, only: Iterable[str] | None = None) -> list[str]:
+        """Stop every server this stack started (or ``only`` those) and delete their data;
+        returns their names."""
+        wanted = set(SERVERS if only is None else only)
         with self._locked():
             state = self._load()
             stopped = []
             # Kafka last-in-first-out is not needed; Prometheus first so it logs no scrape errors.
             for name in reversed(SERVERS):
-                rec = state.pop(name, None)
+                rec = state.pop(name, None) if name in wanted else None
                 if rec is not None:
                     procs.stop(rec["pid"], rec.get("started"))
                     stopped.append(name)
             self._save(state)
-            for name in SERVERS:
+            for name in stopped:
                 shutil.rmtree(self.root / name, ignore_errors=True)
             return stopped
 

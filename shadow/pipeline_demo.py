@@ -1,0 +1,336 @@
+"""``shadow demo``: the whole pipeline on this machine, with a story it can check.
+
+A synthetic service answers requests with its live model and mirrors them; a shadow worker
+runs a candidate that is the same model until a third of the way through, then answers the
+other class for every request of one segment ("us"); two thirds of the way through, the
+service's inputs shift (drift). The join app pairs, windows and alerts. The demo shows it live,
+then checks that what it injected was seen: every request paired, the disagreement alert
+raised after the candidate turned, the drift alert after the shift, and the service's publish
+time unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from prometheus_client import CollectorRegistry
+from torch import nn
+
+from producers import Mirror, MirrorConfig
+from producers.traffic import MODEL_CARD, TrafficService, TrafficSpec, build_model
+from schemas import Alert
+from shadow import clients
+from shadow.engine import InferenceEngine
+from shadow.exceptions import ShadowstreamError
+from shadow.models import Candidate, CardAdapter, ModelCard
+from shadow.settings import Settings
+from shadow.stack import Endpoints, Stack, prometheus_root
+from shadow.stack.procs import free_port
+from shadow.stack.prometheus import register_target
+from shadow.topics import create_topics, topic_specs
+from shadow.worker import ShadowWorker, WorkerConfig
+
+__all__ = ["DemoPlan", "DemoSummary", "run_demo"]
+
+CANDIDATE = "candidate-v2"
+MODEL = "fraud-scorer"
+SEGMENT_COUNTRY = "US"  # the "us" segment
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    duration_s: float = 120.0
+    rate: float = 100.0
+    window_s: float = 10.0
+
+    @property
+    def turn_at_s(self) -> float:
+        """When the candidate starts to disagree on the "us" segment."""
+        return self.duration_s / 3
+
+    @property
+    def shift_at_s(self) -> float:
+        """When the inputs shift."""
+        return 2 * self.duration_s / 3
+
+
+class _TurningCandidate(nn.Module):
+    """The live model, except on rows flagged by the adapter: there the other class wins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = build_model(0)
+
+    def forward(self, x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        probs = self.inner(x)
+        return probs * (1 - flip) + probs.flip(-1) * flip
+
+
+class _TurningAdapter:
+    """Flags the rows of the "us" segment once the turn time has come (wall clock)."""
+
+    def __init__(self, turn_at: float) -> None:
+        self.card = CardAdapter(ModelCard.model_validate(MODEL_CARD))
+        self.turn_at = turn_at
+
+    def collate(self, inputs: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, ...]:
+        (x,) = self.card.collate(inputs)
+        turned = time.time() >= self.turn_at
+        flip = torch.tensor([[1.0 if turned and i.get("country") == SEGMENT_COUNTRY else 0.0]
+                             for i in inputs])
+        return x, flip
+
+    def answers(self, result: torch.Tensor) -> list[dict[str, Any]]:
+        return self.card.answers(result)
+
+
+@dataclass
+class DemoSummary:
+    ok: bool
+    reasons: list[str]
+    seconds: float
+    requests: int
+    pairs: int
+    unmatched: int
+    dead_lettered: int
+    windows: int
+    alerts: list[dict[str, Any]]
+    turn_at: str
+    shift_at: str
+    publish_us: dict[str, float]
+    dropped: int
+    where: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _TimedPublisher:
+    """The mirror as the service calls it, timing each publish() (production's cost)."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        self.mirror = mirror
+        self.samples: list[float] = []
+        self.dropped = 0
+
+    def publish(self, *args: Any, **kw: Any) -> bool:
+        t0 = time.perf_counter_ns()
+        ok = self.mirror.publish(*args, **kw)
+        self.samples.append((time.perf_counter_ns() - t0) / 1000)
+        return ok
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def run_demo(settings: Settings, plan: DemoPlan,
+             on_tick: Callable[[dict[str, Any]], None] | None = None) -> DemoSummary:
+    """Run the demo end to end; the summary says whether the pipeline behaved as designed."""
+    stack = Stack(settings)
+    already = {s.name for s in stack.status() if s.state in ("running", "external")}
+    endpoints = stack.up(with_prometheus=True)
+    started_here = {"kafka", "redis", "prometheus"} - already
+    prefix = f"demo-{time.strftime('%H%M%S')}-{os.getpid() % 1000}"
+    s = settings.model_copy(update={"topic_prefix": prefix, "partitions": 3})
+    workdir = Path(tempfile.mkdtemp(prefix="shadow-demo-"))
+    join_port, worker_port = free_port(), free_port()
+    join_proc: subprocess.Popen | None = None
+    worker: ShadowWorker | None = None
+    t_start = time.time()
+    try:
+        create_topics(clients.admin(s, endpoints.kafka_bootstrap), topic_specs(s))
+        join_proc = _start_join(s, endpoints, plan, workdir, join_port)
+        for job, port in (("join", join_port), ("worker", worker_port)):
+            register_target(prometheus_root(settings), job, f"127.0.0.1:{port}",
+                            {"prefix": prefix})
+        adapter = _TurningAdapter(turn_at=float("inf"))  # set once everything runs
+        candidate = Candidate("demo:turning-candidate", _TurningCandidate().eval(), adapter)
+        engine = InferenceEngine(candidate, device="auto", max_batch=64)
+        worker = ShadowWorker(s, endpoints.kafka_bootstrap,
+                              WorkerConfig(candidate_id=CANDIDATE, max_wait_ms=20,
+                                           metrics_port=worker_port), engine)
+        worker_thread = threading.Thread(target=worker.run, daemon=True, name="demo-worker")
+        worker_thread.start()
+        _wait_for(lambda: _scrape(join_port) != {}, 60, "the join app did not start",
+                  join_proc, workdir)
+        turn_at = time.time() + plan.turn_at_s
+        adapter.turn_at = turn_at
+        sent, timed = _run_traffic(s, endpoints, plan, join_port, worker, on_tick, t_start)
+        publish = timed.samples
+        shift_at = turn_at - plan.turn_at_s + plan.shift_at_s
+        # Drain: the worker answers everything, the join pairs it and closes the last windows.
+        _wait_for(lambda: worker.stats.handled >= sent.sent, 90,
+                  "the worker did not answer every request", join_proc, workdir)
+        _wait_for(lambda: _scrape(join_port).get("shadow_join_pairs_total", 0) >= sent.sent, 60,
+                  "the join did not pair every request", join_proc, workdir)
+        time.sleep(plan.window_s + 6)  # the idle close of the last window, and its alerts
+        metrics = _scrape(join_port)
+        alerts = _alerts(endpoints.redis_url, prefix)
+        if on_tick:
+            on_tick(_tick(t_start, sent.sent, sent.rate, worker, metrics, alerts, publish))
+        summary = _summary(plan, prefix, endpoints, sent.sent, metrics, alerts, publish,
+                           turn_at, shift_at, time.time() - t_start)
+        summary.dropped = timed.dropped
+        if timed.dropped:
+            summary.reasons.append(f"the mirror dropped {timed.dropped} requests")
+            summary.ok = False
+        return summary
+    finally:
+        if worker is not None:
+            worker.stop()
+        if join_proc is not None and join_proc.poll() is None:
+            join_proc.send_signal(signal.SIGTERM)
+            try:
+                join_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                join_proc.kill()
+        if started_here:
+            stack.down(only=started_here)
+
+
+def _start_join(s: Settings, endpoints: Endpoints, plan: DemoPlan, workdir: Path,
+                port: int) -> subprocess.Popen:
+    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+           "SHADOW_REDIS_URL": endpoints.redis_url, "SHADOW_TOPIC_PREFIX": s.topic_prefix,
+           "SHADOW_PARTITIONS": str(s.partitions)}
+    cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(workdir / "join"),
+           "--web-port", str(port), "--window-s", str(plan.window_s), "--grace-s", "2",
+           "--idle-close-s", "3", "--reference-size", str(int(plan.rate * plan.window_s)),
+           "--expect", f"{MODEL}={CANDIDATE}"]
+    log = (workdir / "join.log").open("wb")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for(cond: Callable[[], bool], timeout_s: float, what: str,
+              join_proc: subprocess.Popen, workdir: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if join_proc.poll() is not None:
+            tail = (workdir / "join.log").read_text(errors="replace")[-1500:]
+            raise ShadowstreamError(f"the join app exited ({join_proc.returncode}): {tail}")
+        if time.monotonic() > deadline:
+            raise ShadowstreamError(f"{what} within {timeout_s:.0f} s (logs: {workdir})")
+        time.sleep(0.5)
+
+
+def _run_traffic(s: Settings, endpoints: Endpoints, plan: DemoPlan, join_port: int,
+                 worker: ShadowWorker, on_tick: Callable[[dict[str, Any]], None] | None,
+                 t_start: float) -> tuple[Any, _TimedPublisher]:
+    cfg = MirrorConfig(bootstrap=endpoints.kafka_bootstrap, model=MODEL,
+                       topic=s.topic("requests"), output_kind="probs")
+    with Mirror(cfg, CollectorRegistry()) as mirror:
+        timed = _TimedPublisher(mirror)
+        service = TrafficService(timed, TrafficSpec(model=MODEL, seed=0))
+
+        def tick(stats: Any) -> None:
+            if on_tick:
+                on_tick(_tick(t_start, stats.sent, stats.rate, worker, _scrape(join_port),
+                              _alerts(endpoints.redis_url, s.topic_prefix), timed.samples))
+
+        service.run(plan.rate, plan.duration_s, shift_at_s=plan.shift_at_s, on_tick=tick)
+        mirror.flush(30)
+        timed.dropped = sum(mirror.metrics.dropped_by.values())
+    return service.stats, timed
+
+
+def _alerts(redis_url: str, prefix: str) -> list[Alert]:
+    try:
+        rows = clients.redis_client(redis_url, timeout_s=1.0).xrange(f"{prefix}:alerts")
+    except redis.RedisError:  # the live view must not die with Redis
+        return []
+    return [Alert.model_validate_json(f[b"alert"]) for _, f in rows]
+
+
+def _tick(t_start: float, sent: int, rate: float, worker: ShadowWorker,
+          metrics: dict[str, float], alerts: list[Alert], publish: list[float]
+          ) -> dict[str, Any]:
+    firing = sorted({a.rule for a in alerts if a.state == "firing"}
+                    - {a.rule for a in alerts if a.state == "resolved"})
+    recent = publish[-2000:]
+    return {
+        "elapsed_s": time.time() - t_start, "sent": sent, "rate": rate,
+        "answered": worker.stats.handled,
+        "pairs": int(metrics.get("shadow_join_pairs_total", 0)),
+        "windows": int(metrics.get("shadow_join_windows_closed_total", 0)),
+        "disagreement": metrics.get(f'shadow_window_disagreement_rate{{candidate="{CANDIDATE}"'
+                                    f',model="{MODEL}"}}'),
+        "psi_max": metrics.get(f'shadow_window_drift_psi_max{{candidate="{CANDIDATE}",'
+                               f'model="{MODEL}"}}'),
+        "alerts": [f"{a.rule}: {a.previous_state} -> {a.state}" for a in alerts[-6:]],
+        "firing": firing,
+        "publish_p99_us": _quantile(recent, 0.99) if recent else None}
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(plan: DemoPlan, prefix: str, endpoints: Endpoints, sent: int,
+             metrics: dict[str, float], alerts: list[Alert], publish: list[float],
+             turn_at: float, shift_at: float, seconds: float) -> DemoSummary:
+    pairs = int(metrics.get("shadow_join_pairs_total", 0))
+    unmatched = int(sum(v for k, v in metrics.items()
+                        if k.startswith("shadow_join_unmatched_total")))
+    reasons = []
+    if pairs != sent:
+        reasons.append(f"{sent} requests sent but {pairs} pairs")
+    by_rule = {a.rule: a for a in alerts if a.state == "firing"}
+    dis = by_rule.get("disagreement")
+    if dis is None:
+        reasons.append("no disagreement alert although the candidate turned on segment 'us'")
+    elif dis.window_end / 1000 < turn_at:
+        reasons.append("the disagreement alert fired before the candidate turned")
+    drift = by_rule.get("input_drift")
+    if drift is None:
+        reasons.append("no drift alert although the inputs shifted")
+    elif drift.window_end / 1000 < shift_at:
+        reasons.append("the drift alert fired before the inputs shifted")
+    p99 = _quantile(publish, 0.99) if publish else 0.0
+    if p99 > 1000:
+        reasons.append(f"publish() p99 {p99:.0f} us: production was slowed down")
+    iso = lambda t: time.strftime("%H:%M:%S", time.localtime(t))  # noqa: E731
+    return DemoSummary(
+        ok=not reasons, reasons=reasons, seconds=seconds, requests=sent, pairs=pairs,
+        unmatched=unmatched,
+        dead_lettered=int(metrics.get("shadow_join_dead_lettered_total", 0)),
+        windows=int(metrics.get("shadow_join_windows_closed_total", 0)),
+        alerts=[{"rule": a.rule, "state": a.state, "severity": a.severity,
+                 "value": a.value, "window_end": iso(a.window_end / 1000),
+                 "alert_id": a.alert_id} for a in alerts],
+        turn_at=iso(turn_at), shift_at=iso(shift_at),
+        publish_us={"p50": statistics.median(publish) if publish else 0.0, "p99": p99},
+        dropped=0,
+        where={"redis": f"{endpoints.redis_url}  XRANGE {prefix}:alerts - + ; "
+                        f"HGETALL {prefix}:alert:{MODEL}:{CANDIDATE}:disagreement ; "
+                        f"ZREVRANGE {prefix}:exemplars:{MODEL}:{CANDIDATE} 0 9 WITHSCORES",
+               "prometheus": f"{endpoints.prometheus_url}/alerts  (query: "
+                             f"shadow_window_disagreement_rate{{prefix=\"{prefix}\"}})",
+               "topics": f"{prefix}.requests, .outputs, .pairs, .windows, .deadletter"})
