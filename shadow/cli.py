@@ -741,16 +741,20 @@ def profile_build(start: str, end: str, output: Path, bins: int) -> None:
               help="Requests per second of the synthetic service.")
 @click.option("--window-s", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Size of the join's windows.")
+@click.option("--stop-stack", is_flag=True,
+              help="Also stop the servers it started (default: leave them to look at).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(duration: float, rate: float, window_s: float, as_json: bool) -> None:
+def demo(duration: float, rate: float, window_s: float, stop_stack: bool,
+         as_json: bool) -> None:
     """The whole pipeline on this machine, checked against what it injects.
 
     Brings the stack up (or uses the configured servers), creates fresh topics, and runs a
     synthetic service mirroring its requests, a shadow worker whose candidate starts to
     disagree on segment 'us' a third of the way through, and the join app; the inputs shift
     two thirds of the way through. Shows throughput, windows, divergence, drift and alerts
-    live; ends with a summary and stops what it started. Exit 0 when the pipeline saw what
-    was injected, 1 with the reasons otherwise.
+    live; ends with a summary and stops the processes it started (the servers too with
+    --stop-stack). Exit 0 when the pipeline saw what was injected, 1 with the reasons
+    otherwise.
     """
     from rich.live import Live
 
@@ -759,10 +763,11 @@ def demo(duration: float, rate: float, window_s: float, as_json: bool) -> None:
     s = _settings()
     plan = DemoPlan(duration_s=duration, rate=rate, window_s=window_s)
     if as_json:
-        summary = run_demo(s, plan)
+        summary = run_demo(s, plan, stop_stack=stop_stack)
     else:
         with Live(_demo_view({}), console=err_console, refresh_per_second=2) as live:
-            summary = run_demo(s, plan, on_tick=lambda t: live.update(_demo_view(t)))
+            summary = run_demo(s, plan, on_tick=lambda t: live.update(_demo_view(t)),
+                               stop_stack=stop_stack)
     if as_json:
         _print_json(summary.as_dict())
     else:
@@ -807,6 +812,7 @@ def _print_demo_summary(summary: Any) -> None:
     for k, v in d["where"].items():
         table.add_row(f"look in {k}", v)
     console.print(table)
+    console.print("The servers are left running to look at: stop them with `shadow stack down`.")
 
 
 if __name__ == "__main__":

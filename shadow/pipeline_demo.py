@@ -151,8 +151,13 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def run_demo(settings: Settings, plan: DemoPlan,
-             on_tick: Callable[[dict[str, Any]], None] | None = None) -> DemoSummary:
-    """Run the demo end to end; the summary says whether the pipeline behaved as designed."""
+             on_tick: Callable[[dict[str, Any]], None] | None = None,
+             stop_stack: bool = False) -> DemoSummary:
+    """Run the demo end to end; the summary says whether the pipeline behaved as designed.
+
+    The traffic, worker and join app it starts are always stopped; the servers it started
+    (Kafka, Redis, Prometheus) only with ``stop_stack``, so that one can look at what the
+    summary points to."""
     stack = Stack(settings)
     already = {s.name for s in stack.status() if s.state in ("running", "external")}
     endpoints = stack.up(with_prometheus=True)
@@ -211,7 +216,7 @@ def run_demo(settings: Settings, plan: DemoPlan,
                 join_proc.wait(30)
             except subprocess.TimeoutExpired:
                 join_proc.kill()
-        if started_here:
+        if stop_stack and started_here:
             stack.down(only=started_here)
 
 
