@@ -145,12 +145,12 @@ def topics_create(partitions: int | None) -> None:
     Refuses, and says why, when existing topics have other partition counts.
     """
     from shadow import clients
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
     from shadow.topics import create_topics, topic_specs
 
     s = _settings()
     specs = topic_specs(s, partitions)
-    plan = create_topics(clients.admin(s, resolve_endpoints(s).kafka_bootstrap), specs)
+    plan = create_topics(clients.admin(s, resolve_kafka(s)), specs)
     for spec in specs:
         how = "created" if spec in plan.create else "exists"
         console.print(f"{spec.name:24} {spec.partitions:4} partitions  {how}")
@@ -183,10 +183,10 @@ def traffic(rate: float, duration: float, model: str, shift_at: float | None, di
 
     from producers import Mirror, MirrorConfig
     from producers.traffic import TrafficService, TrafficSpec
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
 
     s = _settings()
-    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    bootstrap = resolve_kafka(s)
     extra = {k: v for k, v in s.confluent_config(bootstrap).items() if k != "bootstrap.servers"}
     config = MirrorConfig(bootstrap=bootstrap, model=model, topic=s.topic("requests"),
                           live_version="live-v1", output_kind="probs", kafka=extra)
@@ -267,13 +267,13 @@ def worker(candidate: str, candidate_id: str, weights: Path | None, card: Path |
     """
     from shadow.engine import InferenceEngine
     from shadow.models import load_candidate
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
     from shadow.worker import ShadowWorker, WorkerConfig
 
     logging.getLogger("shadowstream.worker").setLevel(logging.INFO)
     s = _settings()
     loaded = load_candidate(candidate, weights=weights, card=card, adapter=adapter)
-    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    bootstrap = resolve_kafka(s)
     config = WorkerConfig(candidate_id=candidate_id, device=device, dtype=dtype,
                           max_batch=max_batch, max_wait_ms=max_wait_ms, group=group,
                           metrics_port=metrics_port, session_timeout_ms=session_timeout_ms)
@@ -397,7 +397,7 @@ def record_cmd(topic: str, start: str, end: str, partitions: str | None, output:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from shadow.recording import parse_position, record
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
 
     s = _settings()
     try:
@@ -405,7 +405,7 @@ def record_cmd(topic: str, start: str, end: str, partitions: str | None, output:
     except ValueError:
         raise click.BadParameter(f"{partitions!r}: expected P,P,...",
                                  param_hint="--partitions") from None
-    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    bootstrap = resolve_kafka(s)
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=err_console) as bar:
         task = bar.add_task(f"recording {topic}", total=None)
@@ -465,7 +465,7 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
     from shadow.models import load_candidate
     from shadow.recording import parse_position, read_recording, record
     from shadow.replay import ReplayCandidate, replay
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
 
     if (file_ is None) == (topic is None):
         raise click.UsageError("give either --file or --topic (with --from and --to)")
@@ -488,7 +488,7 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
     if topic is not None:
         file_ = Path(tempfile.mkdtemp(prefix="shadow-replay-")) / "input.jsonl.zst"
         with err_console.status(f"reading {topic}...", spinner="dots"):
-            record(s, resolve_endpoints(s).kafka_bootstrap, topic, parse_position(start or ""),
+            record(s, resolve_kafka(s), topic, parse_position(start or ""),
                    parse_position(end or ""), file_)
         source = {"topic": topic, "from": start, "to": end}
     else:
@@ -516,9 +516,9 @@ def _republish(s: Settings, path: Path, topic: str, rate: float | None) -> None:
     from producers.republish import republish
     from shadow import clients
     from shadow.recording import read_recording
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
 
-    producer = clients.producer(s, resolve_endpoints(s).kafka_bootstrap)
+    producer = clients.producer(s, resolve_kafka(s))
     with err_console.status(f"re-publishing to {topic}...", spinner="dots") as status:
         sent = republish(((m.key, m.value) for m in read_recording(path)), producer, topic,
                          rate=rate, progress=lambda n: status.update(f"re-published {n}"))
@@ -605,11 +605,11 @@ def _live_windows() -> dict[tuple[str, str], list[dict[str, Any]]]:
     import tempfile
 
     from shadow.recording import Position, read_recording, record
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
 
     s = _settings()
     path = Path(tempfile.mkdtemp(prefix="shadow-verdict-")) / "windows.jsonl.zst"
-    record(s, resolve_endpoints(s).kafka_bootstrap, s.topic("windows"), Position("beginning"),
+    record(s, resolve_kafka(s), s.topic("windows"), Position("beginning"),
            Position("end"), path)
     latest: dict[tuple[str, str, int], dict[str, Any]] = {}
     for m in read_recording(path):
@@ -647,10 +647,10 @@ def alerts() -> None:
 
 def _redis() -> tuple[Any, str]:
     from shadow import clients
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_redis
 
     s = _settings()
-    return clients.redis_client(resolve_endpoints(s).redis_url), s.topic_prefix
+    return clients.redis_client(resolve_redis(s)), s.topic_prefix
 
 
 @alerts.command("list")
@@ -716,13 +716,13 @@ def profile_build(start: str, end: str, output: Path, bins: int) -> None:
     quantiles of the range. `shadow join --profile FILE` judges drift against it.
     """
     from shadow.profiles import build_profiles, parse_time
-    from shadow.stack import resolve_endpoints
+    from shadow.stack import resolve_kafka
 
     s = _settings()
     t0, t1 = parse_time(start), parse_time(end)
     if t1 <= t0:
         raise click.BadParameter("--to must be after --from", param_hint="--to")
-    bootstrap = resolve_endpoints(s).kafka_bootstrap
+    bootstrap = resolve_kafka(s)
     with err_console.status("reading requests...", spinner="dots") as status:
         result = build_profiles(s, bootstrap, t0, t1, bins=bins,
                                 progress=lambda n: status.update(f"read {n} requests"))

@@ -22,7 +22,8 @@ from shadow.exceptions import StackNotRunningError
 from shadow.settings import Settings
 from shadow.stack import kafka, procs, prometheus, redis
 
-__all__ = ["Endpoints", "ServerStatus", "Stack", "resolve_endpoints"]
+__all__ = ["Endpoints", "ServerStatus", "Stack", "resolve_endpoints", "resolve_kafka",
+           "resolve_redis"]
 
 ServerName = Literal["kafka", "redis", "prometheus"]
 SERVERS: tuple[ServerName, ...] = ("kafka", "redis", "prometheus")
@@ -178,6 +179,28 @@ class Stack:
 def resolve_endpoints(settings: Settings) -> Endpoints:
     """Where Kafka, Redis and Prometheus are: configured ones first, else the local stack."""
     return Stack(settings).endpoints()
+
+
+def resolve_kafka(settings: Settings) -> str:
+    """Where Kafka is, for commands that need nothing else (no Redis required)."""
+    return _resolve_one(settings, "kafka", settings.kafka_bootstrap, "SHADOW_KAFKA_BOOTSTRAP")
+
+
+def resolve_redis(settings: Settings) -> str:
+    """Where Redis is, for commands that need nothing else (no Kafka required)."""
+    return _resolve_one(settings, "redis", settings.redis_url, "SHADOW_REDIS_URL")
+
+
+def _resolve_one(settings: Settings, name: ServerName, configured: str | None,
+                 env: str) -> str:
+    if configured:
+        return configured
+    stack = Stack(settings)
+    rec = stack._load().get(name)
+    if not stack._running(rec):
+        raise StackNotRunningError(f"no {name.capitalize()}: run `shadow stack up`, or set "
+                                   f"{env}")
+    return rec["url"]  # type: ignore[index]
 
 
 
