@@ -6,6 +6,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -457,13 +458,12 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
     Runs in-process with the worker's inference engine and the join's comparators, windows
     and drift code; several candidates side by side in one pass.
     """
-    import tempfile
 
     from consumers.compare import Tolerances
     from consumers.join import JoinConfig
     from shadow.engine import InferenceEngine
     from shadow.models import load_candidate
-    from shadow.recording import parse_position, read_recording, record
+    from shadow.recording import parse_position, read_range, read_recording
     from shadow.replay import ReplayCandidate, replay
     from shadow.stack import resolve_kafka
 
@@ -486,19 +486,18 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
     join = JoinConfig(window_ms=int(window_s * 1000), reference_size=reference_size,
                       tolerances=tols)
     if topic is not None:
-        file_ = Path(tempfile.mkdtemp(prefix="shadow-replay-")) / "input.jsonl.zst"
-        with err_console.status(f"reading {topic}...", spinner="dots"):
-            record(s, resolve_kafka(s), topic, parse_position(start or ""),
-                   parse_position(end or ""), file_)
-        source = {"topic": topic, "from": start, "to": end}
+        messages = read_range(s, resolve_kafka(s), topic, parse_position(start or ""),
+                              parse_position(end or ""))
+        source: dict[str, Any] = {"topic": topic, "from": start, "to": end}
     else:
+        assert file_ is not None
+        messages = read_recording(file_)
         source = {"file": file_.name}
-    assert file_ is not None
     if to_topic is not None:
-        _republish(s, file_, to_topic, rate)
+        _republish(s, messages, to_topic, rate)
         return
     with err_console.status("replaying...", spinner="dots") as status:
-        result = replay(read_recording(file_), loaded, join=join, batch=max_batch,
+        result = replay(messages, loaded, join=join, batch=max_batch,
                         source=source, progress=lambda n: status.update(f"replayed {n}"))
     if json_out:
         json_out.write_bytes(result.json_bytes())
@@ -512,15 +511,14 @@ def replay_cmd(file_: Path | None, topic: str | None, start: str | None, end: st
                   f"{result.report['dead_lettered']} dead-lettered", highlight=False)
 
 
-def _republish(s: Settings, path: Path, topic: str, rate: float | None) -> None:
+def _republish(s: Settings, messages: Iterable[Any], topic: str, rate: float | None) -> None:
     from producers.republish import republish
     from shadow import clients
-    from shadow.recording import read_recording
     from shadow.stack import resolve_kafka
 
     producer = clients.producer(s, resolve_kafka(s))
     with err_console.status(f"re-publishing to {topic}...", spinner="dots") as status:
-        sent = republish(((m.key, m.value) for m in read_recording(path)), producer, topic,
+        sent = republish(((m.key, m.value) for m in messages), producer, topic,
                          rate=rate, progress=lambda n: status.update(f"re-published {n}"))
     err_console.print(f"re-published {sent} messages to {topic}"
                       f"{f' at {rate:g}/s' if rate else ''}", highlight=False)
@@ -602,17 +600,13 @@ def _replay_windows(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
 
 
 def _live_windows() -> dict[tuple[str, str], list[dict[str, Any]]]:
-    import tempfile
-
-    from shadow.recording import Position, read_recording, record
+    from shadow.recording import Position, read_range
     from shadow.stack import resolve_kafka
 
     s = _settings()
-    path = Path(tempfile.mkdtemp(prefix="shadow-verdict-")) / "windows.jsonl.zst"
-    record(s, resolve_kafka(s), s.topic("windows"), Position("beginning"),
-           Position("end"), path)
     latest: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for m in read_recording(path):
+    for m in read_range(s, resolve_kafka(s), s.topic("windows"), Position("beginning"),
+                        Position("end")):
         try:
             w = orjson.loads(m.value)
         except orjson.JSONDecodeError:
@@ -715,7 +709,8 @@ def profile_build(start: str, end: str, output: Path, bins: int) -> None:
     One profile per model found: its inputs' features and its live answers, binned on
     quantiles of the range. `shadow join --profile FILE` judges drift against it.
     """
-    from shadow.profiles import build_profiles, parse_time
+    from shadow.profiles import build_profiles
+    from shadow.recording import parse_time
     from shadow.stack import resolve_kafka
 
     s = _settings()

@@ -63,3 +63,7 @@ class ModelLoadError(ShadowstreamError):
         self.source = str(source)
         self.reason = reason
         super().__init__(f"cannot load {self.source}: {reason}")
+
+
+class EmptyRangeError(ShadowstreamError):
+    """A time or offset range of a topic holds no message."""

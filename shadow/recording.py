@@ -15,6 +15,7 @@ progress file is removed when the recording is complete.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -27,12 +28,24 @@ import zstandard
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from shadow import clients
-from shadow.exceptions import ShadowstreamError
-from shadow.profiles import parse_time
+from shadow.exceptions import EmptyRangeError, ShadowstreamError
 from shadow.settings import Settings
 
-__all__ = ["Position", "RecordedMessage", "RecordingStats", "parse_position", "read_recording",
-           "record"]
+__all__ = ["Position", "RecordedMessage", "RecordingStats", "parse_position", "parse_time",
+           "read_range", "read_recording", "record"]
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from an ISO 8601 time (UTC when no zone is given) or epoch ms."""
+    if text.isdigit():
+        return int(text)
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ShadowstreamError(f"{text!r} is neither an ISO time nor epoch ms") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ def record(settings: Settings, bootstrap: str, topic: str, start: Position, end:
         stats.total = sum(hi - lo for lo, hi in ranges.values())
         if stats.total == 0:
             progress_path.unlink(missing_ok=True)
-            raise ShadowstreamError(f"no messages in {topic} in that range")
+            raise EmptyRangeError(f"no messages in {topic} in that range")
         _copy(consumer, topic, nexts, ranges, path, progress_path, stats, checkpoint_every,
               progress, stop_after)
     finally:
@@ -147,8 +160,6 @@ def _copy(consumer: Consumer, topic: str, nexts: dict[int, int],
           ranges: dict[int, tuple[int, int]], path: Path, progress_path: Path,
           stats: RecordingStats, checkpoint_every: int,
           progress: Callable[[int, int], None] | None, stop_after: int | None) -> None:
-    open_parts = {p for p, o in nexts.items() if o < ranges[p][1]}
-    consumer.assign([TopicPartition(topic, p, nexts[p]) for p in sorted(open_parts)])
     cctx = zstandard.ZstdCompressor(level=3)
     since_checkpoint = 0
     with path.open("ab") as f:
@@ -167,31 +178,12 @@ def _copy(consumer: Consumer, topic: str, nexts: dict[int, int],
             tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
             tmp.replace(progress_path)
 
-        while open_parts:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard(msg.partition())
-                    continue
-                raise ShadowstreamError(f"reading {topic}: {err.str()}")
-            p, offset = msg.partition(), msg.offset()
-            if p not in open_parts or offset < nexts[p]:
-                continue
-            if offset >= ranges[p][1]:
-                open_parts.discard(p)
-                continue
-            key = msg.key()
+        for m in _fetch(consumer, topic, nexts, ranges):
             writer.write(orjson.dumps({
-                "topic": topic, "partition": p, "offset": offset,
-                "timestamp": msg.timestamp()[1],
-                "key_b64": None if key is None else base64.b64encode(key).decode(),
-                "value_b64": base64.b64encode(msg.value() or b"").decode()}) + b"\n")
-            nexts[p] = offset + 1
-            if nexts[p] >= ranges[p][1]:
-                open_parts.discard(p)
+                "topic": topic, "partition": m.partition, "offset": m.offset,
+                "timestamp": m.timestamp,
+                "key_b64": None if m.key is None else base64.b64encode(m.key).decode(),
+                "value_b64": base64.b64encode(m.value).decode()}) + b"\n")
             stats.records += 1
             since_checkpoint += 1
             if since_checkpoint >= checkpoint_every:
@@ -205,6 +197,60 @@ def _copy(consumer: Consumer, topic: str, nexts: dict[int, int],
         checkpoint(final=True)
         if progress:
             progress(stats.records, stats.total)
+
+
+def _fetch(consumer: Consumer, topic: str, nexts: dict[int, int],
+           ranges: dict[int, tuple[int, int]]) -> Iterator[RecordedMessage]:
+    """The messages of [nexts[p], end) of each partition, in the order they come; ``nexts``
+    is kept up to date (what a checkpoint records)."""
+    open_parts = {p for p, o in nexts.items() if o < ranges[p][1]}
+    consumer.assign([TopicPartition(topic, p, nexts[p]) for p in sorted(open_parts)])
+    while open_parts:
+        msg = consumer.poll(1.0)
+        if msg is None:
+            continue
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                open_parts.discard(msg.partition())
+                continue
+            raise ShadowstreamError(f"reading {topic}: {err.str()}")
+        p, offset = msg.partition(), msg.offset()
+        if p not in open_parts or offset < nexts[p]:
+            continue
+        if offset >= ranges[p][1]:
+            open_parts.discard(p)
+            continue
+        nexts[p] = offset + 1
+        if nexts[p] >= ranges[p][1]:
+            open_parts.discard(p)
+        yield RecordedMessage(topic, p, offset, msg.timestamp()[1], msg.key(),
+                              msg.value() or b"")
+
+
+def read_range(settings: Settings, bootstrap: str, topic: str, start: Position,
+               end: Position, *, partitions: list[int] | None = None,
+               timeout_s: float = 30.0) -> Iterator[RecordedMessage]:
+    """The messages of [start, end) of a topic, read straight from Kafka (what ``record``
+    writes, without the file). An empty range is an error, raised here, not when iterated."""
+    consumer = clients.consumer(settings, bootstrap, "shadow-read-range",
+                                **{"enable.partition.eof": True})
+    try:
+        ranges = _ranges(consumer, topic, start, end, partitions, timeout_s)
+        if not any(hi > lo for lo, hi in ranges.values()):
+            raise EmptyRangeError(f"no messages in {topic} in that range")
+    except BaseException:
+        consumer.close()
+        raise
+
+    def messages() -> Iterator[RecordedMessage]:
+        try:
+            yield from _fetch(consumer, topic, {p: lo for p, (lo, _) in ranges.items()},
+                              ranges)
+        finally:
+            consumer.close()
+
+    return messages()
 
 
 def read_recording(path: Path) -> Iterator[RecordedMessage]:
