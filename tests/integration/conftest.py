@@ -6,6 +6,7 @@ that cannot start fails the tests with the reason from its log; nothing is skipp
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,3 +86,14 @@ def consumer_factory(settings: Settings, stack: Endpoints) -> Callable[[str], ob
         return clients.consumer(settings, stack.kafka_bootstrap, group)
 
     return make
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts (CLI subprocesses): killed after it if still running."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
