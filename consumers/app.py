@@ -45,7 +45,6 @@ from prometheus_client.registry import Collector
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.sinks import RedisAlertSink
-from schemas import Alert, WindowSummary
 
 __all__ = ["JoinAppConfig", "build_app", "run_app"]
 
@@ -145,24 +144,24 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         sink = RedisAlertSink(client, prefix)
 
     def send(outgoing: list[Outgoing]) -> None:
-        alerts = [Alert.model_validate_json(o.value) for o in outgoing if o.role == "alerts"]
-        if alerts and sink is not None:
-            sink.publish(alerts)
-        if sink is not None:
-            for o in outgoing:
-                if o.role == "windows":
-                    sink.record_window(WindowSummary.model_validate_json(o.value))
-                elif o.role == "exemplars":
-                    doc = orjson.loads(o.value)
+        alerts = []
+        for o in outgoing:
+            if o.role == "alerts":  # for the sinks only, in order
+                alerts.append(o.record)
+            elif o.role == "exemplars":
+                if sink is not None:
+                    doc = o.record
                     sink.record_exemplars(doc["model"], doc["candidate"], doc["window_start"],
                                           [tuple(r) for r in doc["top"]])
-        for o in outgoing:
-            if o.role in ("alerts", "exemplars"):
-                continue
-            callback = None
-            if o.window is not None:
-                callback = functools.partial(_delivered, core, o.window)
-            sinks[o.role].send_soon(key=o.key, value=o.value, callback=callback)
+            else:
+                if o.role == "windows" and sink is not None:
+                    sink.record_window(o.record)
+                callback = None
+                if o.window is not None:
+                    callback = functools.partial(_delivered, core, o.window)
+                sinks[o.role].send_soon(key=o.key, value=o.value, callback=callback)
+        if alerts and sink is not None:
+            sink.publish(alerts)
 
     inputs = {settings.topic("requests"), settings.topic("outputs")}
 

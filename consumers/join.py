@@ -112,6 +112,9 @@ class Outgoing:
     value: bytes
     window: int | None = None
     """For a window summary: the window's start, to report its delivery with ``delivered``."""
+    record: Any = None
+    """What ``value`` encodes (the record or document), for callers in this process that
+    would otherwise decode it again (the alert sinks, replay)."""
 
 
 class JoinCore:
@@ -189,15 +192,17 @@ class JoinCore:
     # -- events ------------------------------------------------------------------------------
 
     def handle(self, topic: str, partition: int, offset: int, key: bytes | None,
-               value: bytes | None) -> list[Outgoing]:
-        """Process one message of either input topic; returns what to send."""
+               value: bytes | None,
+               decoded: MirroredRequest | ShadowOutput | None = None) -> list[Outgoing]:
+        """Process one message of either input topic; returns what to send. ``decoded`` is
+        the message already decoded by the caller (replay), which then is not done again."""
         out: list[Outgoing] = []
         self._partition = partition
         for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
             del self._emitted[start]
             self.forget(start, out)
-        for key in self._doomed.pop(partition, ()):
-            self.table.pop(key, None)
+        for doomed in self._doomed.pop(partition, ()):
+            self.table.pop(doomed, None)
         src = [topic, partition, offset]
         tp = f"{topic}:{partition}"
         data = value or b""
@@ -207,9 +212,13 @@ class JoinCore:
                 raise ContractError(f"event of {len(data)} bytes is over the limit of "
                                     f"{self.config.max_event_bytes}")
             if is_request:
-                self._on_request(decode(data, MirroredRequest), src, out)
+                request = decoded if isinstance(decoded, MirroredRequest) else \
+                    decode(data, MirroredRequest)
+                self._on_request(request, src, out)
             else:
-                self._on_output(decode(data, ShadowOutput), src, out)
+                output = decoded if isinstance(decoded, ShadowOutput) else \
+                    decode(data, ShadowOutput)
+                self._on_output(output, src, out)
         except ContractError as exc:
             self._dead_event(exc, src, key, data, out)
         self.positions[tp] = offset
@@ -368,7 +377,7 @@ class JoinCore:
                             ("candidate_error", answer.get("err"))):
             if value is not None:
                 doc[name] = value
-        return Outgoing("pairs", request_id.encode(), orjson.dumps(doc))
+        return Outgoing("pairs", request_id.encode(), orjson.dumps(doc), record=doc)
 
     # -- reference and windows ---------------------------------------------------------------
 
@@ -442,11 +451,12 @@ class JoinCore:
         self._summaries[start] = summaries
         for (model, cand), rows in sorted(self.exemplars(start).items()):
             doc = {"model": model, "candidate": cand, "window_start": start, "top": rows}
-            out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc)))
+            out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc),
+                                record=doc))
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         for summary in summaries:
             out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
-                                encode(summary), start))
+                                encode(summary), start, summary))
             if summary.segment is None:
                 self.stats.unmatched["live"] += summary.unmatched_live
                 self.stats.unmatched["shadow"] += summary.unmatched_shadow
@@ -469,7 +479,8 @@ class JoinCore:
                 self.latest[(summary.model, summary.candidate)] = summary
             if self.alerts is not None:
                 for alert in self.alerts.evaluate(summary, summary.ts):
-                    out.append(Outgoing("alerts", alert.alert_id.encode(), encode(alert)))
+                    out.append(Outgoing("alerts", alert.alert_id.encode(), encode(alert),
+                                        record=alert))
 
     def forget(self, start: int, out: list[Outgoing]) -> None:
         """Record a closed window (in the table), doom its entries, and evaluate its alerts

@@ -132,12 +132,14 @@ class _Run:
         requests: list[tuple[RecordedMessage, MirroredRequest]] = []
         for m in messages:
             self.messages += 1
-            self._collect(self.core.handle(_REQUESTS, m.partition, m.offset, m.key, m.value),
-                          {})
             try:
-                requests.append((m, decode(m.value, MirroredRequest)))
+                request: MirroredRequest | None = decode(m.value, MirroredRequest)
             except ContractError:
-                continue  # the core dead-lettered it, with the reason
+                request = None  # the core decodes it again, and dead-letters it with the reason
+            self._collect(self.core.handle(_REQUESTS, m.partition, m.offset, m.key, m.value,
+                                           request), {})
+            if request is not None:
+                requests.append((m, request))
         self.requests += len(requests)
         if not requests:
             return
@@ -165,20 +167,21 @@ class _Run:
                  ) -> None:
         for o in out:
             if o.role == "windows":
-                self.windows.append(decode(o.value, WindowSummary))
+                self.windows.append(o.record)
             elif o.role == "deadletter":
                 self.dead_lettered += 1
             elif o.role == "pairs":
                 self.pairs += 1
-                pair = decode(o.value, DivergencePair)
+                pair = o.record  # the document the core encoded: no need to decode it
                 if self.keep_pairs:
-                    self.kept.append(pair)
-                if pair.score is None or pair.request_id not in shown:
+                    self.kept.append(DivergencePair.model_validate(pair))
+                rid, score = pair["request_id"], pair.get("score")
+                if score is None or rid not in shown:
                     continue
-                request, answer = shown[pair.request_id]
-                self.top[pair.candidate].offer(pair.score, pair.request_id, {
-                    "request_id": pair.request_id, "model": pair.model, "ts": pair.ts,
-                    "score": pair.score, "disagree": pair.disagree, "metrics": pair.metrics,
+                request, answer = shown[rid]
+                self.top[pair["candidate"]].offer(score, rid, {
+                    "request_id": rid, "model": pair["model"], "ts": pair["ts"],
+                    "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],
                     "inputs": request.inputs,
                     "live": request.live.output.model_dump(exclude_none=True)
                     if request.live.output else None,

@@ -335,3 +335,13 @@ def test_alerts_are_evaluated_on_delivered_windows_and_not_repeated_after_a_rest
     got += [decode(o.value, Alert) for o in drive(second, log.messages[n - 100:])
             if o.role == "alerts"]
     assert [a.alert_id for a in got] == [a.alert_id for a in expected]
+
+
+def test_a_dead_letter_keeps_its_own_key_while_closed_entries_are_deleted() -> None:
+    log, _ = traffic(100)
+    core = make_core()
+    run(core, log.messages)
+    core.close_idle(core.watermark + 60_000)  # dooms every entry, per partition
+    (o,) = core.handle(REQ, 0, 10_000, b"garbage-key", b"\x00not json")
+    dead = decode(o.value, DeadLetter)
+    assert o.key == b"garbage-key" and dead.key_b64 == "Z2FyYmFnZS1rZXk="
