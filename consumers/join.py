@@ -398,21 +398,27 @@ class JoinCore:
         limit = watermark - self.config.grace_ms - self.config.window_ms
         return sorted(s for s in self.windows if s <= limit)
 
-    def summaries(self, start: int, now_ms: int | None = None) -> list[WindowSummary]:
-        """The summaries of one window, from its entries (reads the table, writes nothing)."""
-        # Sorted: float sums then add up in the same order after a restart (same bytes).
-        entries = [e for k in sorted(self.windows.get(start, ())) if (e := self.table.get(k))]
-        aggs = aggregate(entries, self.candidates, self.config.window_ms, self.profiles)
+    def _entries(self, start: int) -> list[tuple[str, dict[str, Any]]]:
+        """A window's entries, read from the table once. Sorted by key: float sums then add
+        up in the same order after a restart (same bytes)."""
+        return [(k, e) for k in sorted(self.windows.get(start, ())) if (e := self.table.get(k))]
+
+    def summaries(self, entries: list[tuple[str, dict[str, Any]]],
+                  now_ms: int | None = None) -> list[WindowSummary]:
+        """The summaries of one window, from its entries."""
+        aggs = aggregate((e for _, e in entries), self.candidates, self.config.window_ms,
+                         self.profiles)
         now = now_ms if now_ms is not None else self.clock()
         return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
                 for k in sorted(aggs, key=lambda k: k.sort_key())]
 
-    def exemplars(self, start: int, k: int = 10) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    @staticmethod
+    def exemplars(entries: list[tuple[str, dict[str, Any]]], k: int = 10
+                  ) -> dict[tuple[str, str], list[tuple[str, float]]]:
         """The ``k`` most divergent requests of a window per model and candidate."""
         top: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
-        for key in sorted(self.windows.get(start, ())):
-            entry = self.table.get(key)
-            if not entry or "live" not in entry:
+        for key, entry in entries:
+            if "live" not in entry:
                 continue
             for cand, answer in entry["c"].items():
                 if answer.get("r"):
@@ -446,10 +452,11 @@ class JoinCore:
     def _emit(self, start: int, out: list[Outgoing]) -> None:
         if start in self._emitted:
             return
-        summaries = self.summaries(start)
+        entries = self._entries(start)
+        summaries = self.summaries(entries)
         self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
         self._summaries[start] = summaries
-        for (model, cand), rows in sorted(self.exemplars(start).items()):
+        for (model, cand), rows in sorted(self.exemplars(entries).items()):
             doc = {"model": model, "candidate": cand, "window_start": start, "top": rows}
             out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc),
                                 record=doc))
