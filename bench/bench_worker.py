@@ -84,7 +84,33 @@ def engine_rows_per_s(model: nn.Module, batch: int, rows: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> float:
+def passthrough_rows_per_s(settings: Settings, bootstrap: str, batch: int,
+                           events: int) -> float:
+    """The floor of any worker in Python: consume the requests in batches and produce each
+    value unchanged to the outputs topic, in its partition, then flush; no decoding, no
+    model, no encoding. Counted from the first message, as the worker is."""
+    consumer = clients.consumer(settings, bootstrap, f"{settings.topic_prefix}.passthrough",
+                                **{"enable.partition.eof": False, "fetch.wait.max.ms": 50})
+    producer = clients.producer(settings, bootstrap, **{"delivery.report.only.error": True})
+    consumer.subscribe([settings.topic("requests")])
+    outputs, n, t0 = settings.topic("outputs"), 0, 0.0
+    try:
+        while n < events:
+            messages = consumer.consume(batch, 0.005)
+            if messages and not t0:
+                t0 = time.perf_counter()
+            for msg in messages:
+                producer.produce(outputs, msg.value(), msg.key(), partition=msg.partition())
+            n += len(messages)
+            producer.poll(0)
+        producer.flush(60)
+        return n / (time.perf_counter() - t0)
+    finally:
+        consumer.close()
+
+
+def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> tuple[float, float]:
+    """Requests/s of the worker end to end, and of the passthrough floor on the same topic."""
     settings = Settings(state_dir=tempfile.mkdtemp(prefix="shadow-bench-"),
                         topic_prefix="benchw")
     stack = Stack(settings)
@@ -100,6 +126,7 @@ def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> float:
                 e = SPEC.event(i)
                 mirror.publish(e.request_id, e.inputs, [0.5, 0.5], latency_ms=1.0)
             assert mirror.flush(120) == 0
+        floor = passthrough_rows_per_s(settings, bootstrap, batch, events)
         engine = InferenceEngine(candidate(model), device="cpu", max_batch=batch)
         config = WorkerConfig(candidate_id="bench", device="cpu", max_batch=batch,
                               max_wait_ms=5)
@@ -116,7 +143,7 @@ def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> float:
         t0, first = started[0]
         elapsed = time.perf_counter() - t0
         assert worker.stats.answered == events, worker.stats
-        return (events - first) / elapsed
+        return (events - first) / elapsed, floor
     finally:
         stack.down()
 
@@ -143,12 +170,19 @@ def main() -> None:
         print(f"  batch {b:4}  engine {eng:10,.0f}  raw {raw:10,.0f}  ratio {eng / raw:.2f}")
 
     raw = raw_rows_per_s(model, args.batch)
-    rate = worker_rows_per_s(model, args.batch, args.events)
+    rate, floor = worker_rows_per_s(model, args.batch, args.events)
     raw_after = raw_rows_per_s(model, args.batch)
     ref = statistics.median([raw, raw_after])
     print(f"worker end to end through Kafka: {rate:,.0f} requests/s; raw model at batch "
           f"{args.batch}: {ref:,.0f} rows/s (before {raw:,.0f}, after {raw_after:,.0f}); "
           f"ratio {rate / ref:.2f}")
+    # What any Python worker could reach here: Kafka in and out alone, then with the model
+    # after it (one core's worth of Python) or perfectly overlapped with it.
+    serial = 1 / (1 / floor + 1 / ref)
+    print(f"passthrough floor (consume + produce, no decode, no model): {floor:,.0f} "
+          f"requests/s; a worker that only adds the model: {serial:,.0f}/s serial (ratio "
+          f"{serial / ref:.2f}), {min(floor, ref):,.0f}/s perfectly overlapped (ratio "
+          f"{min(floor, ref) / ref:.2f}); the worker reaches {rate / floor:.2f} of the floor")
     print(verdict("worker / raw model", rate / ref, TARGETS["worker"]["ratio_to_raw_model_min"],
                   lower_is_better=False))
 
