@@ -13,11 +13,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 COMPOSE_VERSION := v2.29.7
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap system venv kafka-jars compose-plugin demo test test-unit test-integration lint bench clean
+.PHONY: help bootstrap system venv kafka-jars compose-plugin demo test test-faults test-unit test-integration lint bench clean
 
 help:
 	@echo "make demo   bring the stack up and run the pipeline (installs what it needs)"
 	@echo "make test   unit and integration tests against real Kafka, Redis and Prometheus"
+	@echo "make test-faults   the slow fault tests (broker restart, Redis down 30 s)"
 	@echo "make lint   ruff;  make bench  benchmarks;  make clean  stop the stack, drop the venv"
 
 bootstrap: system venv kafka-jars
@@ -57,13 +58,17 @@ demo: bootstrap
 	@$(VENV)/bin/shadow demo
 
 test: bootstrap compose-plugin
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration -m "not faults" $(PYTEST_ARGS)
+
+# The slow fault tests (broker restart, Redis down 30 s) through the whole pipeline.
+test-faults: bootstrap
+	$(PY) -m pytest tests/integration -m faults $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: bootstrap compose-plugin
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration -m "not faults" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

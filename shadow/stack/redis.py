@@ -1,4 +1,5 @@
-"""Debian's redis-server on a free loopback port, without persistence."""
+"""Debian's redis-server on a free loopback port. Append-only file on (fsync every second):
+alerts and their states outlive a restart of Redis."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def start(root: Path, port: int | None = None) -> tuple[int, int]:
     log = root / "redis.log"
     cmd = [
         exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root),
-        "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
-        "--logfile", str(log),
+        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(log),
     ]
     pid = procs.spawn(cmd, root / "stdout.log", cwd=root)
     url = f"redis://127.0.0.1:{port}/0"

@@ -8,18 +8,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CollectorRegistry
 
-from producers import Mirror, MirrorConfig
-from producers.traffic import TrafficService, TrafficSpec
+from producers.traffic import TrafficSpec
 from schemas import Alert, DivergencePair, WindowSummary, decode
 from shadow import clients
 from shadow.engine import InferenceEngine
@@ -31,11 +27,19 @@ from shadow.stack.prometheus import register_target
 from shadow.topics import create_topics, topic_specs
 from shadow.worker import ShadowWorker, WorkerConfig
 from tests.helpers import consume_all
-
-REPO = Path(__file__).resolve().parents[2]
-WINDOW_MS = 4_000
-N = 2400
-SPAN_MS = 3 * WINDOW_MS  # the requests' event times cover three windows
+from tests.integration.groundtruth import (
+    REPO,
+    SPAN_MS,
+    WINDOW_MS,
+    N,
+    check_against_truth,
+    first_window_start,
+    ground_truth,
+    metric,
+    poison,
+    send,
+    windows,
+)
 
 
 @pytest.fixture
@@ -44,35 +48,6 @@ def pipeline(settings_factory: Callable[..., Settings], admin: AdminClient,
     s = settings_factory()
     create_topics(admin, topic_specs(s))
     return s
-
-
-def _t0() -> int:
-    now = time.time_ns() // 1_000_000
-    return now - now % WINDOW_MS - 10 * WINDOW_MS
-
-
-def _send(s: Settings, bootstrap: str, spec: TrafficSpec, t0: int, lo: int, hi: int) -> None:
-    cfg = MirrorConfig(bootstrap=bootstrap, model="fraud-scorer", topic=s.topic("requests"),
-                       output_kind="probs")
-    with Mirror(cfg, CollectorRegistry()) as mirror:
-        service = TrafficService(mirror, spec)
-        for i in range(lo, hi, 50):  # 50 requests share an event time
-            service.answer([spec.event(j) for j in range(i, min(hi, i + 50))],
-                           now_ms=t0 + i * SPAN_MS // N)
-        assert mirror.flush(30) == 0
-
-
-def _truth(spec: TrafficSpec, t0: int) -> dict[int, Counter]:
-    """Per window start: requests, disagreements, and the 'eu'/'us' split."""
-    out: dict[int, Counter] = {}
-    for i in range(N):
-        ts = t0 + (i - i % 50) * SPAN_MS // N
-        e = spec.event(i)
-        c = out.setdefault(ts - ts % WINDOW_MS, Counter())
-        c["requests"] += 1
-        c["disagree"] += e.disagree
-        c[e.segment] += 1
-    return out
 
 
 def _worker(s: Settings, bootstrap: str, until: int) -> ShadowWorker:
@@ -93,59 +68,6 @@ def _join(s: Settings, stack: Endpoints, tmp: Path, port: int, log: Path) -> sub
            "--idle-close-s", "2", "--reference-size", "300", "--expect", "fraud-scorer=c1"]
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             cwd=REPO)
-
-
-def _metric(port: int, name: str) -> float | None:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return None
-    for line in text.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
-def _windows(s: Settings, bootstrap: str, want: set[int], timeout_s: float = 120,
-             ) -> dict[tuple, list[WindowSummary]]:
-    """Every summary on <prefix>.windows until each wanted window (all segments) came."""
-    consumer = clients.consumer(s, bootstrap, f"read-{time.monotonic_ns()}")
-    consumer.subscribe([s.topic("windows")])
-    found: dict[tuple, list[WindowSummary]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                w = decode(msg.value(), WindowSummary)
-                found.setdefault((w.candidate, w.window_start, w.segment), []).append(w)
-            if msg is None and {k[1] for k in found if k[2] is None} >= want:
-                break
-    finally:
-        consumer.close()
-    return found
-
-
-def _check_against_truth(found: dict[tuple, list[WindowSummary]],
-                         truth: dict[int, Counter], poison_window: int) -> None:
-    assert {k[1] for k in found} == set(truth), "a window is missing"
-    for (cand, start, segment), copies in found.items():
-        # Emitted again after a restart: with the very same numbers.
-        first = copies[0].model_dump(exclude={"ts"})
-        assert all(c.model_dump(exclude={"ts"}) == first for c in copies[1:])
-        w = copies[0]
-        assert cand == "c1"
-        assert w.requests == w.pairs + w.unmatched_live + w.unmatched_shadow + w.dead_lettered
-        want = truth[start]
-        extra = int(start == poison_window and segment is None)
-        if segment is None:
-            assert (w.requests, w.pairs, w.dead_lettered) == (want["requests"] + extra,
-                                                              want["requests"], extra)
-            assert w.unmatched_live == w.unmatched_shadow == 0
-            assert round(w.disagreement_rate * w.pairs) == want["disagree"]
-            assert w.window_end - w.window_start == WINDOW_MS
-        else:
-            assert w.pairs == want[segment]
 
 
 def _same_as_replay(s: Settings, stack: Endpoints, tmp: Path,
@@ -209,33 +131,25 @@ def _alerts(s: Settings, stack: Endpoints, rule: str, want: int,
         time.sleep(0.2)
 
 
-def _poison(s: Settings, bootstrap: str, ts: int) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
-    doc = {"schema": "mirror.request/1", "request_id": "poison-1", "model": "fraud-scorer",
-           "ts": ts, "live": {"version": "v1", "latency_ms": 1}}  # no inputs: invalid
-    producer.produce(s.topic("requests"), orjson.dumps(doc), b"poison-1")
-    producer.flush(10)
-
-
 def test_windows_conserve_and_equal_the_injected_ground_truth(
         pipeline: Settings, stack: Endpoints, tmp_path: Path,
         procs: list[subprocess.Popen]) -> None:
     spec = TrafficSpec(seed=0, disagree=0.1)
-    t0 = _t0()
-    _send(pipeline, stack.kafka_bootstrap, spec, t0, 0, N)
-    _poison(pipeline, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
+    t0 = first_window_start()
+    send(pipeline, stack.kafka_bootstrap, spec, t0, 0, N)
+    poison(pipeline, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
     _worker(pipeline, stack.kafka_bootstrap, N + 1)
     port = free_port()
     procs.append(_join(pipeline, stack, tmp_path, port, tmp_path / "join.log"))
-    truth = _truth(spec, t0)
-    found = _windows(pipeline, stack.kafka_bootstrap, set(truth))
-    _check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
+    truth = ground_truth(spec, t0)
+    found = windows(pipeline, stack.kafka_bootstrap, set(truth))
+    check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
     assert sum(c["disagree"] for c in truth.values()) > 150  # the test can see a miscount
     # Drift is measured against the first 300 requests; the app's metrics say what it did.
     last = found[("c1", max(truth), None)][0]
     assert "inputs.amount" in last.drift and "output.confidence" in last.drift
-    assert _metric(port, "shadow_join_pairs_total") == N
-    assert _metric(port, "shadow_join_dead_lettered_total") == 1
+    assert metric(port, "shadow_join_pairs_total") == N
+    assert metric(port, "shadow_join_dead_lettered_total") == 1
     # 10 % disagreement breaks the shipped rule (5 %, two windows): pending, then firing.
     alerts = _alerts(pipeline, stack, "disagreement", 2)
     assert [(a.state, a.window_start) for a in alerts] == [("pending", min(truth)),
@@ -247,7 +161,7 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
         f"{pipeline.topic_prefix}:exemplars:fraud-scorer:c1", 0, -1, withscores=True)
     assert len(exemplars) == 30 and exemplars[0][1] >= exemplars[-1][1] > 0  # 10 a window
     deadline = time.monotonic() + 10
-    while _metric(port, 'shadow_alert_active{candidate="c1",model="fraud-scorer",'
+    while metric(port, 'shadow_alert_active{candidate="c1",model="fraud-scorer",'
                         'rule="disagreement",severity="warning"}') != 1.0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
@@ -276,28 +190,28 @@ def test_kill_9_mid_stream_changes_no_number(
         pipeline: Settings, stack: Endpoints, tmp_path: Path,
         procs: list[subprocess.Popen]) -> None:
     spec = TrafficSpec(seed=0, disagree=0.1)
-    t0 = _t0()
-    _send(pipeline, stack.kafka_bootstrap, spec, t0, 0, N // 2)
-    _poison(pipeline, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
+    t0 = first_window_start()
+    send(pipeline, stack.kafka_bootstrap, spec, t0, 0, N // 2)
+    poison(pipeline, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
     _worker(pipeline, stack.kafka_bootstrap, N // 2 + 1)
     port, log = free_port(), tmp_path / "join.log"
     first = _join(pipeline, stack, tmp_path, port, log)
     procs.append(first)
     deadline = time.monotonic() + 90
-    while (_metric(port, "shadow_join_pairs_total") or 0) < N // 4:
+    while (metric(port, "shadow_join_pairs_total") or 0) < N // 4:
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         assert first.poll() is None, log.read_text()[-3000:]
         time.sleep(0.2)
     time.sleep(1.5)  # past a commit or two: the restart replays some, not all
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    _send(pipeline, stack.kafka_bootstrap, spec, t0, N // 2, N)
+    send(pipeline, stack.kafka_bootstrap, spec, t0, N // 2, N)
     _worker(pipeline, stack.kafka_bootstrap, N // 2)
     second = _join(pipeline, stack, tmp_path, port, log)
     procs.append(second)
-    truth = _truth(spec, t0)
-    found = _windows(pipeline, stack.kafka_bootstrap, set(truth))
-    _check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
+    truth = ground_truth(spec, t0)
+    found = windows(pipeline, stack.kafka_bootstrap, set(truth))
+    check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
     alerts = _alerts(pipeline, stack, "disagreement", 2)  # once each, despite the crash
     assert [a.state for a in alerts] == ["pending", "firing"]
     second.send_signal(signal.SIGTERM)
@@ -311,7 +225,7 @@ def test_profile_build_reads_a_time_range_of_the_requests(
 
     spec = TrafficSpec(seed=2)
     before = time.time_ns() // 1_000_000 - 1
-    _send(pipeline, stack.kafka_bootstrap, spec, _t0(), 0, 600)
+    send(pipeline, stack.kafka_bootstrap, spec, first_window_start(), 0, 600)
     after = time.time_ns() // 1_000_000 + 1
     result = build_profiles(pipeline, stack.kafka_bootstrap, before, after, bins=20)
     assert result.requests == 600 and set(result.profiles) == {"fraud-scorer"}

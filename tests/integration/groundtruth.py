@@ -1,0 +1,116 @@
+"""The traffic generator as ground truth for tests that run the whole pipeline: what to send,
+what each window must then say, and how to read what the join said."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+from producers import Mirror, MirrorConfig
+from producers.traffic import TrafficService, TrafficSpec
+from schemas import WindowSummary, decode
+from shadow import clients
+from shadow.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+WINDOW_MS = 4_000
+N = 2400
+SPAN_MS = 3 * WINDOW_MS  # the requests' event times cover three windows
+
+
+def first_window_start() -> int:
+    """Ten windows back: every window of the test lies in the past, so only event time
+    closes them."""
+    now = time.time_ns() // 1_000_000
+    return now - now % WINDOW_MS - 10 * WINDOW_MS
+
+
+def send(s: Settings, bootstrap: str, spec: TrafficSpec, t0: int, lo: int, hi: int) -> None:
+    cfg = MirrorConfig(bootstrap=bootstrap, model="fraud-scorer", topic=s.topic("requests"),
+                       output_kind="probs")
+    with Mirror(cfg, CollectorRegistry()) as mirror:
+        service = TrafficService(mirror, spec)
+        for i in range(lo, hi, 50):  # 50 requests share an event time
+            service.answer([spec.event(j) for j in range(i, min(hi, i + 50))],
+                           now_ms=t0 + i * SPAN_MS // N)
+        assert mirror.flush(30) == 0
+
+
+def ground_truth(spec: TrafficSpec, t0: int) -> dict[int, Counter]:
+    """Per window start: requests, disagreements, and the 'eu'/'us' split."""
+    out: dict[int, Counter] = {}
+    for i in range(N):
+        ts = t0 + (i - i % 50) * SPAN_MS // N
+        e = spec.event(i)
+        c = out.setdefault(ts - ts % WINDOW_MS, Counter())
+        c["requests"] += 1
+        c["disagree"] += e.disagree
+        c[e.segment] += 1
+    return out
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return None
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def windows(s: Settings, bootstrap: str, want: set[int], timeout_s: float = 120,
+             ) -> dict[tuple, list[WindowSummary]]:
+    """Every summary on <prefix>.windows until each wanted window (all segments) came."""
+    consumer = clients.consumer(s, bootstrap, f"read-{time.monotonic_ns()}")
+    consumer.subscribe([s.topic("windows")])
+    found: dict[tuple, list[WindowSummary]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                w = decode(msg.value(), WindowSummary)
+                found.setdefault((w.candidate, w.window_start, w.segment), []).append(w)
+            if msg is None and {k[1] for k in found if k[2] is None} >= want:
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+def check_against_truth(found: dict[tuple, list[WindowSummary]],
+                         truth: dict[int, Counter], poison_window: int) -> None:
+    assert {k[1] for k in found} == set(truth), "a window is missing"
+    for (cand, start, segment), copies in found.items():
+        # Emitted again after a restart: with the very same numbers.
+        first = copies[0].model_dump(exclude={"ts"})
+        assert all(c.model_dump(exclude={"ts"}) == first for c in copies[1:])
+        w = copies[0]
+        assert cand == "c1"
+        assert w.requests == w.pairs + w.unmatched_live + w.unmatched_shadow + w.dead_lettered
+        want = truth[start]
+        extra = int(start == poison_window and segment is None)
+        if segment is None:
+            assert (w.requests, w.pairs, w.dead_lettered) == (want["requests"] + extra,
+                                                              want["requests"], extra)
+            assert w.unmatched_live == w.unmatched_shadow == 0
+            assert round(w.disagreement_rate * w.pairs) == want["disagree"]
+            assert w.window_end - w.window_start == WINDOW_MS
+        else:
+            assert w.pairs == want[segment]
+
+
+def poison(s: Settings, bootstrap: str, ts: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    doc = {"schema": "mirror.request/1", "request_id": "poison-1", "model": "fraud-scorer",
+           "ts": ts, "live": {"version": "v1", "latency_ms": 1}}  # no inputs: invalid
+    producer.produce(s.topic("requests"), orjson.dumps(doc), b"poison-1")
+    producer.flush(10)
