@@ -17,6 +17,10 @@ OutputKind = Literal["scalar", "vector", "probs", "scores", "embedding"]
 PARTITIONER = "murmur2_random"
 
 
+def _secret_key(key: str) -> bool:
+    return "password" in key or "secret" in key or key.endswith((".pem", ".key"))
+
+
 class MirrorConfig(BaseModel):
     """How a service mirrors its requests. Only ``bootstrap`` and ``model`` are required."""
 
@@ -55,6 +59,13 @@ class MirrorConfig(BaseModel):
     """At most one log line per failure reason per interval."""
     kafka: dict[str, Any] = Field(default_factory=dict)
     """Extra librdkafka settings (security.protocol, sasl.*, ssl.*), passed through."""
+
+    def __repr_args__(self) -> Any:
+        # Passwords passed through to librdkafka stay out of reprs and logs.
+        for name, value in super().__repr_args__():
+            if name == "kafka":
+                value = {k: "***" if _secret_key(k) else v for k, v in value.items()}
+            yield name, value
 
     def producer_config(self) -> dict[str, Any]:
         return {

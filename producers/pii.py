@@ -26,7 +26,7 @@ def keyed_hash(value: Any, key: bytes) -> str:
 @dataclass(frozen=True)
 class PiiPolicy:
     rules: Mapping[str, PiiAction] = field(default_factory=dict)
-    key: bytes = b""
+    key: bytes = field(default=b"", repr=False)  # a secret: a known key unmasks hashes
 
     def __post_init__(self) -> None:
         for path, action in self.rules.items():

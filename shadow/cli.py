@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shadow.exceptions import ShadowstreamError
-from shadow.settings import Settings
+from shadow.settings import Settings, redact_url
 
 console = Console()
 err_console = Console(stderr=True)
@@ -80,6 +80,8 @@ def stack_up(with_prometheus: bool, as_json: bool) -> None:
     Kafka 3.9.1 (KRaft, jars from Maven Central on first use), redis-server and, with
     --prometheus, Prometheus, all on free loopback ports. Servers set through
     SHADOW_KAFKA_BOOTSTRAP / SHADOW_REDIS_URL / SHADOW_PROMETHEUS_URL are used instead.
+    With SHADOW_STACK_SECURE=1 Kafka also opens a SASL_SSL listener (SCRAM-SHA-512 over
+    TLS) and Redis admits only an ACL user; the CA and passwords are in credentials_dir.
     """
     from shadow.stack import Stack
 
@@ -102,11 +104,13 @@ def stack_status(as_json: bool) -> None:
 
     rows = Stack(_settings()).status()
     if as_json:
-        _print_json([r.__dict__ for r in rows])
+        _print_json([{**r.__dict__, "url": redact_url(r.url) if r.url else None}
+                     for r in rows])
         return
     table = Table("server", "state", "url", "pid", "log")
     for r in rows:
-        table.add_row(r.name, r.state, r.url or "", str(r.pid or ""), r.log or "")
+        table.add_row(r.name, r.state, redact_url(r.url) if r.url else "", str(r.pid or ""),
+                      r.log or "")
     console.print(table)
 
 

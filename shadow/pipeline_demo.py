@@ -37,7 +37,7 @@ from shadow import clients
 from shadow.engine import InferenceEngine
 from shadow.exceptions import ShadowstreamError
 from shadow.models import Candidate, CardAdapter, ModelCard
-from shadow.settings import Settings
+from shadow.settings import Settings, redact_url
 from shadow.stack import Endpoints, Stack, prometheus_root
 from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
@@ -333,7 +333,7 @@ def _summary(plan: DemoPlan, prefix: str, endpoints: Endpoints, sent: int,
         turn_at=iso(turn_at), shift_at=iso(shift_at),
         publish_us={"p50": statistics.median(publish) if publish else 0.0, "p99": p99},
         dropped=0,
-        where={"redis": f"{endpoints.redis_url}  XRANGE {prefix}:alerts - + ; "
+        where={"redis": f"{redact_url(endpoints.redis_url)}  XRANGE {prefix}:alerts - + ; "
                         f"HGETALL {prefix}:alert:{MODEL}:{CANDIDATE}:disagreement ; "
                         f"ZREVRANGE {prefix}:exemplars:{MODEL}:{CANDIDATE} 0 9 WITHSCORES",
                "prometheus": f"{endpoints.prometheus_url}/alerts  (query: "

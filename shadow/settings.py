@@ -11,6 +11,7 @@ import os
 import ssl
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     """Where downloaded Kafka jars are kept (shared by every checkout of this user)."""
     kafka_version: str = "3.9.1"
     """Apache Kafka version the local stack runs."""
+    stack_secure: bool = False
+    """The local stack also opens a Kafka SASL_SSL listener (SCRAM-SHA-512 over TLS) and
+    runs Redis with an ACL user and password instead of the open default user."""
 
     @field_validator("kafka_bootstrap", "redis_url", "prometheus_url")
     @classmethod
@@ -85,6 +89,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Precedence: explicit arguments, then environment, then shadow.toml.
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    def __repr_args__(self) -> Any:
+        # A Redis URL may carry a password; SecretStr fields hide themselves.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" and value else value
 
     def topic(self, name: str) -> str:
         """Full topic name for one of TOPIC_NAMES."""
@@ -136,3 +145,13 @@ class Settings(BaseSettings):
 
 def _reveal(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
+
+
+def redact_url(url: str) -> str:
+    """The URL with the password of its user info replaced by ***, for logs and screens."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))

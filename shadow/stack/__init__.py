@@ -12,15 +12,15 @@ import contextlib
 import fcntl
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import orjson
 
 from shadow.exceptions import StackNotRunningError
-from shadow.settings import Settings
-from shadow.stack import kafka, procs, prometheus, redis
+from shadow.settings import Settings, redact_url
+from shadow.stack import kafka, procs, prometheus, redis, secure
 
 __all__ = ["Endpoints", "ServerStatus", "Stack", "resolve_endpoints", "resolve_kafka",
            "resolve_redis"]
@@ -32,11 +32,15 @@ SERVERS: tuple[ServerName, ...] = ("kafka", "redis", "prometheus")
 @dataclass(frozen=True)
 class Endpoints:
     kafka_bootstrap: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may carry a password: as_dict() and repr hide it
     prometheus_url: str | None
+    kafka_sasl_ssl: str | None = None
+    """The SASL_SSL listener of a secured local stack (SHADOW_STACK_SECURE)."""
+    credentials_dir: str | None = None
+    """Where a secured local stack keeps its CA, users and password files (mode 0600)."""
 
     def as_dict(self) -> dict[str, str | None]:
-        return asdict(self)
+        return {**asdict(self), "redis_url": redact_url(self.redis_url)}
 
 
 @dataclass(frozen=True)
@@ -122,14 +126,22 @@ class Stack:
 
     def _spawn(self, name: ServerName) -> dict:
         root = self.root / name
+        creds = secure.ensure(self.root / "secure") if self.settings.stack_secure else None
         if name == "kafka":
+            listener = (None if creds is None
+                        else kafka.SecureListener(procs.free_port(), creds))
             pid, port, cport = kafka.start(root, self.settings.cache_dir,
-                                           self.settings.kafka_version)
-            return {"pid": pid, "port": port, "controller_port": cport,
-                    "url": f"127.0.0.1:{port}", "log": str(kafka.KafkaLayout(root).log)}
+                                           self.settings.kafka_version, secure=listener)
+            rec = {"pid": pid, "port": port, "controller_port": cport,
+                   "url": f"127.0.0.1:{port}", "log": str(kafka.KafkaLayout(root).log)}
+            if listener is not None:
+                rec["sasl_ssl"] = f"127.0.0.1:{listener.port}"
+            return rec
         if name == "redis":
-            pid, port = redis.start(root)
-            return {"pid": pid, "port": port, "url": f"redis://127.0.0.1:{port}/0",
+            acl = None if creds is None else (creds.redis_user, creds.redis_password)
+            pid, port = redis.start(root, acl_user=acl)
+            auth = "" if acl is None else f"{acl[0]}:{acl[1]}@"
+            return {"pid": pid, "port": port, "url": f"redis://{auth}127.0.0.1:{port}/0",
                     "log": str(root / "redis.log")}
         pid, port = prometheus.start(root)
         prometheus.register_target(root, "prometheus", f"127.0.0.1:{port}")
@@ -150,7 +162,10 @@ class Stack:
                 "no Kafka: run `shadow stack up`, or set SHADOW_KAFKA_BOOTSTRAP")
         if redis_url is None:
             raise StackNotRunningError("no Redis: run `shadow stack up`, or set SHADOW_REDIS_URL")
-        return Endpoints(kafka_url, redis_url, url("prometheus"))
+        kafka_rec = state.get("kafka") or {}
+        secured = kafka_rec.get("sasl_ssl") if not self._external("kafka") else None
+        return Endpoints(kafka_url, redis_url, url("prometheus"), secured,
+                         str(self.root / "secure") if secured else None)
 
     @property
     def _state_file(self) -> Path:
@@ -165,6 +180,7 @@ class Stack:
     def _save(self, state: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
+        tmp.touch(mode=0o600)  # a secured stack's Redis URL carries its password
         tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
         tmp.rename(self._state_file)
 

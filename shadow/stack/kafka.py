@@ -17,6 +17,7 @@ from pathlib import Path
 
 from shadow.exceptions import ServerStartError
 from shadow.stack import procs
+from shadow.stack.secure import SCRAM_MECHANISM, Credentials
 
 READY_TIMEOUT_S = 90.0
 
@@ -80,16 +81,45 @@ def jars(cache_dir: Path, version: str, *, quiet: bool = True) -> Path:
     return libs
 
 
-def server_properties(layout: KafkaLayout, port: int, controller_port: int) -> str:
+@dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL listener (SCRAM over TLS) opened beside the plaintext one."""
+
+    port: int
+    credentials: Credentials
+
+
+def _secure_properties(secure: SecureListener) -> list[str]:
+    c = secure.credentials
+    prefix = "listener.name.sasl_ssl."
+    return [
+        f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+        f"{prefix}{SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        f"{prefix}ssl.keystore.type=PKCS12",
+        f"{prefix}ssl.keystore.location={c.keystore}",
+        f"{prefix}ssl.keystore.password={c.keystore_password}",
+        f"{prefix}ssl.key.password={c.keystore_password}",
+    ]
+
+
+def server_properties(layout: KafkaLayout, port: int, controller_port: int,
+                      secure: SecureListener | None = None) -> str:
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    if secure is not None:
+        listeners.append(f"SASL_SSL://127.0.0.1:{secure.port}")
+        protocols.append("SASL_SSL:SASL_SSL")
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners={','.join(listeners)}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={','.join(protocols)}",
+        *(_secure_properties(secure) if secure is not None else []),
         f"log.dirs={layout.data}",
         "num.partitions=1",
         # One node: every internal topic has a single replica.
@@ -133,10 +163,18 @@ def _java_cmd(libs: Path, layout: KafkaLayout, main: str, *args: str) -> list[st
     ]
 
 
+def _hide(text: str, secure: SecureListener | None) -> str:
+    if secure is None:
+        return text
+    return text.replace(secure.credentials.kafka_password, "***")
+
+
 def start(
-    root: Path, cache_dir: Path, version: str, port: int | None = None
+    root: Path, cache_dir: Path, version: str, port: int | None = None,
+    secure: SecureListener | None = None,
 ) -> tuple[int, int, int]:
-    """Format (on first start) and start the broker; returns (pid, port, controller port)."""
+    """Format (on first start) and start the broker; returns (pid, port, controller port).
+    With ``secure``, a SASL_SSL listener opens too and its SCRAM user is created."""
     libs = jars(cache_dir, version)
     layout = KafkaLayout(root)
     layout.logs.mkdir(parents=True, exist_ok=True)
@@ -144,16 +182,23 @@ def start(
     (layout.root / "log4j.properties").write_text(log4j)
     port = port or procs.free_port()
     controller_port = procs.free_port()
-    layout.config.write_text(server_properties(layout, port, controller_port))
+    layout.config.touch(mode=0o600)  # it holds the keystore's password when secured
+    layout.config.write_text(server_properties(layout, port, controller_port, secure))
     if not (layout.data / "meta.properties").exists():
         shutil.rmtree(layout.data, ignore_errors=True)
+        scram = [] if secure is None else [
+            "--add-scram", f"{SCRAM_MECHANISM}=[name={secure.credentials.kafka_user},"
+                           f"password={secure.credentials.kafka_password}]"]
         fmt = _java_cmd(libs, layout, "kafka.tools.StorageTool",
-                        "format", f"--cluster-id={cluster_id()}", "-c", str(layout.config))
+                        "format", f"--cluster-id={cluster_id()}", "-c", str(layout.config),
+                        *scram)
         result = subprocess.run(fmt, capture_output=True, text=True)
         if result.returncode != 0:
             raise ServerStartError("kafka", "formatting storage failed", layout.log,
-                                   (result.stdout + result.stderr)[-3000:])
+                                   _hide(result.stdout + result.stderr, secure)[-3000:])
     pid = procs.spawn(_java_cmd(libs, layout, "kafka.Kafka", str(layout.config)),
                       layout.stdout, cwd=layout.root)
-    procs.wait_ready("kafka", lambda: procs.port_open(port), pid, layout.log, READY_TIMEOUT_S)
+    ports = [port] if secure is None else [port, secure.port]
+    procs.wait_ready("kafka", lambda: all(procs.port_open(p) for p in ports), pid, layout.log,
+                     READY_TIMEOUT_S)
     return pid, port, controller_port

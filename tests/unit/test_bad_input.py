@@ -82,3 +82,35 @@ def test_drift_statistics_are_finite_and_bounded(ref: list[float], win: list[flo
     assert all(math.isfinite(v) for v in out.values())
     assert 0 <= out["js"] <= 1 + 1e-9 and 0 <= out["ks"] <= 1 + 1e-9
     assert out["psi"] >= 0 and out["wasserstein"] >= 0
+
+
+def test_no_pickle_on_any_event_or_model_path() -> None:
+    """Events are JSON (orjson/pydantic), Faust's topics and table use raw bytes or orjson,
+    and models load as TorchScript, torch.export or weights only: nothing unpickles."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offending = []
+    for package in ("producers", "consumers", "shadow", "schemas"):
+        for path in (root / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                    if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal",
+                                               "shelve") for n in names):
+                        offending.append(f"{path.name}:{node.lineno} imports pickle-like")
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "load"
+                        and getattr(node.func.value, "id", None) == "torch"
+                        and not any(k.arg == "weights_only" and getattr(k.value, "value", None)
+                                    is True for k in node.keywords)):
+                    offending.append(f"{path.name}:{node.lineno} torch.load without "
+                                     "weights_only=True")
+                if isinstance(node, ast.keyword) and node.arg in ("value_serializer",
+                                                                  "key_serializer"):
+                    value = getattr(node.value, "value", None)
+                    if value not in ("raw", "orjson", "json"):
+                        offending.append(f"{path.name}:{node.lineno} Faust serializer {value}")
+    assert not offending, offending
