@@ -260,15 +260,21 @@ def traffic(rate: float, duration: float, model: str, shift_at: float | None, di
 @click.option("--session-timeout-ms", type=click.IntRange(1000), default=10_000,
               show_default=True, help="How soon the group hands a dead worker's partitions "
                                       "to the others.")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="A model this candidate shadows (repeatable); requests of other models go "
+                   "to dead-letter as unknown. Default: every request.")
 def worker(candidate: str, candidate_id: str, weights: Path | None, card: Path | None,
            adapter: str | None, device: str, dtype: str, max_batch: int, max_wait_ms: float,
-           group: str | None, metrics_port: int | None, session_timeout_ms: int) -> None:
+           group: str | None, metrics_port: int | None, session_timeout_ms: int,
+           models: tuple[str, ...]) -> None:
     """Run a candidate model on mirrored requests and publish its answers.
 
     Consumes <prefix>.requests in its own consumer group (several candidates shadow the same
     traffic side by side; several workers of one candidate split the partitions) and writes
-    one ShadowOutput per request to <prefix>.outputs. Undecodable requests go to
-    <prefix>.deadletter. SIGTERM or Ctrl-C drains, delivers and commits, then exits.
+    one ShadowOutput per request to <prefix>.outputs. Undecodable requests, requests of a
+    model not given with --model, and inputs that do not fit the model's card go to
+    <prefix>.deadletter with the reason (the last are also answered with the error).
+    SIGTERM or Ctrl-C drains, delivers and commits, then exits.
     """
     from shadow.engine import InferenceEngine
     from shadow.models import load_candidate
@@ -281,7 +287,8 @@ def worker(candidate: str, candidate_id: str, weights: Path | None, card: Path |
     bootstrap = resolve_kafka(s)
     config = WorkerConfig(candidate_id=candidate_id, device=device, dtype=dtype,
                           max_batch=max_batch, max_wait_ms=max_wait_ms, group=group,
-                          metrics_port=metrics_port, session_timeout_ms=session_timeout_ms)
+                          metrics_port=metrics_port, session_timeout_ms=session_timeout_ms,
+                          models=models)
     engine = InferenceEngine(loaded, device=device, dtype=dtype, max_batch=max_batch)
     shadow_worker = ShadowWorker(s, bootstrap, config, engine)
     shadow_worker.install_signal_handlers()

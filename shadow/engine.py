@@ -30,7 +30,8 @@ from shadow.models import Candidate
 Dtype = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
                                   "fp16": torch.float16}
-ErrorKind = Literal["model", "non_finite", "oom"]
+ErrorKind = Literal["input", "model", "non_finite", "oom"]
+"""input: the row does not fit the model's declared interface (collate failed for it alone)."""
 
 
 class DeviceError(ShadowstreamError):
@@ -63,6 +64,7 @@ class Answer:
     output: dict[str, Any] | None
     error: str | None
     latency_ms: float
+    error_kind: ErrorKind | None = None
 
 
 class Observer(Protocol):
@@ -141,7 +143,7 @@ class InferenceEngine:
             return []
         t0 = time.perf_counter()
         if prepared.error is not None:
-            return self._recover(prepared.inputs, prepared.error, t0)
+            return self._recover(prepared.inputs, prepared.error, t0, "input")
         if prepared.tensors is None or n > self.max_batch:
             return self.infer(prepared.inputs)
         try:
@@ -209,20 +211,24 @@ class InferenceEngine:
         bad = n - sum(finite)
         if bad:
             self.observer.error("non_finite", bad)
-        return [Answer(doc, None, ms) if ok else Answer(None, "non-finite output (NaN or Inf)", ms)
+        return [Answer(doc, None, ms) if ok
+                else Answer(None, "non-finite output (NaN or Inf)", ms, "non_finite")
                 for doc, ok in zip(docs, finite, strict=True)]
 
     def _narrow(self, inputs: Sequence[Mapping[str, Any]]) -> list[Answer]:
         """Run a batch; when it raises, split it until the failing rows stand alone."""
         t0 = time.perf_counter()
         try:
-            result = self._forward(self.candidate.adapter.collate(inputs))
-            return self._answers(inputs, result, t0)
+            tensors = self.candidate.adapter.collate(inputs)
+        except Exception as exc:
+            return self._recover(inputs, exc, t0, "input")
+        try:
+            return self._answers(inputs, self._forward(tensors), t0)
         except Exception as exc:
             return self._recover(inputs, exc, t0)
 
     def _recover(self, inputs: Sequence[Mapping[str, Any]], exc: Exception,
-                 t0: float) -> list[Answer]:
+                 t0: float, stage: ErrorKind = "model") -> list[Answer]:
         """After a batch raised: smaller batches on OOM, else halves until the failing rows
         stand alone and get the error as their answer."""
         n = len(inputs)
@@ -231,10 +237,10 @@ class InferenceEngine:
             self._shrink(n)
             return self.infer(inputs)  # in chunks of the new, smaller size
         if n == 1:
-            kind: ErrorKind = "oom" if oom else "model"
+            kind: ErrorKind = "oom" if oom else stage
             self.observer.error(kind, 1)
             ms = (time.perf_counter() - t0) * 1000
-            return [Answer(None, f"{type(exc).__name__}: {exc}"[:1000], ms)]
+            return [Answer(None, f"{type(exc).__name__}: {exc}"[:1000], ms, kind)]
         half = n // 2
         return self._narrow(inputs[:half]) + self._narrow(inputs[half:])
 

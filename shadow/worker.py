@@ -64,6 +64,9 @@ class WorkerConfig(BaseModel):
     """A batch goes to the model when it is full or when this long has passed."""
     group: str | None = None
     """Consumer group; default ``<prefix>.shadow.<candidate_id>``, one per candidate."""
+    models: tuple[str, ...] = ()
+    """The models this candidate shadows; requests of any other model are dead-lettered as
+    unknown. Empty: every request on the topic."""
     commit_interval_s: float = Field(1.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
     """How soon the group notices a dead worker and hands its partitions to the others."""
@@ -157,6 +160,7 @@ class ShadowWorker:
         self.outputs_topic = settings.topic("outputs")
         self.deadletter_topic = settings.topic("deadletter")
         self.stats = WorkerStats()
+        self._models = frozenset(config.models)
         self._consumer: Consumer = clients.consumer(
             settings, bootstrap, config.group_id(settings),
             **{"enable.partition.eof": False, "fetch.wait.max.ms": 50,
@@ -251,7 +255,13 @@ class ShadowWorker:
             try:
                 request = decode(msg.value() or b"", MirroredRequest)
             except ContractError as exc:
-                self._dead_letter(msg, exc)
+                stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
+                self._dead_letter(msg, stage, str(exc), exc.path, "decode")
+                continue
+            if self._models and request.model not in self._models:
+                self._dead_letter(msg, "validate", f"unknown model {request.model!r} (this "
+                                  f"worker shadows {', '.join(sorted(self._models))})", "model",
+                                  "unknown_model")
                 continue
             batch.messages.append(msg)
             batch.requests.append(request)
@@ -272,6 +282,9 @@ class ShadowWorker:
         for msg, request, answer in zip(batch.messages, batch.requests, answers, strict=True):
             self._produce(produce, self.outputs_topic, output_record(request, cid, answer),
                           msg.key(), msg.partition())
+            if answer.error_kind == "input":  # answered with the error, and kept for a look
+                self._dead_letter(msg, "model", f"input does not fit the model: {answer.error}",
+                                  "inputs", None)
         n_err = sum(a.error is not None for a in answers)
         self.stats.answered += len(answers) - n_err
         self.stats.errors += n_err
@@ -290,12 +303,14 @@ class ShadowWorker:
             except BufferError:  # the producer's queue is full: let it drain, then retry
                 self._producer.poll(0.05)
 
-    def _dead_letter(self, msg: Message, exc: ContractError) -> None:
+    def _dead_letter(self, msg: Message, stage: str, reason: str, detail: str,
+                     error_kind: str | None) -> None:
+        """The request's original bytes to <prefix>.deadletter, with why. ``error_kind``:
+        the request gets no answer (counted as dead-lettered); None: it was answered."""
         value, key = msg.value() or b"", msg.key()
-        stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
         record = {
             "schema": DeadLetter.SCHEMA, "ts": time.time_ns() // 1_000_000, "stage": stage,
-            "reason": str(exc)[:256] or "invalid", "detail": exc.path,
+            "reason": reason[:256] or "invalid", "detail": detail,
             "source": {"topic": msg.topic(), "partition": msg.partition(),
                        "offset": msg.offset()},
             "value_b64": base64.b64encode(value).decode(),
@@ -304,9 +319,10 @@ class ShadowWorker:
             record["key_b64"] = base64.b64encode(key).decode()
             record["request_id"] = key.decode("utf-8", "replace")
         self._produce(self._producer.produce, self.deadletter_topic, orjson.dumps(record), key)
-        self.stats.dead_lettered += 1
-        self.metrics.events.labels(self.config.candidate_id, "deadletter").inc()
-        self.metrics.error("decode", 1)
+        if error_kind is not None:
+            self.stats.dead_lettered += 1
+            self.metrics.events.labels(self.config.candidate_id, "deadletter").inc()
+            self.metrics.error(error_kind, 1)
 
     # -- offsets -----------------------------------------------------------------------------
 

@@ -123,24 +123,41 @@ def test_poison_events_go_to_dead_letter_while_the_rest_flows(
         pipeline: Settings, stack: Endpoints) -> None:
     rows = _send(pipeline, stack.kafka_bootstrap, 100)
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    def request(rid: str, model: str, inputs: dict) -> bytes:
+        return orjson.dumps({"schema": "mirror.request/1", "request_id": rid, "model": model,
+                             "ts": 1, "inputs": inputs,
+                             "live": {"version": "v1", "latency_ms": 1}})
+
+    good_inputs = TrafficSpec(seed=5).event(0).inputs
     poison = [(b"p-1", b"\xff\xfe not json"),
-              (b"p-2", orjson.dumps({"schema": "mirror.request/1", "request_id": "p-2"}))]
+              (b"p-2", orjson.dumps({"schema": "mirror.request/1", "request_id": "p-2"})),
+              (b"p-3", request("p-3", "no-such-model", good_inputs)),
+              # Valid for the contract, but history has 2 values where the card wants 3.
+              (b"p-4", request("p-4", "fraud-scorer", {**good_inputs, "history": [0.1, 0.2]}))]
     for key, value in poison:
         producer.produce(pipeline.topic("requests"), value, key)
     producer.flush(10)
     rows += _send(pipeline, stack.kafka_bootstrap, 100, start=100)
     worker, thread = _start_worker(pipeline, stack.kafka_bootstrap,
                                    "producers.traffic:build_model", "cand-p",
-                                   lambda st: st.handled >= 202)
+                                   lambda st: st.handled >= 204, models=("fraud-scorer",))
     thread.join(60)
-    assert worker.stats.answered == 200 and worker.stats.dead_lettered == 2
-    assert len(_outputs(pipeline, stack.kafka_bootstrap, 200)) == 200
+    assert (worker.stats.answered, worker.stats.errors, worker.stats.dead_lettered) == (200, 1, 3)
+    outputs = _outputs(pipeline, stack.kafka_bootstrap, 201)
+    assert len(outputs) == 201
     dead = consume_all(lambda g: clients.consumer(pipeline, stack.kafka_bootstrap, g),
-                       pipeline.topic("deadletter"), 2, 30)
+                       pipeline.topic("deadletter"), 4, 30)
     records = {d.request_id: d for d in (decode(m.value(), DeadLetter) for m in dead)}
-    assert set(records) == {"p-1", "p-2"}
+    assert set(records) == {"p-1", "p-2", "p-3", "p-4"}
     assert records["p-1"].stage == "decode" and "malformed JSON" in records["p-1"].reason
     assert records["p-2"].stage == "validate" and "missing required field" in records["p-2"].reason
+    assert records["p-3"].stage == "validate" and "unknown model 'no-such-model'" in \
+        records["p-3"].reason
+    assert records["p-4"].stage == "model" and "history has 2 values, expected 3" in \
+        records["p-4"].reason
+    errors = {e.labels["kind"]: e.value for e in worker.registry.collect()
+              for e in e.samples if e.name == "shadow_worker_errors_total"}
+    assert errors == {"decode": 2, "unknown_model": 1, "input": 1}
     for key, value in poison:
         rec = records[key.decode()]
         assert base64.b64decode(rec.value_b64 or "") == value

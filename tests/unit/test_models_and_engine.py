@@ -136,7 +136,10 @@ def test_a_failing_batch_is_narrowed_to_its_bad_rows() -> None:
     expected = _own_answers(build_model(0), [rows[i] for i in good])
     for i, e in zip(good, expected, strict=True):
         assert answers[i].output is not None and _close(answers[i].output["value"], e)
-    assert ("model", 1) in errors and ("non_finite", 1) in errors
+    assert ("model", 1) in errors and ("non_finite", 1) in errors and ("input", 1) in errors
+    # The worker dead-letters inputs that do not fit the card, and only those.
+    assert [answers[i].error_kind for i in (3, 9, 12)] == ["model", "non_finite", "input"]
+    assert all(answers[i].error_kind is None for i in good)
 
 
 def test_out_of_memory_halves_the_batch_for_good() -> None:
