@@ -13,12 +13,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 COMPOSE_VERSION := v2.29.7
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap system venv kafka-jars compose-plugin demo test test-faults test-unit test-integration lint bench clean
+.PHONY: help bootstrap system venv kafka-jars compose-plugin demo test test-faults test-kafka4 test-unit test-integration lint bench clean
 
 help:
 	@echo "make demo   bring the stack up and run the pipeline (installs what it needs)"
 	@echo "make test   unit and integration tests against real Kafka, Redis and Prometheus"
 	@echo "make test-faults   the slow fault tests (broker restart, Redis down 30 s)"
+	@echo "make test-kafka4   the integration tests against a Kafka 4 broker"
 	@echo "make lint   ruff;  make bench  benchmarks;  make clean  stop the stack, drop the venv"
 
 bootstrap: system venv kafka-jars
@@ -59,6 +60,11 @@ demo: bootstrap
 
 test: bootstrap compose-plugin
 	$(PY) -m pytest tests/unit tests/integration -m "not faults" $(PYTEST_ARGS)
+
+# The integration tests against a Kafka 4 broker (log4j2 backend) instead of 3.9.1.
+KAFKA4_VERSION ?= 4.1.1
+test-kafka4: bootstrap compose-plugin
+	SHADOW_KAFKA_VERSION=$(KAFKA4_VERSION) $(PY) -m pytest tests/integration -m "not faults" $(PYTEST_ARGS)
 
 # The slow fault tests (broker restart, Redis down 30 s) through the whole pipeline.
 test-faults: bootstrap

@@ -49,6 +49,23 @@ class KafkaLayout:
         return self.logs / "stdout.log"
 
 
+# Kafka 4 moved its broker from log4j 1 (reload4j) to log4j2; the POM names neither binding.
+_RELOAD4J = (("org.slf4j", "slf4j-reload4j", "1.7.36"), ("ch.qos.reload4j", "reload4j", "1.2.25"))
+_LOG4J2 = (("org.slf4j", "slf4j-api", "2.0.16"),  # the broker's POM would pick 1.7, too old
+           ("org.apache.logging.log4j", "log4j-slf4j2-impl", "2.24.3"),
+           ("org.apache.logging.log4j", "log4j-core", "2.24.3"))
+
+
+def uses_log4j2(version: str) -> bool:
+    return int(version.split(".")[0]) >= 4
+
+
+def _logging_dependencies(version: str) -> str:
+    deps = _LOG4J2 if uses_log4j2(version) else _RELOAD4J
+    return "\n".join(f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+                     f"<version>{v}</version></dependency>" for g, a, v in deps)
+
+
 def jars(cache_dir: Path, version: str, *, quiet: bool = True) -> Path:
     """The folder of the broker's runtime jars, resolved with Maven on first use."""
     libs = cache_dir / "kafka" / version / "libs"
@@ -59,7 +76,8 @@ def jars(cache_dir: Path, version: str, *, quiet: bool = True) -> Path:
     work = cache_dir / "kafka" / version
     work.mkdir(parents=True, exist_ok=True)
     template = resources.files("shadow.stack").joinpath("kafka-pom.xml").read_text()
-    (work / "pom.xml").write_text(template.replace("@KAFKA_VERSION@", version))
+    (work / "pom.xml").write_text(template.replace("@KAFKA_VERSION@", version).replace(
+        "@LOGGING_DEPENDENCIES@", _logging_dependencies(version)))
     staging = work / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
@@ -151,12 +169,12 @@ def cluster_id() -> str:
 
 
 def _java_cmd(libs: Path, layout: KafkaLayout, main: str, *args: str) -> list[str]:
-    log4j = layout.root / "log4j.properties"
     return [
         procs.require("java"),
         "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
         "-Djava.awt.headless=true",
-        f"-Dlog4j.configuration=file:{log4j}",
+        f"-Dlog4j.configuration=file:{layout.root / 'log4j.properties'}",
+        f"-Dlog4j2.configurationFile={layout.root / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={layout.logs}",
         "-cp", f"{libs}/*",
         main, *args,
@@ -178,8 +196,9 @@ def start(
     libs = jars(cache_dir, version)
     layout = KafkaLayout(root)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    log4j = resources.files("shadow.stack").joinpath("kafka-log4j.properties").read_text()
-    (layout.root / "log4j.properties").write_text(log4j)
+    for name in ("log4j.properties", "log4j2.properties"):  # 3.x reads one, 4.x the other
+        text = resources.files("shadow.stack").joinpath(f"kafka-{name}").read_text()
+        (layout.root / name).write_text(text)
     port = port or procs.free_port()
     controller_port = procs.free_port()
     layout.config.touch(mode=0o600)  # it holds the keystore's password when secured
