@@ -159,8 +159,10 @@ def test_cli_up_json_then_down_leaves_no_process(tmp_path: Path) -> None:
     up = _shadow("stack", "up", "--prometheus", "--json", env=env)
     assert up.returncode == 0, up.stderr
     endpoints = json.loads(up.stdout)
-    assert set(endpoints) == {"kafka_bootstrap", "redis_url", "prometheus_url"}
-    assert all(endpoints.values())
+    assert set(endpoints) == {"kafka_bootstrap", "redis_url", "prometheus_url",
+                              "kafka_sasl_ssl", "credentials_dir"}
+    assert all(endpoints[k] for k in ("kafka_bootstrap", "redis_url", "prometheus_url"))
+    assert endpoints["kafka_sasl_ssl"] is None and endpoints["credentials_dir"] is None
 
     status = json.loads(_shadow("stack", "status", "--json", env=env).stdout)
     started = [s for s in status if s["state"] == "running"]
