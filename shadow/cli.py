@@ -184,12 +184,16 @@ def traffic(rate: float, duration: float, model: str, shift_at: float | None, di
     Each request is answered by the live model and published to <prefix>.requests through the
     mirror client, paced at --rate. Shows its rate while it runs.
     """
+    import torch
     from prometheus_client import CollectorRegistry
 
     from producers import Mirror, MirrorConfig
     from producers.traffic import TrafficService, TrafficSpec
     from shadow.stack import resolve_kafka
 
+    # One small request at a time: torch's thread pool would spin between requests and burn
+    # a core that the pipeline under test needs (a 150/s generator took 80 % of one).
+    torch.set_num_threads(1)
     s = _settings()
     bootstrap = resolve_kafka(s)
     extra = {k: v for k, v in s.confluent_config(bootstrap).items() if k != "bootstrap.servers"}
