@@ -362,8 +362,21 @@ class ShadowWorker:
                 f"{len(self._failed)} output(s) not delivered ({'; '.join(self._failed[:3])}), "
                 f"{left} still queued: stopping without committing, so that they are "
                 "processed again on restart")
-        self._consumer.commit(offsets=[TopicPartition(self.requests_topic, p, o)
-                                       for p, o in todo.items()], asynchronous=False)
+        try:
+            self._consumer.commit(offsets=[TopicPartition(self.requests_topic, p, o)
+                                           for p, o in todo.items()], asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal():
+                raise WorkerError(f"fatal Kafka error on commit: {err.str()}") from None
+            # The group moved on (a rebalance, a broker restarted and forgot this member) or
+            # the coordinator is away: the outputs are delivered, only their offsets are not
+            # committed. Retried at the next interval; if another worker takes the
+            # partitions first it answers those requests again, and the join drops the
+            # duplicates.
+            log.warning("commit failed, retried later: %s", err.str())
+            self.metrics.error("commit", len(todo))
+            return
         self.stats.committed.update(todo)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
