@@ -139,7 +139,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         return highwater is not None and highwater <= last_read + 1
 
     join_config = replace(config.join, partition_idle_s=config.idle_close_s,
-                          confirm_delivery=True)
+                          confirm_delivery=True, keep_unsent_alerts=bool(config.redis_url))
     core = JoinCore(join_config, _TableView(table), settings.topic("requests"),
                     settings.topic("outputs"), caught_up)
     clock = _Clock()
@@ -150,7 +150,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
         client = redis.Redis.from_url(config.redis_url, socket_timeout=1.0,
                                       socket_connect_timeout=1.0)
-        sink = RedisAlertSink(client, prefix)
+        sink = RedisAlertSink(client, prefix, on_done=core.alert_done)
 
     def send(outgoing: list[Outgoing]) -> None:
         alerts = []
@@ -179,6 +179,8 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         core.recover()
         core.assign([(tp.topic, tp.partition) for tp in app.consumer.assignment()
                      if tp.topic in inputs])
+        if sink is not None:  # alerts a crash may have kept from Redis; sent once per id
+            sink.publish(core.unsent_alerts())
 
     @app.agent(source, concurrency=1)
     async def join(stream: faust.StreamT) -> None:
@@ -193,8 +195,20 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         if sink is not None:
             sink.flush()  # alerts that waited for Redis
         idle_s = clock.idle_s()
-        if idle_s >= config.idle_close_s and core.windows:
+        if idle_s >= config.idle_close_s and core.windows and await read_to_the_end():
             send(core.close_idle(core.max_ts + int(idle_s * 1000)))
+
+    async def read_to_the_end() -> bool:
+        """Idle means nothing left to read, asked of the broker now. A broker that cannot be
+        reached (restarting) leaves the input silent, not idle: closing windows then would
+        turn the answers still to come into late events (a fault test caught that)."""
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        try:
+            ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout=2.0)
+        except Exception as exc:  # the broker is away: not idle
+            log.info("join: not closing idle windows, the broker does not answer (%s)", exc)
+            return False
+        return all(core.read_to(tp.topic, tp.partition, end) for tp, end in ends.items())
 
     registry = CollectorRegistry()
     registry.register(_JoinCollector(core, sink))

@@ -44,6 +44,7 @@ from consumers.drift import Profile
 from consumers.rules import RuleSet
 from consumers.windows import aggregate, output_features, request_features, window_start
 from schemas import (
+    Alert,
     ContractError,
     DeadLetter,
     DivergencePair,
@@ -60,6 +61,7 @@ log = logging.getLogger("shadowstream.join")
 
 META_KEY = "~meta:"  # + the input partition it is written from
 ALERTS_KEY = "~alerts:"  # + the input partition: the alert machines' states
+OUTBOX_KEY = "~outbox:"  # + the input partition: alerts not yet in their sink
 PROFILE_KEY = "~profile:"
 DEAD_KEY = "~dl:"
 
@@ -87,6 +89,9 @@ class JoinConfig:
     (the Faust app does; a plain caller's sends are synchronous)."""
     partition_idle_s: float = 5.0
     """A partition with no event for this long (wall clock) stops holding the watermark."""
+    keep_unsent_alerts: bool = False
+    """Keep alerts in the table until ``alert_done`` says they reached their sink, so that a
+    crash while the sink is down loses none (the Faust app with Redis does)."""
 
 
 @dataclass
@@ -156,6 +161,12 @@ class JoinCore:
         self.latest: dict[tuple[str, str], WindowSummary] = {}  # last closed, per pair
         self.alerts = AlertMachine(config.rules) if config.rules is not None else None
         self._partition = 0  # the partition of the event being handled
+        # Alerts not yet acknowledged by the sink: evaluated but not persisted (_fresh; a
+        # crash re-evaluates them from the persisted states), and persisted per partition
+        # with the states that produced them (_unsent; rewritten from that partition only).
+        self._fresh: dict[str, Alert] = {}
+        self._unsent: dict[int, dict[str, Any]] = defaultdict(dict)
+        self._outbox_dirty: set[int] = set()
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -163,12 +174,16 @@ class JoinCore:
         """Rebuild the in-memory indexes from the table (after a restart or a rebalance)."""
         self.windows.clear()
         self._doomed.clear()
+        self._unsent.clear()
         items = list(self.table.items())
         for key, meta in items:
             if key.startswith(META_KEY):  # one per partition; closing only moves forward
                 self.closed_before = max(self.closed_before, meta["closed_before"])
                 for tp, offset in meta["offsets"].items():
                     self.closed_offsets[tp] = max(offset, self.closed_offsets.get(tp, -1))
+            elif key.startswith(OUTBOX_KEY) and self.config.keep_unsent_alerts:
+                self._unsent[int(key.removeprefix(OUTBOX_KEY))] = {
+                    doc["alert_id"]: doc for doc in meta}
             elif key.startswith(ALERTS_KEY) and self.alerts is not None:
                 for rule_key, st in meta.items():  # the newest state of each rule wins
                     known = self.alerts.states.get(rule_key)
@@ -198,6 +213,8 @@ class JoinCore:
         the message already decoded by the caller (replay), which then is not done again."""
         out: list[Outgoing] = []
         self._partition = partition
+        if partition in self._outbox_dirty:
+            self._write_outbox()
         for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
             del self._emitted[start]
             self.forget(start, out)
@@ -436,6 +453,10 @@ class JoinCore:
                 del self._emitted[start]
                 self.forget(start, out)
 
+    def read_to(self, topic: str, partition: int, end: int) -> bool:
+        """Whether every message before offset ``end`` of that partition was handled."""
+        return self.positions.get(f"{topic}:{partition}", -1) + 1 >= end
+
     def close_idle(self, watermark: int) -> list[Outgoing]:
         """Emit the windows a watermark closes without writing the table (for a timer: the
         input is idle). They are forgotten when the next event is handled."""
@@ -486,6 +507,8 @@ class JoinCore:
                 self.latest[(summary.model, summary.candidate)] = summary
             if self.alerts is not None:
                 for alert in self.alerts.evaluate(summary, summary.ts):
+                    if self.config.keep_unsent_alerts:
+                        self._fresh[alert.alert_id] = alert
                     out.append(Outgoing("alerts", alert.alert_id.encode(), encode(alert),
                                         record=alert))
 
@@ -503,7 +526,38 @@ class JoinCore:
                                                       "offsets": self.closed_offsets}
         if self.alerts is not None:
             self.table[f"{ALERTS_KEY}{self._partition}"] = dict(self.alerts.states)
+        if self._fresh:  # persisted with the states that produced them
+            bucket = self._unsent[self._partition]
+            for alert_id, alert in self._fresh.items():
+                bucket[alert_id] = alert.model_dump(mode="json", by_alias=True)
+            self._fresh.clear()
+            self._write_outbox()
         self.stats.windows_closed += 1
+
+    # -- alerts on their way to the sink -------------------------------------------------------
+
+    def alert_done(self, alert_id: str) -> None:
+        """The sink has the alert (or gave up on it, counted): it need not be kept."""
+        self._fresh.pop(alert_id, None)
+        for partition, bucket in self._unsent.items():
+            if bucket.pop(alert_id, None) is not None:
+                self._outbox_dirty.add(partition)  # rewritten by that partition's next event
+
+    def unsent_alerts(self) -> list[Alert]:
+        """Alerts persisted before a restart that their sink may not have: to send again
+        (the sink delivers each alert id once)."""
+        docs = [d for bucket in self._unsent.values() for d in bucket.values()]
+        alerts = [Alert.model_validate(d) for d in docs]
+        return sorted(alerts, key=lambda a: (a.window_start, a.ts, a.alert_id))
+
+    def _write_outbox(self) -> None:
+        p = self._partition
+        self._outbox_dirty.discard(p)
+        bucket = self._unsent.get(p)
+        if bucket:
+            self.table[f"{OUTBOX_KEY}{p}"] = list(bucket.values())
+        else:
+            self.table.pop(f"{OUTBOX_KEY}{p}", None)
 
     # -- dead letters ------------------------------------------------------------------------
 

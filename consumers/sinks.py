@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -49,8 +49,12 @@ return 0
 class RedisAlertSink:
     def __init__(self, client: redis.Redis, prefix: str, *, stream_maxlen: int = 10_000,
                  outbox_max: int = 10_000, retry_s: float = 1.0,
-                 dedupe_ttl_s: int = 7 * 24 * 3600, exemplars_max: int = 1000) -> None:
+                 dedupe_ttl_s: int = 7 * 24 * 3600, exemplars_max: int = 1000,
+                 on_done: Callable[[str], None] | None = None) -> None:
+        """``on_done(alert_id)`` is told when an alert is in Redis (or was dropped from a
+        full outbox): the join then stops keeping it for a restart."""
         self.client = client
+        self.on_done = on_done
         self.prefix = prefix
         self.stream_maxlen = stream_maxlen
         self.retry_s = retry_s
@@ -76,8 +80,10 @@ class RedisAlertSink:
         """Queue alerts (in order) and try to deliver what waits."""
         for alert in alerts:
             if len(self.outbox) >= self.outbox_max:
-                self.outbox.popleft()
+                lost = self.outbox.popleft()
                 self.dropped += 1
+                if self.on_done is not None:
+                    self.on_done(lost.alert_id)
             self.outbox.append(alert)
         self.flush()
 
@@ -98,6 +104,8 @@ class RedisAlertSink:
                 return sent
             self.outbox.popleft()
             sent += 1
+            if self.on_done is not None:
+                self.on_done(alert.alert_id)
         return sent
 
     def _deliver(self, a: Alert) -> None:

@@ -4,8 +4,9 @@ test_worker.py and test_join.py and run in `make test`).
 
 A private Kafka and a private Redis (not the session's) carry the traffic generator's
 requests through a `shadow worker` and a `shadow join`, both subprocesses. Mid-stream the
-broker is killed with SIGKILL and started again on the same port and data, and Redis is
-stopped for 30 seconds while windows close and alerts fire. After the drain every window
+broker is killed with SIGKILL and started again on the same port and data; then Redis is
+stopped for 30 seconds while windows close and alerts fire, and the join is killed with
+SIGKILL while its alerts wait for Redis. After the drain every window
 must conserve its requests exactly and equal the ground truth, and each alert must be in
 Redis once: none lost, none repeated.
 """
@@ -119,7 +120,7 @@ def _wait(what: str, ok, timeout_s: float, logs: list[Path]) -> None:
         time.sleep(0.3)
 
 
-def test_broker_restart_and_redis_down_30s_lose_and_repeat_nothing(
+def test_broker_restart_redis_down_30s_and_join_killed_meanwhile_lose_and_repeat_nothing(
         settings: Settings, private: PrivateStack, tmp_path: Path,
         procs: list[subprocess.Popen]) -> None:
     s = settings.model_copy(update={"topic_prefix": f"faults{time.monotonic_ns() % 10**8}"})
@@ -131,10 +132,12 @@ def test_broker_restart_and_redis_down_30s_lose_and_repeat_nothing(
     procs.append(_spawn(["worker", "--candidate", "producers.traffic:build_model",
                          "--candidate-id", "c1", "--device", "cpu", "--max-wait-ms", "20",
                          "--session-timeout-ms", "6000"], env, worker_log))
-    procs.append(_spawn(["join", "--data-dir", str(tmp_path / "join"), "--web-port", str(port),
-                         "--window-s", str(WINDOW_MS / 1000), "--grace-s", "1",
-                         "--idle-close-s", "2", "--reference-size", "300",
-                         "--expect", "fraud-scorer=c1"], env, join_log))
+    # Idle close after 8 s: shorter than the broker's absence (kill, 5 s, restart), so a
+    # join that took a silent broker for an idle input would close windows early.
+    join_cmd = ["join", "--data-dir", str(tmp_path / "join"), "--web-port", str(port),
+                "--window-s", str(WINDOW_MS / 1000), "--grace-s", "1", "--idle-close-s", "8",
+                "--reference-size", "300", "--expect", "fraud-scorer=c1"]
+    procs.append(_spawn(join_cmd, env, join_log))
     spec = TrafficSpec(seed=0, disagree=0.1)
     t0 = first_window_start()
     third = N // 3
@@ -160,8 +163,18 @@ def test_broker_restart_and_redis_down_30s_lose_and_repeat_nothing(
     down_at = time.monotonic()
     send(s, private.bootstrap, spec, t0, 2 * third, N)
     poison(s, private.bootstrap, t0 + SPAN_MS - 1)
-    _wait("the alerts waiting in the outbox",
-          lambda: (metric(port, "shadow_alerts_outbox") or 0) >= 1, 120, logs)
+    # The second window is closed and recorded (its alert states persisted): its firing
+    # alert exists only in the outbox now, and would not be evaluated again.
+    _wait("the second window recorded closed and its alerts waiting",
+          lambda: (metric(port, "shadow_join_windows_closed_total") or 0) >= 2
+          and (metric(port, "shadow_alerts_outbox") or 0) >= 1, 120, logs)
+    # 3. And the join is killed while they wait: they were kept in its table, and the
+    #    restarted join sends them again once Redis is back.
+    procs[-1].send_signal(signal.SIGKILL)
+    procs[-1].wait(10)
+    procs.append(_spawn(join_cmd, env, join_log))
+    _wait("the restarted join", lambda: metric(port, "shadow_alerts_outbox") is not None,
+          120, logs)
     time.sleep(max(0.0, REDIS_DOWN_S - (time.monotonic() - down_at)))
     private.start_redis()
 
@@ -182,4 +195,5 @@ def test_broker_restart_and_redis_down_30s_lose_and_repeat_nothing(
     assert got == [("pending", min(truth)), ("firing", min(truth) + WINDOW_MS)]
     ids = [a.alert_id for a in alerts()]
     assert len(ids) == len(set(ids)), "an alert was written twice"
-    assert all(p.poll() is None for p in procs), "a process died during the faults"
+    worker, join = procs[0], procs[-1]
+    assert worker.poll() is None and join.poll() is None, "a process died during the faults"

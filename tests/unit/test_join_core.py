@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -337,6 +338,51 @@ def test_alerts_are_evaluated_on_delivered_windows_and_not_repeated_after_a_rest
     assert [a.alert_id for a in got] == [a.alert_id for a in expected]
 
 
+def test_alerts_the_sink_never_got_survive_a_crash_and_are_dropped_once_it_has_them() -> None:
+    """Kept in the table with the states that produced them, until the sink says so: a crash
+    while Redis is down loses none of them."""
+    from consumers.rules import Rule, RuleSet
+
+    rules = RuleSet((Rule("disagreement", "disagreement_rate", 0.05, for_windows=2,
+                          min_samples=50),))
+    config = JoinConfig(window_ms=WINDOW, grace_ms=2_000, reference_size=50, rules=rules,
+                        confirm_delivery=True, keep_unsent_alerts=True)
+
+    def drive(core: JoinCore, messages) -> list[Alert]:
+        alerts = []
+        for m in messages:
+            for o in core.handle(*m):
+                if o.role == "windows":
+                    core.delivered(o.window)
+                elif o.role == "alerts":
+                    alerts.append(o.record)
+        return alerts
+
+    log, _ = traffic(600, seed=4)
+    table: dict[str, Any] = {}
+    first = JoinCore(config, table, REQ, OUT)
+    sent = drive(first, log.messages)  # Redis is down: the sink never acknowledges them
+    assert [a.state for a in sent] == ["pending", "firing"]
+    assert any(k.startswith("~outbox:") for k in table)
+    # A crash: the next core finds them in the table, in order, as they were.
+    second = JoinCore(config, table, REQ, OUT)
+    second.recover()
+    assert second.unsent_alerts() == sent
+    # The sink has them now: each partition drops its own record on its next event.
+    for a in sent:
+        second.alert_done(a.alert_id)
+    for p in range(3):
+        second.handle(REQ, p, 10_000 + p, f"late-{p}".encode(), b"\x00not json")
+    assert not any(k.startswith("~outbox:") for k in table)
+    third = JoinCore(config, table, REQ, OUT)
+    third.recover()
+    assert third.unsent_alerts() == []
+    # Without the option (replay, or no Redis) nothing is kept.
+    plain = JoinCore(replace(config, keep_unsent_alerts=False), {}, REQ, OUT)
+    assert [a.state for a in drive(plain, log.messages)] == ["pending", "firing"]
+    assert not any(k.startswith("~outbox:") for k in plain.table)
+
+
 def test_a_dead_letter_keeps_its_own_key_while_closed_entries_are_deleted() -> None:
     log, _ = traffic(100)
     core = make_core()
@@ -345,3 +391,16 @@ def test_a_dead_letter_keeps_its_own_key_while_closed_entries_are_deleted() -> N
     (o,) = core.handle(REQ, 0, 10_000, b"garbage-key", b"\x00not json")
     dead = decode(o.value, DeadLetter)
     assert o.key == b"garbage-key" and dead.key_b64 == "Z2FyYmFnZS1rZXk="
+
+
+def test_read_to_says_whether_a_partition_was_read_to_a_given_end() -> None:
+    # The app closes idle windows only when the broker's ends say everything was read.
+    log, _ = traffic(30)
+    core = make_core()
+    run(core, log.messages)
+    ends: Counter[tuple[str, int]] = Counter()
+    for topic, partition, offset, _, _ in log.messages:
+        ends[(topic, partition)] = max(ends[(topic, partition)], offset + 1)
+    assert all(core.read_to(t, p, end) for (t, p), end in ends.items())
+    assert not core.read_to(REQ, 0, ends[(REQ, 0)] + 1)  # one more message is waiting
+    assert core.read_to(REQ, 7, 0) and not core.read_to(REQ, 7, 1)  # never read from
