@@ -26,7 +26,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench._common import machine
+from bench._common import TARGETS, machine, verdict
 from schemas import DivergencePair, decode
 from shadow import clients
 from shadow.settings import Settings
@@ -150,8 +150,10 @@ def main() -> None:
           f"join {max(x[4] for x in after)}")
     for name, i in (("worker", 1), ("join", 2)):
         growth = (last[i] - base[i]) / base[i]
-        print(f"{name} RSS {base[i]:.1f} -> {last[i]:.1f} MiB ({growth:+.1%}) "
-              f"{'MET' if abs(growth) <= 0.10 else 'MISSED'} (flat within 10 %)")
+        print(f"{name} RSS {base[i]:.1f} -> {last[i]:.1f} MiB")
+        print(verdict(f"{name} memory growth", abs(growth), TARGETS["soak"]["memory_growth_max"]))
+    if args.duration < TARGETS["soak"]["duration_s_min"]:
+        print(f"(a soak counts from {TARGETS['soak']['duration_s_min']} s of traffic)")
 
 
 if __name__ == "__main__":
