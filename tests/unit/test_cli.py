@@ -68,3 +68,26 @@ def test_a_model_that_cannot_load_is_one_line_naming_the_file(tmp_path: Path) ->
     line = result.output.strip()
     assert line.startswith("error: cannot load") and "broken.pt" in line
     assert "not a TorchScript archive" in line and "Traceback" not in result.output
+
+
+def test_worker_threads_must_be_positive_and_are_explained() -> None:
+    result = CliRunner().invoke(main, ["worker", "--candidate", "x", "--candidate-id", "x",
+                                       "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output
+    help_text = CliRunner().invoke(main, ["worker", "--help"]).output
+    assert "--threads" in help_text and "intra-op" in help_text
+
+
+def test_worker_threads_are_set_before_the_model_loads(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a zip archive")
+    try:
+        torch.set_num_threads(2)
+        result = CliRunner().invoke(main, ["worker", "--candidate", str(bad), "--candidate-id",
+                                           "x", "--device", "cpu", "--threads", "1"])
+        assert result.exit_code == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
