@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shadow.exceptions import ShadowstreamError
-from shadow.settings import Settings, redact_url
+from shadow.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -104,13 +104,11 @@ def stack_status(as_json: bool) -> None:
 
     rows = Stack(_settings()).status()
     if as_json:
-        _print_json([{**r.__dict__, "url": redact_url(r.url) if r.url else None}
-                     for r in rows])
+        _print_json([r.__dict__ for r in rows])
         return
     table = Table("server", "state", "url", "pid", "log")
     for r in rows:
-        table.add_row(r.name, r.state, redact_url(r.url) if r.url else "", str(r.pid or ""),
-                      r.log or "")
+        table.add_row(r.name, r.state, r.url or "", str(r.pid or ""), r.log or "")
     console.print(table)
 
 

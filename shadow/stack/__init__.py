@@ -45,6 +45,8 @@ class Endpoints:
 
 @dataclass(frozen=True)
 class ServerStatus:
+    """What ``shadow stack status`` shows: its URL has no password (see Endpoints for one)."""
+
     name: str
     state: Literal["running", "stopped", "dead", "external"]
     url: str | None = None
@@ -80,12 +82,13 @@ class Stack:
             ext = self._external(name)
             rec = state.get(name)
             if ext:
-                out.append(ServerStatus(name, "external", ext))
+                out.append(ServerStatus(name, "external", redact_url(ext)))
             elif rec is None:
                 out.append(ServerStatus(name, "stopped"))
             else:
                 st = "running" if self._running(rec) else "dead"
-                out.append(ServerStatus(name, st, rec["url"], rec["pid"], rec["log"]))
+                out.append(ServerStatus(name, st, redact_url(rec["url"]), rec["pid"],
+                                        rec["log"]))
         return out
 
     def down(self, only: Iterable[str] | None = None) -> list[str]:

@@ -97,3 +97,14 @@ def procs() -> Iterator[list[subprocess.Popen]]:
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+@pytest.fixture
+def pipeline(settings_factory: Callable[..., Settings], admin: AdminClient,
+             stack: Endpoints) -> Settings:
+    """Fresh topics of the whole pipeline (3 partitions each)."""
+    from shadow.topics import create_topics, topic_specs
+
+    s = settings_factory()
+    create_topics(admin, topic_specs(s))
+    return s

@@ -3,6 +3,9 @@ what each window must then say, and how to read what the join said."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -114,3 +117,24 @@ def poison(s: Settings, bootstrap: str, ts: int) -> None:
            "ts": ts, "live": {"version": "v1", "latency_ms": 1}}  # no inputs: invalid
     producer.produce(s.topic("requests"), orjson.dumps(doc), b"poison-1")
     producer.flush(10)
+
+
+def cli_env(s: Settings, bootstrap: str, redis_url: str) -> dict[str, str]:
+    """The environment of a `shadow` subprocess that works on this pipeline's topics."""
+    return {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": bootstrap, "SHADOW_REDIS_URL": redis_url,
+            "SHADOW_TOPIC_PREFIX": s.topic_prefix, "SHADOW_PARTITIONS": str(s.partitions),
+            "PYTHONPATH": str(REPO)}
+
+
+def spawn_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m shadow.cli ARGS`` in the background, its output appended to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "shadow.cli", *args], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def join_args(data_dir: Path, port: int, idle_close_s: float = 2) -> list[str]:
+    """`shadow join` over this module's windows, expecting candidate c1 of fraud-scorer."""
+    return ["join", "--data-dir", str(data_dir), "--web-port", str(port),
+            "--window-s", str(WINDOW_MS / 1000), "--grace-s", "1",
+            "--idle-close-s", str(idle_close_s), "--reference-size", "300",
+            "--expect", "fraud-scorer=c1"]

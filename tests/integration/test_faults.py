@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,16 +33,18 @@ from shadow.stack import procs as stack_procs
 from shadow.stack import redis as redis_server
 from shadow.topics import create_topics, topic_specs
 from tests.integration.groundtruth import (
-    REPO,
     SPAN_MS,
     WINDOW_MS,
     N,
     check_against_truth,
+    cli_env,
     first_window_start,
     ground_truth,
+    join_args,
     metric,
     poison,
     send,
+    spawn_cli,
     windows,
 )
 
@@ -100,17 +101,6 @@ def private(settings: Settings, tmp_path: Path) -> Iterator[PrivateStack]:
         stack.down()
 
 
-def _env(s: Settings, p: PrivateStack) -> dict[str, str]:
-    return {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": p.bootstrap, "SHADOW_REDIS_URL": p.redis_url,
-            "SHADOW_TOPIC_PREFIX": s.topic_prefix, "SHADOW_PARTITIONS": str(s.partitions),
-            "PYTHONPATH": str(REPO)}
-
-
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "shadow.cli", *cmd], env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
-
-
 def _wait(what: str, ok, timeout_s: float, logs: list[Path]) -> None:
     deadline = time.monotonic() + timeout_s
     while not ok():
@@ -125,19 +115,17 @@ def test_broker_restart_redis_down_30s_and_join_killed_meanwhile_lose_and_repeat
         procs: list[subprocess.Popen]) -> None:
     s = settings.model_copy(update={"topic_prefix": f"faults{time.monotonic_ns() % 10**8}"})
     create_topics(AdminClient({"bootstrap.servers": private.bootstrap}), topic_specs(s))
-    env = _env(s, private)
+    env = cli_env(s, private.bootstrap, private.redis_url)
     worker_log, join_log = tmp_path / "worker.log", tmp_path / "join.log"
     logs = [worker_log, join_log]
     port = stack_procs.free_port()
-    procs.append(_spawn(["worker", "--candidate", "producers.traffic:build_model",
+    procs.append(spawn_cli(["worker", "--candidate", "producers.traffic:build_model",
                          "--candidate-id", "c1", "--device", "cpu", "--max-wait-ms", "20",
                          "--session-timeout-ms", "6000"], env, worker_log))
     # Idle close after 8 s: shorter than the broker's absence (kill, 5 s, restart), so a
     # join that took a silent broker for an idle input would close windows early.
-    join_cmd = ["join", "--data-dir", str(tmp_path / "join"), "--web-port", str(port),
-                "--window-s", str(WINDOW_MS / 1000), "--grace-s", "1", "--idle-close-s", "8",
-                "--reference-size", "300", "--expect", "fraud-scorer=c1"]
-    procs.append(_spawn(join_cmd, env, join_log))
+    join_cmd = join_args(tmp_path / "join", port, idle_close_s=8)
+    procs.append(spawn_cli(join_cmd, env, join_log))
     spec = TrafficSpec(seed=0, disagree=0.1)
     t0 = first_window_start()
     third = N // 3
@@ -172,7 +160,7 @@ def test_broker_restart_redis_down_30s_and_join_killed_meanwhile_lose_and_repeat
     #    restarted join sends them again once Redis is back.
     procs[-1].send_signal(signal.SIGKILL)
     procs[-1].wait(10)
-    procs.append(_spawn(join_cmd, env, join_log))
+    procs.append(spawn_cli(join_cmd, env, join_log))
     _wait("the restarted join", lambda: metric(port, "shadow_alerts_outbox") is not None,
           120, logs)
     time.sleep(max(0.0, REDIS_DOWN_S - (time.monotonic() - down_at)))

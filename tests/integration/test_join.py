@@ -8,12 +8,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pytest
-from confluent_kafka.admin import AdminClient
 
 from producers.traffic import TrafficSpec
 from schemas import Alert, DivergencePair, WindowSummary, decode
@@ -24,7 +21,6 @@ from shadow.settings import Settings
 from shadow.stack import Endpoints, prometheus_root
 from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
-from shadow.topics import create_topics, topic_specs
 from shadow.worker import ShadowWorker, WorkerConfig
 from tests.helpers import consume_all
 from tests.integration.groundtruth import (
@@ -33,21 +29,16 @@ from tests.integration.groundtruth import (
     WINDOW_MS,
     N,
     check_against_truth,
+    cli_env,
     first_window_start,
     ground_truth,
+    join_args,
     metric,
     poison,
     send,
+    spawn_cli,
     windows,
 )
-
-
-@pytest.fixture
-def pipeline(settings_factory: Callable[..., Settings], admin: AdminClient,
-             stack: Endpoints) -> Settings:
-    s = settings_factory()
-    create_topics(admin, topic_specs(s))
-    return s
 
 
 def _worker(s: Settings, bootstrap: str, until: int) -> ShadowWorker:
@@ -59,15 +50,8 @@ def _worker(s: Settings, bootstrap: str, until: int) -> ShadowWorker:
 
 
 def _join(s: Settings, stack: Endpoints, tmp: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-           "SHADOW_REDIS_URL": stack.redis_url,
-           "SHADOW_TOPIC_PREFIX": s.topic_prefix, "SHADOW_PARTITIONS": str(s.partitions),
-           "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(tmp / "join"),
-           "--web-port", str(port), "--window-s", str(WINDOW_MS / 1000), "--grace-s", "1",
-           "--idle-close-s", "2", "--reference-size", "300", "--expect", "fraud-scorer=c1"]
-    return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            cwd=REPO)
+    return spawn_cli(join_args(tmp / "join", port),
+                     cli_env(s, stack.kafka_bootstrap, stack.redis_url), log)
 
 
 def _same_as_replay(s: Settings, stack: Endpoints, tmp: Path,

@@ -15,10 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pytest
 import torch
 from confluent_kafka import Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
@@ -31,20 +29,10 @@ from shadow.models import load_candidate
 from shadow.settings import Settings
 from shadow.stack import Endpoints
 from shadow.stack.procs import free_port
-from shadow.topics import create_topics, topic_specs
 from shadow.worker import ShadowWorker, WorkerConfig, WorkerStats
 from tests.helpers import consume_all, murmur2_partition
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def pipeline(settings_factory: Callable[..., Settings], admin: AdminClient,
-             stack: Endpoints) -> Settings:
-    """Fresh topics of the whole pipeline (3 partitions each)."""
-    s = settings_factory()
-    create_topics(admin, topic_specs(s))
-    return s
 
 
 def _send(s: Settings, bootstrap: str, n: int, seed: int = 5, start: int = 0,
