@@ -45,8 +45,10 @@ from prometheus_client.registry import Collector
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.sinks import RedisAlertSink
+from schemas import ShadowstreamError
+from schemas.topics import JOIN_TABLE, join_app_id
 
-__all__ = ["JoinAppConfig", "build_app", "run_app"]
+__all__ = ["JoinAppConfig", "JoinStopped", "build_app", "run_app"]
 
 log = logging.getLogger("shadowstream.join")
 
@@ -68,6 +70,9 @@ codecs.register("orjson", _OrjsonCodec())
 class JoinAppConfig:
     join: JoinConfig
     data_dir: Path
+    partitions: int
+    """Partitions of the input topics (read from the broker): the table and its changelog
+    must have as many, or Faust refuses every write."""
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     idle_close_s: float = 5.0
@@ -91,8 +96,9 @@ def default_store() -> str:
 def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[faust.App, JoinCore]:
     """The Faust app and the core it drives (``settings`` is ``shadow.settings.Settings``)."""
     prefix = settings.topic_prefix
+    supervisor = _Supervisor()
     app = faust.App(
-        f"{prefix}-join",
+        join_app_id(prefix),
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
         broker_credentials=_credentials(settings),
         store=config.store or default_store(),
@@ -101,7 +107,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         web_port=config.web_port,
         web_host=config.web_host,
         web_bind=config.web_host,
-        topic_partitions=settings.partitions,
+        topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
         topic_allow_declare=True,
         processing_guarantee="at_least_once",
@@ -129,7 +135,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     # grow for many minutes (a soak saw +19 % in five); the table only ever holds a window
     # and its grace of entries, so small buffers and cache bound its memory.
     rocks = str(app.conf.store).startswith("rocksdb")
-    table = app.Table("entries", partitions=settings.partitions,
+    table = app.Table(JOIN_TABLE, partitions=config.partitions,
                       schema=faust.Schema(key_serializer="orjson", value_serializer="orjson"),
                       options=ROCKSDB_OPTIONS if rocks else None)
     def caught_up(topic: str, partition: int, last_read: int) -> bool:
@@ -184,10 +190,13 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
     @app.agent(source, concurrency=1)
     async def join(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            clock.touch()
-            send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+        try:
+            async for event in stream.events():
+                msg = event.message
+                clock.touch()
+                send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+        except Exception as exc:  # Faust would restart the agent into the same error for ever
+            supervisor.fail(f"{type(exc).__name__}: {exc}")
 
     @app.timer(interval=1.0)
     async def idle_close() -> None:
@@ -219,6 +228,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     app.shadow_registry = registry  # type: ignore[attr-defined]
+    app.shadow_supervisor = supervisor  # type: ignore[attr-defined]
     _ = (join, idle_close, recovered, metrics)
     return app, core
 
@@ -294,6 +304,9 @@ class _JoinCollector(Collector):
                                   value=s.dead_lettered)
         yield CounterMetricFamily("shadow_join_windows_closed", "Windows closed",
                                   value=s.windows_closed)
+        yield CounterMetricFamily("shadow_join_undefined_statistics",
+                                  "Window statistics that could not be computed (left out of "
+                                  "the summary, never NaN)", value=s.undefined_statistics)
         unmatched = CounterMetricFamily("shadow_join_unmatched",
                                         "Requests unmatched in closed windows, by missing side",
                                         labels=["side"])
@@ -385,9 +398,46 @@ def _credentials(settings: Any) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
-def run_app(app: faust.App, loglevel: str = "WARNING") -> None:
-    """Run until SIGTERM/SIGINT; Faust then stops the agent, flushes and commits."""
+class JoinStopped(ShadowstreamError):
+    """The join cannot go on (its agent failed, Faust crashed): the process stops, saying why,
+    instead of restarting into the same error."""
+
+
+class _Supervisor:
+    """Stops the whole worker with a reason the first time the join fails."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.worker: faust.Worker | None = None
+        self._stopping: asyncio.Future[Any] | None = None
+
+    def fail(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            log.error("join: stopping: %s", reason)
+        if self.worker is not None and self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.worker.stop())
+
+
+def run_app(app: faust.App, verbose: bool = False) -> None:
+    """Run until SIGTERM/SIGINT; Faust then stops the agent, flushes and commits. Raises
+    JoinStopped, with the reason in one line, when the join stops on its own."""
     # Faust's worker sets up its own event loop and signal handlers.
     asyncio.set_event_loop(asyncio.new_event_loop())
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    supervisor: _Supervisor = app.shadow_supervisor  # type: ignore[attr-defined]
+    # Faust's and mode's own lines (timers late, rebalances, a crash's traceback) with -v;
+    # the join's own (shadowstream.join) always, at its level.
+    worker = faust.Worker(app, loglevel="INFO" if verbose else "CRITICAL", quiet=True,
+                          redirect_stdouts=False)
+    worker.spinner = None  # its cursor moves end up as escapes in logs
+    supervisor.worker = worker
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if supervisor.reason is not None:
+            raise JoinStopped(f"the join stopped: {supervisor.reason}") from None
+        if exc.code not in (0, None):
+            crash = worker.crash_reason
+            why = f"{type(crash).__name__}: {crash}" if crash else f"exit status {exc.code}"
+            raise JoinStopped(f"the join stopped: {why}") from None
+        raise

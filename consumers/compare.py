@@ -29,8 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from schemas import ShadowstreamError
+from schemas.exceptions import ConfigError, refuse_unknown
 
-__all__ = ["Comparison", "ComparisonError", "Tolerance", "Tolerances", "compare", "rbo"]
+__all__ = ["METRICS", "Comparison", "ComparisonError", "Tolerance", "Tolerances", "compare",
+           "rbo"]
+
+METRICS = ("abs_error", "rel_error", "mean_abs_error", "top1_agree", "js_divergence",
+           "total_variation", "confidence_delta", "topk_overlap", "rbo", "cosine_distance")
+"""Every per-request metric a comparator names (a window has ``divergence.mean_<metric>``)."""
 
 _EPS = 1e-12
 
@@ -81,26 +87,32 @@ class Tolerances:
     def from_file(cls, path: Path) -> Tolerances:
         try:
             doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(path), exc.strerror or str(exc)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not TOML: {exc}") from None
         return cls.from_dict(doc, source=str(path))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "tolerances") -> Tolerances:
-        default = _tolerance(Tolerance(), doc.get("default", {}), f"{source} [default]")
-        models = {name: _tolerance(default, table, f"{source} [models.{name}]")
-                  for name, table in doc.get("models", {}).items()}
-        return cls(default, models)
+        refuse_unknown(source, doc, ("default", "models"))
+        default = _tolerance(Tolerance(), doc.get("default", {}), source, "[default]")
+        models = doc.get("models", {})
+        if not isinstance(models, Mapping):
+            raise ConfigError(source, "must be a table of [models.NAME]", key="models")
+        return cls(default, {name: _tolerance(default, table, source, f"[models.{name}]")
+                             for name, table in models.items()})
 
 
-def _tolerance(base: Tolerance, table: Mapping[str, Any], where: str) -> Tolerance:
-    known = {f.name for f in fields(Tolerance)}
-    unknown = set(table) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+def _tolerance(base: Tolerance, table: Any, source: str, where: str) -> Tolerance:
+    if not isinstance(table, Mapping):
+        raise ConfigError(source, "must be a table", key=where)
+    refuse_unknown(source, table, (f.name for f in fields(Tolerance)), where=where)
     for key, value in table.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{where}: {key} must be a non-negative number, got {value!r}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 \
+                or not math.isfinite(value):
+            raise ConfigError(source, f"must be a non-negative number, got {value!r}",
+                              key=f"{where} {key}")
     return replace(base, **table)
 
 
@@ -127,6 +139,8 @@ def compare(live: Mapping[str, Any], candidate: Mapping[str, Any],
         a, b = [a], [b]
     elif len(a) != len(b):
         raise ComparisonError(f"{kind} lengths differ: live {len(a)}, candidate {len(b)}")
+    if kind == "probs":
+        b = _as_live_labels(live.get("labels"), candidate.get("labels"), b)
     # Plain Python on purpose: outputs are short, and numpy's per-call cost would dominate.
     if not all(map(math.isfinite, a)) or not all(map(math.isfinite, b)):
         raise ComparisonError("non-finite value in an output")
@@ -164,14 +178,31 @@ def _probs(a: list[float], b: list[float], tol: Tolerance, *_: Any) -> Compariso
     return Comparison("probs", js, disagree, metrics)
 
 
+def _as_live_labels(live: Sequence[str] | None, cand: Sequence[str] | None,
+                   values: list[float]) -> list[float]:
+    """The candidate's probabilities in the live answer's class order. With labels on both
+    sides the classes are matched by label; with labels on one side only (a model card with
+    ``labels`` against a service that answers bare probabilities) they are matched by index,
+    as the numbers are all the live side gives."""
+    if not live or not cand or list(live) == list(cand):
+        return values
+    if sorted(live) != sorted(cand) or len(set(cand)) != len(cand):
+        raise ComparisonError(f"labels differ: live {list(live)}, candidate {list(cand)}")
+    where = {label: i for i, label in enumerate(cand)}
+    return [values[where[label]] for label in live]
+
+
 def _argmax(v: list[float]) -> int:
     return max(range(len(v)), key=v.__getitem__)  # the first of equal maxima, like numpy
 
 
 def _scores(a: list[float], b: list[float], tol: Tolerance, live: Mapping[str, Any],
             cand: Mapping[str, Any]) -> Comparison:
-    items_a = live.get("items") or range(len(a))
-    items_b = cand.get("items") or range(len(b))
+    # Item ids when both sides have them; else both by position (ids against positions
+    # would never agree).
+    both = bool(live.get("items")) and bool(cand.get("items"))
+    items_a = live["items"] if both else range(len(a))
+    items_b = cand["items"] if both else range(len(b))
     # Stable sort: ties keep index order on both sides, so equal scores rank equally.
     rank_a = [items_a[i] for i in sorted(range(len(a)), key=lambda i: -a[i])]
     rank_b = [items_b[i] for i in sorted(range(len(b)), key=lambda i: -b[i])]

@@ -35,8 +35,12 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["OTHER", "FeatureProfile", "Histogram", "Profile", "deciles", "drift", "features_of",
-           "psi"]
+STATISTICS = ("n", "js", "psi", "ks", "ks_bound", "wasserstein", "wasserstein_bound", "chi2",
+              "chi2_p")
+"""What ``drift`` may give for a feature (a rule's ``drift.<feature>.<stat>``)."""
+
+__all__ = ["OTHER", "STATISTICS", "FeatureProfile", "Histogram", "Profile", "deciles", "drift",
+           "features_of", "psi"]
 
 OTHER = "__other__"
 PSI_FLOOR = 1e-4
@@ -225,8 +229,11 @@ class Profile:
         return cls({f.name: f for f in feats}, doc.get("source", ""))
 
 
-def drift(reference: Histogram, window: Histogram) -> dict[str, float]:
-    """All statistics of one feature; empty when either side has no data."""
+def drift(reference: Histogram, window: Histogram,
+          undefined: list[str] | None = None) -> dict[str, float]:
+    """All statistics of one feature; empty when either side has no data. A statistic that
+    cannot be computed on these histograms is left out (never NaN) and its name appended to
+    ``undefined``."""
     n_ref, n_win = reference.total, window.total
     if n_ref == 0 or n_win == 0:
         return {}
@@ -245,11 +252,19 @@ def drift(reference: Histogram, window: Histogram) -> dict[str, float]:
         seen = expected > 0
         # Categories the reference never had cannot be tested by chi-square: they are pooled
         # in OTHER by the binning and show up in JS instead.
-        if seen.sum() >= 2:
-            obs = np.asarray(window.counts, float)[seen]
+        obs = np.asarray(window.counts, float)[seen]
+        if seen.sum() >= 2 and obs.sum() > 0:
             exp = expected[seen] * obs.sum() / expected[seen].sum()
             res = sps.chisquare(obs, exp)
             out["chi2"], out["chi2_p"] = float(res.statistic), float(res.pvalue)
+        elif seen.sum() >= 2 and undefined is not None:
+            # Every value of the window is one the reference never had: no test possible.
+            undefined += ["chi2", "chi2_p"]
+    bad = [k for k, v in out.items() if not math.isfinite(v)]
+    for k in bad:
+        del out[k]
+    if undefined is not None:
+        undefined += bad
     return out
 
 

@@ -42,7 +42,13 @@ from consumers.alerting import AlertMachine
 from consumers.compare import ComparisonError, Tolerances, compare
 from consumers.drift import Profile
 from consumers.rules import RuleSet
-from consumers.windows import aggregate, output_features, request_features, window_start
+from consumers.windows import (
+    aggregate,
+    output_features,
+    request_features,
+    top1_as_live,
+    window_start,
+)
 from schemas import (
     Alert,
     ContractError,
@@ -104,6 +110,8 @@ class JoinStats:
     late: int = 0
     dead_lettered: int = 0
     windows_closed: int = 0
+    undefined_statistics: int = 0
+    """Statistics of closed windows that could not be computed (left out, never NaN)."""
     unmatched: dict[str, int] = field(default_factory=lambda: {"live": 0, "shadow": 0})
 
 
@@ -369,6 +377,9 @@ class JoinCore:
                     entry["m"], detail=f"candidate {cand}"))
                 return
             answer["r"] = {"k": c.kind, "s": c.score, "d": c.disagree, "m": c.metrics}
+            top1 = top1_as_live(live["o"], cand_output)
+            if top1 is not None and "candidate.top1" in answer.get("f", {}):
+                answer["f"]["candidate.top1"] = top1  # judged in the live answer's terms
         else:
             answer["r"] = None  # an error on either side: a pair, not a comparison
         self.stats.pairs += 1
@@ -485,6 +496,7 @@ class JoinCore:
         for summary in summaries:
             out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
                                 encode(summary), start, summary))
+            self.stats.undefined_statistics += summary.undefined_statistics
             if summary.segment is None:
                 self.stats.unmatched["live"] += summary.unmatched_live
                 self.stats.unmatched["shadow"] += summary.unmatched_shadow
@@ -601,7 +613,7 @@ class JoinCore:
             doc["key_b64"] = base64.b64encode(key).decode()
         if data is not None:
             doc["value_b64"] = base64.b64encode(data).decode()
-        return Outgoing("deadletter", key, orjson.dumps(doc))
+        return Outgoing("deadletter", key, orjson.dumps(doc), record=doc)
 
 
 def _envelope(data: bytes) -> dict[str, Any]:

@@ -38,7 +38,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas import ShadowstreamError, WindowSummary
+from consumers.compare import METRICS
+from consumers.drift import STATISTICS
+from consumers.windows import QUANTILES
+from schemas import WindowSummary
+from schemas.exceptions import ConfigError, closest, refuse_unknown
+from schemas.records import LatencySummary
 
 __all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "metric_value"]
 
@@ -52,12 +57,12 @@ _NUMBERS = ("requests", "pairs", "unmatched_live", "unmatched_shadow", "dead_let
             "candidate_errors", "coverage", "disagreement_rate")
 
 
-class RuleError(ShadowstreamError):
-    """A rules file that cannot be used; says which rule and why."""
+class RuleError(ConfigError):
+    """A rules file that cannot be used; says which file, which rule and why."""
 
-    def __init__(self, rule: str, reason: str) -> None:
-        super().__init__(f"rule {rule!r}: {reason}")
-        self.rule, self.reason = rule, reason
+    def __init__(self, rule: str, reason: str, source: str = "rules", hint: str = "") -> None:
+        super().__init__(source, reason, key=f"rule {rule!r}", hint=hint)
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -124,16 +129,28 @@ class Rule:
 
 
 def _check_metric(rule: str, metric: str) -> None:
+    """Refuse a metric no window will ever have (a misspelt one would never fire)."""
     if metric in _NUMBERS or metric in _DERIVED:
         return
     head, _, rest = metric.partition(".")
-    if head in ("divergence", "latency") and rest:
-        return
-    if head == "drift" and rest.count(".") >= 1:
-        return
-    raise RuleError(rule, f"unknown metric {metric!r} (a WindowSummary number, "
-                          f"divergence.<q>, latency.<name>, drift.<feature>.<stat>, "
-                          f"drift.*.<stat> or one of {list(_DERIVED)})")
+    names: tuple[str, ...]
+    if head == "divergence":
+        names, name = (*QUANTILES, "max", "mean", *(f"mean_{m}" for m in METRICS)), rest
+    elif head == "latency":
+        names, name = tuple(LatencySummary.model_fields), rest
+    elif head == "drift" and "." in rest:
+        names, name = STATISTICS, rest.rpartition(".")[2]
+    else:
+        hint = closest(metric, (*_NUMBERS, *_DERIVED))
+        raise RuleError(rule, f"unknown metric {metric!r} (a WindowSummary number, "
+                              f"divergence.<q>, latency.<name>, drift.<feature>.<stat>, "
+                              f"drift.*.<stat> or one of {list(_DERIVED)})"
+                              + (f"; did you mean {hint!r}?" if hint else ""))
+    if name not in names:
+        hint = closest(name, names)
+        tip = f"; did you mean {metric[:len(metric) - len(name)] + hint!r}?" if hint else ""
+        raise RuleError(rule, f"unknown metric {metric!r}: {head} has no {name!r} "
+                              f"(known: {', '.join(names)}){tip}")
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -182,40 +199,64 @@ class RuleSet:
     def from_file(cls, path: Path) -> RuleSet:
         try:
             doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise RuleError(str(path), str(exc)) from None
-        return cls.from_dict(doc)
+        except OSError as exc:
+            raise ConfigError(str(path), exc.strerror or str(exc)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not TOML: {exc}") from None
+        return cls.from_dict(doc, source=str(path))
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> RuleSet:
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "rules") -> RuleSet:
         """``rules`` replace the shipped defaults of the same name and add others;
         ``overrides`` change fields of a rule for a model and/or candidate."""
+        refuse_unknown(source, doc, ("rules", "overrides"))
         known = {f.name for f in fields(Rule)}
         by_name = {r.name: r for r in DEFAULT_RULES}
         for i, table in enumerate(doc.get("rules", [])):
             name = table.get("name") or f"rules[{i}]"
-            unknown = set(table) - known
-            if unknown:
-                raise RuleError(name, f"unknown keys {sorted(unknown)}")
+            _refuse_keys(name, table, known, source)
             try:
                 by_name[name] = Rule(**table)
             except TypeError as exc:  # a required key is missing
-                raise RuleError(name, str(exc).split(") ", 1)[-1]) from None
+                raise RuleError(name, str(exc).split(") ", 1)[-1], source) from None
+            except RuleError as exc:
+                raise RuleError(name, exc.reason, source, exc.hint) from None
         overrides = []
+        settable = known - {"name", "metric"}
         for o in doc.get("overrides", []):
             name = o.get("rule")
             if name not in by_name:
-                raise RuleError(str(name), "override of an unknown rule")
+                raise RuleError(str(name), "override of an unknown rule", source,
+                                closest(str(name), by_name))
+            _refuse_keys(name, o, settable | {"rule", "model", "candidate"}, source)
             changes = {k: v for k, v in o.items() if k not in ("rule", "model", "candidate")}
-            bad = set(changes) - (known - {"name", "metric"})
-            if bad:
-                raise RuleError(name, f"an override cannot set {sorted(bad)}")
+            changes = _keep_hysteresis(by_name[name], changes)
             try:
                 replace(by_name[name], **changes)  # refuse a bad override at load time
-            except TypeError as exc:
-                raise RuleError(name, str(exc)) from None
+            except (TypeError, RuleError) as exc:
+                raise RuleError(name, getattr(exc, "reason", str(exc)), source) from None
             overrides.append(_Override(name, o.get("model"), o.get("candidate"), changes))
         return cls(tuple(by_name.values()), tuple(overrides))
+
+
+def _refuse_keys(rule: str, table: Mapping[str, Any], known: set[str], source: str) -> None:
+    for key in table:
+        if key not in known:
+            raise RuleError(rule, f"unknown key {key!r}", source, closest(key, known))
+
+
+def _keep_hysteresis(rule: Rule, changes: dict[str, Any]) -> dict[str, Any]:
+    """An override that moves the threshold alone moves the clear threshold with it, in
+    proportion (``threshold = 0.02`` on a rule of 0.05 clearing at 0.03 clears at 0.012):
+    the rule's hysteresis stays what it was, and the override needs no second number."""
+    new = changes.get("threshold")
+    if new is None or "clear_threshold" in changes or rule.clear_threshold is None:
+        return changes
+    if not isinstance(new, int | float) or isinstance(new, bool):
+        return changes  # refused, with its reason, by the rule's own checks
+    old = rule.threshold
+    ratio = rule.clear_threshold / old if old else 1.0
+    return {**changes, "clear_threshold": new * ratio}
 
 
 def metric_value(summary: WindowSummary, metric: str) -> float | None:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from scipy import stats as sps
 
 from schemas import ShadowstreamError
+from schemas.exceptions import ConfigError, closest, refuse_unknown
 
 __all__ = ["DEFAULT_METRICS", "JudgeConfig", "MetricCheck", "Verdict", "judge"]
 
@@ -76,8 +77,10 @@ class MetricCheck:
 
     def __post_init__(self) -> None:
         if self.metric not in SOURCES:
+            hint = closest(self.metric, SOURCES)
             raise ShadowstreamError(f"verdict metric {self.metric!r} unknown "
-                                    f"(known: {sorted(SOURCES)})")
+                                    f"(known: {sorted(SOURCES)})"
+                                    + (f"; did you mean {hint!r}?" if hint else ""))
         if SOURCES[self.metric][0] is None and self.limit is None:
             raise ShadowstreamError(f"verdict metric {self.metric!r} has no live side: "
                                     f"it needs a limit")
@@ -102,18 +105,36 @@ class JudgeConfig:
     def from_file(cls, path: Path) -> JudgeConfig:
         try:
             doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ShadowstreamError(f"{path}: {exc}") from None
-        known = {f.name for f in fields(cls)} - {"metrics"}
-        top = {k: v for k, v in doc.items() if k in known}
+        except OSError as exc:
+            raise ConfigError(str(path), exc.strerror or str(exc)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not TOML: {exc}") from None
+        return cls.from_dict(doc, source=str(path))
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "verdict") -> JudgeConfig:
+        """Top-level settings and ``[[metrics]]`` tables that replace the default check of
+        the same metric; anything unknown is refused with the closest valid name."""
+        known = {f.name for f in fields(cls)}
+        refuse_unknown(source, doc, known)
+        metric_keys = {f.name for f in fields(MetricCheck)}
         by_name = {m.metric: m for m in DEFAULT_METRICS}
         for table in doc.get("metrics", []):
+            where = f"[[metrics]] {table.get('metric')!r}"
+            refuse_unknown(source, table, metric_keys, where=where)
             try:
                 check = MetricCheck(**table)
             except TypeError as exc:
-                raise ShadowstreamError(f"{path}: metric {table.get('metric')!r}: "
-                                        f"{exc}") from None
+                raise ConfigError(source, str(exc).split(") ", 1)[-1], key=where) from None
+            except ShadowstreamError as exc:
+                raise ConfigError(source, str(exc), key=where) from None
             by_name[check.metric] = check
+        top = {k: v for k, v in doc.items() if k != "metrics"}
+        for key, value in top.items():
+            expected = float if key == "alpha" else int
+            if isinstance(value, bool) or not isinstance(value, expected | int) or value < 0:
+                raise ConfigError(source, f"must be a non-negative {expected.__name__}, got "
+                                          f"{value!r}", key=key)
         return replace(cls(), metrics=tuple(by_name.values()), **top)
 
 

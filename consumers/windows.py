@@ -14,6 +14,7 @@ workers or windows combine exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from consumers.sketch import QuantileSketch
 from schemas import WindowSummary
 
 __all__ = ["WindowAggregate", "WindowKey", "aggregate", "output_features", "request_features",
-           "window_start"]
+           "top1_as_live", "window_start"]
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 SKETCH_ACCURACY = 0.01
@@ -148,6 +149,9 @@ class WindowAggregate:
 
     def summary(self, key: WindowKey, size_ms: int, profile: Profile | None,
                 now_ms: int) -> WindowSummary:
+        """The window's numbers. One that cannot be computed is left out and counted in
+        ``undefined_statistics``: a window is always emitted, never NaN."""
+        undefined: list[str] = []
         div: dict[str, float] = {}
         if self.compared:
             for name, q in QUANTILES.items():
@@ -169,18 +173,20 @@ class WindowAggregate:
                         "live_p99": self.live_latency.quantile(0.99),
                         "candidate_p50": self.candidate_latency.quantile(0.5),
                         "candidate_p99": self.candidate_latency.quantile(0.99)},
-            "drift": self._drift(profile),
+            "drift": self._drift(profile, undefined),
+            "undefined_statistics": len(undefined) + _drop_non_finite(div),
             "state": self.to_state(),
         })
 
-    def _drift(self, profile: Profile | None) -> dict[str, dict[str, float]]:
+    def _drift(self, profile: Profile | None, undefined: list[str]
+               ) -> dict[str, dict[str, float]]:
         if profile is None:
             return {}
         out = {}
         for name, hist in sorted(self.histograms.items()):
             fp = profile.features.get(_reference_name(name))
             if fp is not None:
-                stats = drift(fp.reference, hist)
+                stats = drift(fp.reference, hist, undefined)
                 if stats:
                     out[name] = stats
         return out
@@ -206,6 +212,31 @@ class WindowAggregate:
         agg.candidate_latency = QuantileSketch.from_dict(doc["candidate_latency"])
         agg.histograms = {k: Histogram.from_dict(h) for k, h in doc["histograms"].items()}
         return agg
+
+
+def _drop_non_finite(values: dict[str, float]) -> int:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    for k in bad:
+        del values[k]
+    return len(bad)
+
+
+def top1_as_live(live: Mapping[str, Any], candidate: Mapping[str, Any]) -> str | None:
+    """The candidate's top-1 class or item, named as the live answer names its own: by
+    label or item id when the live answer has them, else by index. So a candidate whose card
+    has labels ("legit", "fraud") is judged against a live reference of indices ("0", "1")
+    in the live's terms, and the other way round."""
+    kind, value = candidate.get("kind"), candidate.get("value")
+    if kind not in ("probs", "scores") or not isinstance(value, list) or not value:
+        return None
+    top = max(range(len(value)), key=value.__getitem__)
+    names_key = "labels" if kind == "probs" else "items"
+    live_names, own = live.get(names_key), candidate.get(names_key)
+    if live_names:
+        if own and top < len(own):
+            return str(own[top])
+        return str(live_names[top]) if top < len(live_names) else str(top)
+    return str(top)
 
 
 def _reference_name(name: str) -> str:

@@ -18,9 +18,26 @@ from typing import Any
 import orjson
 
 from producers.mirror import AsyncMirror, Mirror
+from schemas.exceptions import ConfigError
 
 Extractor = Callable[[Any, Any], tuple[Mapping[str, Any], Any]]
 """(request JSON, response JSON) -> (inputs, output)."""
+
+WHOLE_RESPONSE = None
+"""``output_field=WHOLE_RESPONSE`` (None): the JSON response itself is the model's answer."""
+_UNSET: Any = object()
+
+
+def _where_is_the_answer(name: str, output_field: Any, extract: Extractor | None) -> None:
+    """A middleware must be told where the model's answer is in a response: guessing wrong
+    mirrors events that every worker then rejects (a response like {"score": 0.9} is not an
+    answer, its "score" field is)."""
+    if output_field is _UNSET and extract is None:
+        raise ConfigError(name, "say where the model's answer is in the JSON response: "
+                                "output_field='score' (the response field that holds it), "
+                                "output_field=None (the whole response is the answer: a "
+                                "number, a list, or {'kind': ..., 'value': ...}), or "
+                                "extract=fn(request, response) -> (inputs, output)")
 
 
 def _error(exc: BaseException) -> str:
@@ -152,6 +169,10 @@ class _HttpCapture:
 class MirrorASGIMiddleware:
     """ASGI middleware (Starlette, FastAPI): mirrors JSON requests and the JSON answered.
 
+    ``output_field`` names the response field that holds the model's answer (None: the whole
+    response is the answer), or ``extract`` maps (request, response) to (inputs, output);
+    one of them is required.
+
     Bodies are teed as they pass, never re-read; a body larger than ``max_body_bytes`` is not
     mirrored (counted as dropped "too_large").
     """
@@ -159,7 +180,8 @@ class MirrorASGIMiddleware:
     def __init__(self, app: Any, mirror: Mirror | AsyncMirror, *,
                  paths: Iterable[str] | None = None, methods: Iterable[str] = ("POST",),
                  request_id_header: str = "x-request-id", extract: Extractor | None = None,
-                 output_field: str | None = None, max_body_bytes: int = 256 * 1024) -> None:
+                 output_field: str | None = _UNSET, max_body_bytes: int = 256 * 1024) -> None:
+        _where_is_the_answer("MirrorASGIMiddleware", output_field, extract)
         self.app = app
         self.capture = _HttpCapture(mirror, paths, methods, request_id_header, extract,
                                     output_field, max_body_bytes)
@@ -208,12 +230,14 @@ class MirrorASGIMiddleware:
 
 
 class MirrorWSGIMiddleware:
-    """WSGI middleware (Flask): mirrors JSON requests and the JSON answered."""
+    """WSGI middleware (Flask): mirrors JSON requests and the JSON answered. ``output_field``
+    or ``extract`` as for MirrorASGIMiddleware."""
 
     def __init__(self, app: Callable, mirror: Mirror | AsyncMirror, *,
                  paths: Iterable[str] | None = None, methods: Iterable[str] = ("POST",),
                  request_id_header: str = "x-request-id", extract: Extractor | None = None,
-                 output_field: str | None = None, max_body_bytes: int = 256 * 1024) -> None:
+                 output_field: str | None = _UNSET, max_body_bytes: int = 256 * 1024) -> None:
+        _where_is_the_answer("MirrorWSGIMiddleware", output_field, extract)
         self.app = app
         self.capture = _HttpCapture(mirror, paths, methods, request_id_header, extract,
                                     output_field, max_body_bytes)

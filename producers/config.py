@@ -7,10 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from producers.pii import PiiPolicy
+from schemas.records import OutputKind
+from schemas.topics import env_prefix, topic_name
 
 DropPolicy = Literal["drop", "pause"]
 Compression = Literal["lz4", "zstd"]
-OutputKind = Literal["scalar", "vector", "probs", "scores", "embedding"]
 
 # murmur2 is the Java client's partitioner: every producer of the pipeline, whatever its
 # language or library, sends a request id to the same partition.
@@ -34,7 +35,9 @@ class MirrorConfig(BaseModel):
     """Version of the production model, recorded with each answer."""
     output_kind: OutputKind = "scalar"
     """How the model's answers are compared: scalar, vector, probs, scores, embedding."""
-    topic: str = "shadow.requests"
+    topic: str = Field(default_factory=lambda: topic_name(env_prefix(), "requests"))
+    """The requests topic: ``<SHADOW_TOPIC_PREFIX>.requests`` (``shadow.requests`` when the
+    variable is unset), as the pipeline's own processes name it."""
     sample_rate: float = Field(1.0, ge=0.0, le=1.0)
     """Fraction of requests mirrored, decided from a hash of the request id."""
     pii: PiiPolicy = Field(default_factory=PiiPolicy)

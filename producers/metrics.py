@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 
 # publish() takes microseconds: buckets from 5 µs to 10 ms.
 PUBLISH_BUCKETS = (5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 250e-6, 1e-3, 10e-3)
-DROP_REASONS = ("invalid", "closed", "paused", "serialization", "too_large", "queue_full",
-                "produce_error", "internal")
+DROP_REASONS = ("invalid", "invalid_output", "closed", "paused", "serialization", "too_large",
+                "queue_full", "produce_error", "internal")
 
 
 @dataclass(frozen=True)

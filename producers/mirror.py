@@ -13,13 +13,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from producers.config import MirrorConfig
+from producers.config import MirrorConfig, OutputKind
 from producers.metrics import MirrorMetrics, register
 from producers.sampling import sample_threshold, sampled
 
@@ -37,6 +37,27 @@ _FULL_WAIT_S = 0.005  # when librdkafka's queue is full, wait this long before a
 # segment, tenant, trace_id.
 _Pending = tuple[str, dict[str, Any], Any, float, str | None, int, str | None, str | None,
                  str | None]
+
+
+_KINDS = frozenset(get_args(OutputKind))
+
+
+def _output_problem(out: Mapping[str, Any]) -> str | None:
+    """Why an answer is not one the workers can compare (cheap checks only: this runs for
+    every event), else None."""
+    kind, value = out.get("kind"), out.get("value")
+    if kind not in _KINDS:
+        return (f"the answer {dict(out)!r:.120} is not a model output: give a number, a "
+                f"list, or {{'kind': one of {sorted(_KINDS)}, 'value': ...}} (with a "
+                "middleware, output_field names the response field that holds it)")
+    if kind == "scalar":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"a scalar answer must be a number, got {value!r:.80}"
+    elif not isinstance(value, list) or not value or isinstance(value[0], bool) \
+            or not isinstance(value[0], int | float):
+        return (f"a {kind} answer must be a non-empty list of numbers, got {value!r:.80} "
+                f"(MirrorConfig.output_kind is {kind!r})")
+    return None
 
 
 class _RateLimitedLog:
@@ -222,8 +243,13 @@ class Mirror:
         request_id, inputs, output, latency_ms, error, ts, segment, tenant, trace_id = item
         live: dict[str, Any] = {"version": self._live_version, "latency_ms": latency_ms}
         if output is not None:
-            live["output"] = ({"kind": self._output_kind, "value": output}
-                              if type(output) is list else self._output(output))
+            out = ({"kind": self._output_kind, "value": output}
+                   if type(output) is list else self._output(output))
+            problem = _output_problem(out)
+            if problem is not None:
+                self._drop("invalid_output", f"{request_id}: {problem}")
+                return None
+            live["output"] = out
         if error is not None:
             live["error"] = error
         doc: dict[str, Any] = {"schema": SCHEMA, "request_id": request_id,

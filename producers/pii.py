@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from schemas.exceptions import ConfigError
+
 PiiAction = Literal["keep", "drop", "hash"]
 HASH_PREFIX = "h:"
 
@@ -26,9 +28,17 @@ def keyed_hash(value: Any, key: bytes) -> str:
 @dataclass(frozen=True)
 class PiiPolicy:
     rules: Mapping[str, PiiAction] = field(default_factory=dict)
-    key: bytes = field(default=b"", repr=False)  # a secret: a known key unmasks hashes
+    key: bytes | str = field(default=b"", repr=False)  # a secret: a known key unmasks hashes
+    """The hashing key: bytes, or a str (its UTF-8 bytes are the key)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.key, str):
+            object.__setattr__(self, "key", self.key.encode())
+        elif not isinstance(self.key, bytes | bytearray):
+            raise ConfigError("PiiPolicy", f"the key must be bytes or a str, got "
+                                           f"{type(self.key).__name__}", key="key")
+        else:
+            object.__setattr__(self, "key", bytes(self.key))
         for path, action in self.rules.items():
             if action not in ("keep", "drop", "hash"):
                 raise ValueError(f"PII rule {path!r}: action must be keep, drop or hash")

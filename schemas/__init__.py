@@ -1,7 +1,7 @@
 """Event contracts: typed records, the orjson codec and validation errors that name the field."""
 
 from schemas.codec import decode, decode_event, dumps, encode, loads
-from schemas.exceptions import ContractError, ShadowstreamError
+from schemas.exceptions import ConfigError, ContractError, ShadowstreamError
 from schemas.records import (
     Alert,
     DeadLetter,
@@ -15,6 +15,7 @@ from schemas.records import (
 
 __all__ = [
     "Alert",
+    "ConfigError",
     "ContractError",
     "DeadLetter",
     "DivergencePair",

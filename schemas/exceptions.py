@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ShadowstreamError(Exception):
     """Root of all shadowstream errors; catch this to catch ours and nothing else."""
@@ -22,3 +25,35 @@ class ContractError(ShadowstreamError, ValueError):
         where = f" at {path}" if path else ""
         against = f" ({schema})" if schema else ""
         super().__init__(f"{reason}{where}{against}")
+
+
+class ConfigError(ShadowstreamError, ValueError):
+    """A configuration mistake: a file, environment variable or option that cannot be used.
+
+    ``source`` is where it was read (a file path, ``SHADOW_PARTITIONS``), ``key`` the setting
+    (empty for the whole source), ``reason`` what is wrong; ``hint`` the closest valid name
+    when the key is unknown.
+    """
+
+    def __init__(self, source: str, reason: str, *, key: str = "", hint: str = "") -> None:
+        self.source, self.key, self.reason, self.hint = source, key, reason, hint
+        where = f"{source}: {key}: " if key else f"{source}: "
+        tip = f" (did you mean {hint!r}?)" if hint else ""
+        super().__init__(f"{where}{reason}{tip}")
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """The valid name a mistyped one most likely meant, or '' when none is close."""
+    found = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return found[0] if found else ""
+
+
+def refuse_unknown(source: str, given: Iterable[str], known: Iterable[str], *,
+                   where: str = "") -> None:
+    """ConfigError for the first key of ``given`` that is not in ``known``, with the closest
+    valid name; ``where`` names the table it is in (``[[rules]] 'slow'``)."""
+    valid = set(known)
+    for key in given:
+        if key not in valid:
+            place = f" in {where}" if where else ""
+            raise ConfigError(source, f"unknown key {key!r}{place}", hint=closest(key, valid))

@@ -164,6 +164,8 @@ class WindowSummary(_Record):
     divergence: dict[str, float] = Field(default_factory=dict)
     latency: LatencySummary = Field(default_factory=LatencySummary)
     drift: dict[str, dict[str, float]] = Field(default_factory=dict)
+    undefined_statistics: Annotated[int, Field(ge=0)] = 0
+    """Statistics that could not be computed on this window: left out, never NaN."""
     state: dict[str, Any] | None = None
     """Mergeable counts, sketches and histograms (consumers.windows.WindowAggregate)."""
 

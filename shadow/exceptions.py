@@ -7,8 +7,11 @@ from pathlib import Path
 from schemas.exceptions import ShadowstreamError
 
 __all__ = [
+    "EmptyRangeError",
+    "KafkaUnreachableError",
     "MissingToolError",
     "ModelLoadError",
+    "RangeError",
     "ServerStartError",
     "ShadowstreamError",
     "StackNotRunningError",
@@ -65,5 +68,22 @@ class ModelLoadError(ShadowstreamError):
         super().__init__(f"cannot load {self.source}: {reason}")
 
 
-class EmptyRangeError(ShadowstreamError):
+class RangeError(ShadowstreamError):
+    """A --from/--to range that cannot be read (a bad position, --to before --from)."""
+
+
+class EmptyRangeError(RangeError):
     """A time or offset range of a topic holds no message."""
+
+
+class KafkaUnreachableError(ShadowstreamError):
+    """No answer from the Kafka bootstrap servers within the configured time."""
+
+    def __init__(self, bootstrap: str, timeout_s: float, detail: str = "") -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self.detail = detail
+        why = f" ({detail})" if detail else ""
+        super().__init__(f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s{why}: "
+                         "is it running? (SHADOW_KAFKA_BOOTSTRAP, SHADOW_KAFKA_TIMEOUT_S; "
+                         "`shadow stack up` for a local one)")

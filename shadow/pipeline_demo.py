@@ -172,9 +172,10 @@ def run_demo(settings: Settings, plan: DemoPlan,
     try:
         create_topics(clients.admin(s, endpoints.kafka_bootstrap), topic_specs(s))
         join_proc = _start_join(s, endpoints, plan, workdir, join_port)
-        for job, port in (("join", join_port), ("worker", worker_port)):
-            register_target(prometheus_root(settings), job, f"127.0.0.1:{port}",
-                            {"prefix": prefix})
+        # The join registers itself with the stack's Prometheus; this in-process worker
+        # is registered here.
+        register_target(prometheus_root(settings), "worker", f"127.0.0.1:{worker_port}",
+                        {"prefix": prefix, "candidate": CANDIDATE})
         adapter = _TurningAdapter(turn_at=float("inf"))  # set once everything runs
         candidate = Candidate("demo:turning-candidate", _TurningCandidate().eval(), adapter)
         engine = InferenceEngine(candidate, device="auto", max_batch=64)

@@ -5,45 +5,43 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from consumers.drift import Profile
 from consumers.windows import request_features
-from schemas import ContractError, MirroredRequest, decode
-from shadow.exceptions import EmptyRangeError, ShadowstreamError
+from schemas import ConfigError, ContractError, MirroredRequest, decode
+from shadow.exceptions import EmptyRangeError
 from shadow.recording import Position, read_range
 from shadow.settings import Settings
 
-__all__ = ["ProfileSet", "build_profiles"]
+__all__ = ["ProfileSet", "build_profiles", "load_profiles"]
 
 
 @dataclass
 class ProfileSet:
-    start_ms: int
-    end_ms: int
+    start: Position
+    end: Position
     requests: int = 0
     skipped: int = 0
     profiles: dict[str, Profile] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"from": self.start_ms, "to": self.end_ms, "requests": self.requests,
+        return {"from": str(self.start), "to": str(self.end), "requests": self.requests,
                 "models": {m: p.to_dict() for m, p in sorted(self.profiles.items())}}
 
 
-def build_profiles(settings: Settings, bootstrap: str, start_ms: int, end_ms: int, *,
-                   bins: int = 100, progress: Callable[[int], None] | None = None,
-                   timeout_s: float = 30.0) -> ProfileSet:
-    """Read the requests with start <= timestamp < end from every partition; profile each
-    model."""
+def build_profiles(settings: Settings, bootstrap: str, start: Position, end: Position, *,
+                   bins: int = 100, progress: Callable[[int], None] | None = None
+                   ) -> ProfileSet:
+    """Read the requests of [start, end) of every partition (the positions of ``shadow
+    record``); profile each model."""
     topic = settings.topic("requests")
-    result = ProfileSet(start_ms, end_ms)
+    result = ProfileSet(start, end)
     rows: dict[str, list[dict[str, float | str]]] = defaultdict(list)
-    try:
-        messages = read_range(settings, bootstrap, topic, Position("time", start_ms),
-                              Position("time", end_ms), timeout_s=timeout_s)
-    except EmptyRangeError:
-        messages = iter(())  # said below, as "no requests"
-    for m in messages:
+    for m in read_range(settings, bootstrap, topic, start, end):
         try:
             r = decode(m.value, MirroredRequest)
         except ContractError:
@@ -55,7 +53,20 @@ def build_profiles(settings: Settings, bootstrap: str, start_ms: int, end_ms: in
         if progress and result.requests % 1000 == 0:
             progress(result.requests)
     if not rows:
-        raise ShadowstreamError(f"no requests in {topic} between {start_ms} and {end_ms}")
-    result.profiles = {m: Profile.build(r, bins=bins, source=f"{topic} [{start_ms}, {end_ms})")
+        raise EmptyRangeError(f"no decodable requests in {topic} from {start} to {end} "
+                              f"({result.skipped} undecodable)")
+    result.profiles = {m: Profile.build(r, bins=bins, source=f"{topic} from {start} to {end}")
                        for m, r in rows.items()}
     return result
+
+
+def load_profiles(path: Path) -> dict[str, Profile]:
+    """The per-model profiles of a file written by ``build_profiles`` (``ProfileSet``)."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+        return {model: Profile.from_dict(p) for model, p in doc["models"].items()}
+    except OSError as exc:
+        raise ConfigError(str(path), exc.strerror or str(exc)) from None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(str(path), f"not a profile of `shadow profile build` ({exc})"
+                          ) from None

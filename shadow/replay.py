@@ -16,22 +16,30 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.windows import WindowAggregate, WindowKey
-from schemas import ContractError, DivergencePair, MirroredRequest, WindowSummary, decode
+from schemas import (
+    ConfigError,
+    ContractError,
+    DivergencePair,
+    MirroredRequest,
+    WindowSummary,
+    decode,
+)
 from shadow.engine import Answer, InferenceEngine
 from shadow.exceptions import ShadowstreamError
 from shadow.recording import RecordedMessage
-from shadow.worker import output_record
+from shadow.worker import output_record, reason_key
 
-__all__ = ["ReplayCandidate", "ReplayResult", "replay"]
+__all__ = ["ReplayCandidate", "ReplayResult", "replay", "report_windows"]
 
 REPORT_SCHEMA = "shadow.replay/1"
 _REQUESTS, _OUTPUTS = "replay.requests", "replay.outputs"
@@ -126,6 +134,8 @@ class _Run:
         self.windows: list[WindowSummary] = []
         self.top = {c.candidate_id: _Top(top) for c in candidates}
         self.engine_s: dict[str, float] = defaultdict(float)
+        self.errors: dict[str, Counter[str]] = {c.candidate_id: Counter() for c in candidates}
+        self.dead_letter_reasons: Counter[str] = Counter()
         self._out_offsets: dict[int, int] = defaultdict(int)
 
     def batch(self, messages: list[RecordedMessage]) -> None:
@@ -149,7 +159,10 @@ class _Run:
             answers = cand.engine.infer(inputs)
             self.engine_s[cand.candidate_id] += time.perf_counter() - t0
             shown = {}
+            errors = self.errors[cand.candidate_id]
             for (m, r), a in zip(requests, answers, strict=True):
+                if a.error is not None:
+                    errors[reason_key(a.error)] += 1
                 # Wall-clock latency would make the report differ run to run: left out.
                 value = output_record(r, cand.candidate_id, Answer(a.output, a.error, 0.0))
                 shown[r.request_id] = (r, a)
@@ -170,6 +183,7 @@ class _Run:
                 self.windows.append(o.record)
             elif o.role == "deadletter":
                 self.dead_lettered += 1
+                self.dead_letter_reasons[reason_key(o.record["reason"])] += 1
             elif o.role == "pairs":
                 self.pairs += 1
                 pair = o.record  # the document the core encoded: no need to decode it
@@ -193,12 +207,15 @@ class _Run:
             cid = cand.candidate_id
             mine = [w for w in self.windows if w.candidate == cid]
             models = sorted({w.model for w in mine})
+            errors = self.errors[cid]
             per[cid] = {
                 "models": {m: self._model_report(cid, m, [w for w in mine if w.model == m])
                            for m in models},
+                "errors": {"count": sum(errors.values()), "reasons": _top(errors)},
                 "top": self.top[cid].rows()}
         return {"schema": REPORT_SCHEMA, "source": source, "messages": self.messages,
                 "requests": self.requests, "dead_lettered": self.dead_lettered,
+                "dead_letter_reasons": _top(self.dead_letter_reasons),
                 "window_ms": self.core.config.window_ms, "candidates": per}
 
     def _model_report(self, cid: str, model: str, windows: list[WindowSummary]
@@ -223,9 +240,34 @@ class _Run:
                                                                 w.segment or ""))]}
 
 
+def _top(counts: Counter[str], n: int = 10) -> dict[str, int]:
+    """The most frequent reasons first; ties by text, so that the report is the same bytes."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+
+
 def _deterministic(doc: dict[str, Any]) -> dict[str, Any]:
     """Candidate latencies are wall time (zero here): not part of the report."""
     latency = doc.get("latency", {})
     for name in ("candidate_p50", "candidate_p99"):
         latency.pop(name, None)
     return doc
+
+
+def report_windows(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The overall (not per segment) windows of each model and candidate in a JSON report
+    written by ``ReplayResult.json_bytes`` (what ``shadow verdict --replay`` judges)."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(str(path), exc.strerror or str(exc)) from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(str(path), f"not a replay report: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != REPORT_SCHEMA:
+        raise ConfigError(str(path), f"not a replay report (no schema {REPORT_SCHEMA!r}: "
+                                     "write one with `shadow replay --json FILE`)")
+    try:
+        return {(model, cid): [w for w in rep["windows"] if "segment" not in w]
+                for cid, cand in doc["candidates"].items()
+                for model, rep in cand["models"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(str(path), f"not a replay report ({exc})") from None

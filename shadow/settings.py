@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,10 +21,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.exceptions import ConfigError, closest
+from schemas.topics import ROLES, topic_name
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
-TOPIC_NAMES = ("requests", "outputs", "pairs", "windows", "deadletter")
+TOPIC_NAMES = ROLES
+ENV_PREFIX = "SHADOW_"
+TOML_FILE = "shadow.toml"
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -35,7 +40,7 @@ class Settings(BaseSettings):
     """Where the servers are and how topics are named. Every field reads ``SHADOW_<FIELD>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SHADOW_", toml_file="shadow.toml", frozen=True, extra="ignore"
+        env_prefix=ENV_PREFIX, toml_file=TOML_FILE, frozen=True, extra="forbid"
     )
 
     kafka_bootstrap: str | None = None
@@ -52,6 +57,9 @@ class Settings(BaseSettings):
     """Client certificate, for mutual TLS."""
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
+
+    kafka_timeout_s: float = Field(15.0, gt=0, le=600)
+    """How long a command waits for Kafka to answer before it gives up with one line."""
 
     redis_url: str | None = None
     """Existing Redis (redis:// or rediss://). Unset: the local stack's Redis is used."""
@@ -97,9 +105,7 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         """Full topic name for one of TOPIC_NAMES."""
-        if name not in TOPIC_NAMES:
-            raise ValueError(f"unknown topic {name!r}; known: {', '.join(TOPIC_NAMES)}")
-        return f"{self.topic_prefix}.{name}"
+        return topic_name(self.topic_prefix, name)
 
     def confluent_config(self, bootstrap: str) -> dict[str, str]:
         """librdkafka configuration (confluent-kafka) for the given bootstrap servers."""
@@ -141,6 +147,30 @@ class Settings(BaseSettings):
                 _reveal(self.kafka_ssl_key_password),
             )
         return ctx
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and ./shadow.toml. A mistake (an unknown key or
+    variable, a wrong type) is one ConfigError naming where it is and the closest valid
+    name, never a silent default."""
+    fields = set(Settings.model_fields)
+    for var in sorted(os.environ):
+        if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX):].lower() not in fields:
+            hint = closest(var[len(ENV_PREFIX):].lower(), fields)
+            raise ConfigError(var, "unknown setting", hint=f"{ENV_PREFIX}{hint.upper()}"
+                              if hint else "")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        env = f"{ENV_PREFIX}{key.upper()}"
+        source = env if env in os.environ else str(Path(TOML_FILE).resolve())
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(source, f"unknown key {key!r}",
+                              hint=closest(key, fields)) from None
+        got = "" if "password" in key else f" (got {err.get('input')!r})"
+        raise ConfigError(source, f"{err['msg']}{got}", key=key) from None
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -1,7 +1,8 @@
-"""The pipeline's topics: names, partition counts, retention, and idempotent creation.
+"""The pipeline's topics: names, partition counts, retention, creation and deletion.
 
 ``plan_topics`` is pure (it decides from what exists); ``create_topics`` applies the plan
-with the Kafka admin client.
+with the Kafka admin client. The join app adds topics of its own (its table's changelog,
+Faust's assignor topic), named after its app id ``<prefix>-join``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.topics import join_app_id
 from shadow.exceptions import ShadowstreamError, TopicMismatchError
 from shadow.settings import TOPIC_NAMES, Settings
 
@@ -65,6 +67,41 @@ def plan_topics(specs: list[TopicSpec], existing: dict[str, int]) -> TopicPlan:
         create=[s for s in specs if s.name not in existing],
         existing=[s.name for s in specs if s.name in existing],
     )
+
+
+def owned(name: str, prefix: str) -> bool:
+    """Whether a topic belongs to the pipeline of ``prefix`` (its five, or the join's)."""
+    return name.startswith(f"{prefix}.") or name.startswith(f"{join_app_id(prefix)}-")
+
+
+def input_partitions(existing: dict[str, int], settings: Settings) -> int:
+    """The partition count the join and the workers must use: that of the requests and
+    outputs topics, which must exist and agree."""
+    req, out = settings.topic("requests"), settings.topic("outputs")
+    missing = [t for t in (req, out) if t not in existing]
+    if missing:
+        raise TopicMismatchError([f"{t} does not exist (run `shadow topics create`)"
+                                  for t in missing])
+    if existing[req] != existing[out]:
+        raise TopicMismatchError([f"{out} has {existing[out]} partitions, {req} has "
+                                  f"{existing[req]}"])
+    return existing[req]
+
+
+def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    futures = admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s)
+    for name, fut in futures.items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise ShadowstreamError(f"cannot delete {name}: {err.str()}") from None
+    deadline = time.monotonic() + timeout_s
+    while set(names) & set(existing_partitions(admin)):
+        if time.monotonic() > deadline:
+            raise ShadowstreamError(f"topics still listed after {timeout_s:.0f}s: {names}")
+        time.sleep(0.1)
 
 
 def existing_partitions(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, int]:

@@ -18,7 +18,9 @@ that fails for good stops the worker without committing, for the same reason.
 from __future__ import annotations
 
 import base64
+import collections
 import logging
+import re
 import signal
 import threading
 import time
@@ -37,7 +39,7 @@ from schemas.exceptions import ContractError
 from schemas.records import DeadLetter, MirroredRequest
 from shadow import clients
 from shadow.engine import Answer, Dtype, ErrorKind, InferenceEngine, Prepared
-from shadow.exceptions import ShadowstreamError, TopicMismatchError
+from shadow.exceptions import KafkaUnreachableError, ShadowstreamError, TopicMismatchError
 from shadow.settings import Settings
 
 log = logging.getLogger("shadowstream.worker")
@@ -99,6 +101,10 @@ class WorkerMetrics:
         self.rate = Gauge("shadow_worker_events_per_second",
                           "Requests handled per second over the last commit interval",
                           ["candidate"], registry=registry).labels(candidate)
+        self.dead_letters = Counter(
+            "shadow_worker_dead_letters", "Dead-letter records written, by stage (every one "
+            "of them, including answered requests kept for a look)", ["candidate", "stage"],
+            registry=registry)
         self.lag = Gauge("shadow_worker_consumer_lag", "Messages behind the end, by partition",
                          ["candidate", "partition"], registry=registry)
 
@@ -121,6 +127,15 @@ class _Batch:
     answers: Future[list[Answer]] | None = None
 
 
+def reason_key(text: str) -> str:
+    """A reason to count: the message without what differs from one request to the next
+    (ids, offsets, values), so that the same failure adds up under one line."""
+    return _VARYING.sub("#", text.split("\n", 1)[0])[:160]
+
+
+_VARYING = re.compile(r"(?<![A-Za-z_])\d+(?:\.\d+)?")  # numbers, not names (mat1)
+
+
 def output_record(request: MirroredRequest, candidate_id: str, answer: Answer) -> bytes:
     """The ShadowOutput of one answer, encoded (the worker's and replay's, the same bytes)."""
     doc: dict[str, Any] = {"schema": OUTPUT_SCHEMA, "request_id": request.request_id,
@@ -136,13 +151,24 @@ def output_record(request: MirroredRequest, candidate_id: str, answer: Answer) -
 @dataclass
 class WorkerStats:
     answered: int = 0
+    """Requests answered with an output."""
     errors: int = 0
+    """Requests answered with an error (the model failed on them)."""
     dead_lettered: int = 0
+    """Requests not answered at all: their dead letter is all there is of them."""
+    dead_letters: int = 0
+    """Dead-letter records written: the above, and answered requests kept for a look (input
+    that does not fit the model)."""
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Why requests were answered with an error or dead-lettered, most frequent first."""
     committed: dict[int, int] = field(default_factory=dict)
 
     @property
     def handled(self) -> int:
         return self.answered + self.errors + self.dead_lettered
+
+    def top_reasons(self, n: int = 3) -> str:
+        return "; ".join(f"{count} x {reason}" for reason, count in self.reasons.most_common(n))
 
 
 class ShadowWorker:
@@ -151,6 +177,7 @@ class ShadowWorker:
     def __init__(self, settings: Settings, bootstrap: str, config: WorkerConfig,
                  engine: InferenceEngine, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        self.bootstrap = bootstrap
         self.config = config
         self.engine = engine
         self.registry = registry or CollectorRegistry()
@@ -225,7 +252,11 @@ class ShadowWorker:
         self._producer.flush(self.config.flush_timeout_s)
 
     def _check_topics(self) -> None:
-        meta = self._consumer.list_topics(timeout=30)
+        try:
+            meta = self._consumer.list_topics(timeout=self.settings.kafka_timeout_s)
+        except KafkaException as exc:
+            raise KafkaUnreachableError(self.bootstrap, self.settings.kafka_timeout_s,
+                                        exc.args[0].str()) from None
         counts = {t: len(meta.topics[t].partitions) for t in
                   (self.requests_topic, self.outputs_topic, self.deadletter_topic)
                   if t in meta.topics and meta.topics[t].error is None}
@@ -285,7 +316,11 @@ class ShadowWorker:
             if answer.error_kind == "input":  # answered with the error, and kept for a look
                 self._dead_letter(msg, "model", f"input does not fit the model: {answer.error}",
                                   "inputs", None)
-        n_err = sum(a.error is not None for a in answers)
+        n_err = 0
+        for a in answers:
+            if a.error is not None:
+                n_err += 1
+                self.stats.reasons[reason_key(a.error)] += 1
         self.stats.answered += len(answers) - n_err
         self.stats.errors += n_err
         self.metrics.events.labels(cid, "answered").inc(len(answers) - n_err)
@@ -319,8 +354,11 @@ class ShadowWorker:
             record["key_b64"] = base64.b64encode(key).decode()
             record["request_id"] = key.decode("utf-8", "replace")
         self._produce(self._producer.produce, self.deadletter_topic, orjson.dumps(record), key)
+        self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(self.config.candidate_id, stage).inc()
         if error_kind is not None:
             self.stats.dead_lettered += 1
+            self.stats.reasons[reason_key(reason)] += 1
             self.metrics.events.labels(self.config.candidate_id, "deadletter").inc()
             self.metrics.error(error_kind, 1)
 
@@ -345,9 +383,10 @@ class ShadowWorker:
             if now - self._last_log >= _PROGRESS_EVERY_S:
                 self._last_log = now
                 s = self.stats
-                log.info("%s: %d answered, %d errors, %d dead-lettered, %.0f/s",
-                         self.config.candidate_id, s.answered, s.errors, s.dead_lettered,
-                         self.metrics.rate_value)
+                log.info("%s: %d answered, %d errors, %d dead letters written, %.0f/s%s",
+                         self.config.candidate_id, s.answered, s.errors, s.dead_letters,
+                         self.metrics.rate_value,
+                         f" (top reasons: {s.top_reasons()})" if s.reasons else "")
 
     def _commit(self, partitions: set[int] | None = None) -> None:
         """Flush what was produced, then commit the offsets past it."""

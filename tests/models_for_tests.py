@@ -56,3 +56,14 @@ def oom_above_4() -> nn.Module:
 
 def not_a_module() -> object:
     return "a string"
+
+
+class _Broken(nn.Module):
+    """Fails on every batch, as a candidate with a bug would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({x.shape[0]}x8 and 9x2)")
+
+
+def broken() -> nn.Module:
+    return _Broken()

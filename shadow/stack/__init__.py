@@ -22,8 +22,8 @@ from shadow.exceptions import StackNotRunningError
 from shadow.settings import Settings, redact_url
 from shadow.stack import kafka, procs, prometheus, redis, secure
 
-__all__ = ["Endpoints", "ServerStatus", "Stack", "resolve_endpoints", "resolve_kafka",
-           "resolve_redis"]
+__all__ = ["Endpoints", "ServerStatus", "Stack", "local_prometheus", "prometheus_root",
+           "resolve_endpoints", "resolve_kafka", "resolve_redis"]
 
 ServerName = Literal["kafka", "redis", "prometheus"]
 SERVERS: tuple[ServerName, ...] = ("kafka", "redis", "prometheus")
@@ -226,3 +226,13 @@ def _resolve_one(settings: Settings, name: ServerName, configured: str | None,
 def prometheus_root(settings: Settings) -> Path:
     """Where the local Prometheus reads its target files from."""
     return Stack(settings).root / "prometheus"
+
+
+def local_prometheus(settings: Settings) -> Path | None:
+    """The target directory of the stack's own Prometheus when it runs (processes register
+    their /metrics there), else None (an external Prometheus finds targets its own way)."""
+    if settings.prometheus_url:
+        return None
+    stack = Stack(settings)
+    return prometheus_root(settings) if stack._running(stack._load().get("prometheus")) \
+        else None

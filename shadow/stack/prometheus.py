@@ -7,9 +7,11 @@ worker and the join app register their /metrics by writing a file there (see
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -61,3 +63,19 @@ def register_target(root: Path, job: str, address: str, labels: dict[str, str] |
     tmp.write_bytes(orjson.dumps(doc))
     tmp.rename(path)  # atomic: Prometheus never reads half a file
     return path
+
+
+@contextlib.contextmanager
+def registered(root: Path | None, job: str, address: str,
+               labels: dict[str, str] | None = None) -> Iterator[Path | None]:
+    """While the block runs, the local Prometheus (when ``root`` is its directory) scrapes
+    ``address``; the target is withdrawn after. A process killed with SIGKILL leaves its file,
+    and Prometheus then shows that target as down."""
+    if root is None:
+        yield None
+        return
+    path = register_target(root, job, address, labels)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -206,12 +206,14 @@ def test_profile_build_reads_a_time_range_of_the_requests(
         pipeline: Settings, stack: Endpoints, tmp_path: Path) -> None:
     from consumers.drift import Profile
     from shadow.profiles import build_profiles
+    from shadow.recording import Position
 
     spec = TrafficSpec(seed=2)
     before = time.time_ns() // 1_000_000 - 1
     send(pipeline, stack.kafka_bootstrap, spec, first_window_start(), 0, 600)
     after = time.time_ns() // 1_000_000 + 1
-    result = build_profiles(pipeline, stack.kafka_bootstrap, before, after, bins=20)
+    result = build_profiles(pipeline, stack.kafka_bootstrap, Position("time", before),
+                            Position("time", after), bins=20)
     assert result.requests == 600 and set(result.profiles) == {"fraud-scorer"}
     profile = Profile.from_dict(result.to_dict()["models"]["fraud-scorer"])
     amount = profile.features["inputs.amount"]
@@ -224,7 +226,7 @@ def test_profile_build_reads_a_time_range_of_the_requests(
            "SHADOW_TOPIC_PREFIX": pipeline.topic_prefix, "PYTHONPATH": str(REPO)}
     out = tmp_path / "ref.json"
     run = subprocess.run([sys.executable, "-m", "shadow.cli", "profile", "build", "--from",
-                          str(before), "--to", str(after), "-o", str(out), "--bins", "20"],
+                          f"@{before}", "--to", f"@{after}", "-o", str(out), "--bins", "20"],
                          env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert orjson.loads(out.read_bytes())["models"]["fraud-scorer"] == \
@@ -233,4 +235,4 @@ def test_profile_build_reads_a_time_range_of_the_requests(
                             "2001-01-01T00:00:00Z", "--to", "2001-01-02T00:00:00Z", "-o",
                             str(tmp_path / "none.json")],
                            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert empty.returncode == 1 and "no requests" in empty.stderr
+    assert empty.returncode == 1 and "no messages" in empty.stderr

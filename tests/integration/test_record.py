@@ -145,7 +145,7 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
         assert got.returncode == code, got.stdout + got.stderr
         assert orjson.loads(got.stdout)["decision"] == ["PROMOTE", "HOLD"][code]
     several = cli("verdict", "--replay", report_path)
-    assert several.returncode == 1 and "choose with --model and --candidate" in several.stderr
+    assert several.returncode == 3 and "choose with --model and --candidate" in several.stderr
     # Re-published for the live pipeline, at a controlled rate, the same bytes.
     from confluent_kafka.admin import NewTopic
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -91,3 +92,176 @@ def test_worker_threads_are_set_before_the_model_loads(tmp_path: Path) -> None:
         assert result.exit_code == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO,
+         timeout: float = 120) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+    return subprocess.run([sys.executable, "-m", "shadow.cli", *args],
+                          env={**base, "PYTHONPATH": str(REPO), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize("path", [p for p in _commands(main) if p],
+                         ids=lambda p: " ".join(p))
+def test_every_help_shows_an_example(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"], prog_name="shadow")
+    assert "Example" in result.output and "shadow " in result.output.split("Example")[1]
+
+
+def _report(tmp_path: Path) -> Path:
+    from producers.traffic import TrafficSpec, build_model
+    from tests.unit.test_replay import candidate, recorded, run
+
+    result = run(recorded(900, TrafficSpec(seed=2), build_model(0)), candidate("c"))
+    path = tmp_path / "report.json"
+    path.write_bytes(result.json_bytes())
+    return path
+
+
+def test_verdict_keeps_exit_3_for_usage_and_input_errors(tmp_path: Path) -> None:
+    # Exit 1 (HOLD) and 2 (ROLLBACK) are verdicts: a typo must not read as one.
+    report = _report(tmp_path)
+    ok = CliRunner().invoke(main, ["verdict", "--replay", str(report), "--candidate", "c"])
+    assert ok.exit_code in (0, 1, 2) and "c on fraud-scorer" in ok.output
+    bad_config = tmp_path / "verdict.toml"
+    bad_config.write_text("min_window = 5\n")
+    not_a_report = tmp_path / "x.json"
+    not_a_report.write_text("{}")
+    cases = [
+        (["verdict", "--replay", str(tmp_path / "missing.json")], "missing.json"),
+        (["verdict"], "give either --replay FILE or --live"),
+        (["verdict", "--replay", str(report), "--live"], "give either"),
+        (["verdict", "--replay", str(report), "--frobnicate"], "No such option"),
+        (["verdict", "--replay", str(report), "--config", str(bad_config)],
+         "unknown key 'min_window' (did you mean 'min_windows'?)"),
+        (["verdict", "--replay", str(not_a_report)], "not a replay report"),
+        (["verdict", "--replay", str(report), "--candidate", "nope"], "no windows for that"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 3, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+    assert "exit 3" in CliRunner().invoke(main, ["verdict", "--help"]).output or \
+        "exits 3" in CliRunner().invoke(main, ["verdict", "--help"]).output
+
+
+def test_a_misspelt_setting_stops_every_command_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "shadow.toml").write_text('topic_prefx = "team-a"\n')
+    run = _cli("topics", "list", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'shadow.toml'}: unknown key 'topic_prefx' (did you mean "
+        "'topic_prefix'?)"]
+
+
+UNREACHABLE = {"SHADOW_KAFKA_BOOTSTRAP": "127.0.0.1:1", "SHADOW_KAFKA_TIMEOUT_S": "3",
+               "SHADOW_REDIS_URL": "redis://127.0.0.1:1/0"}
+
+
+@pytest.mark.parametrize("args", [
+    ("topics", "create"), ("topics", "list"),
+    ("record", "--topic", "t", "--from", "beginning", "--to", "end", "-o", "{tmp}/r.zst"),
+    ("profile", "build", "--from", "beginning", "--to", "end", "-o", "{tmp}/p.json"),
+    ("replay", "--topic", "t", "--from", "beginning", "--to", "end", "--candidate",
+     "producers.traffic:build_model"),
+    ("verdict", "--live"),
+    ("worker", "--candidate", "producers.traffic:build_model", "--candidate-id", "c"),
+    ("join", "--web-port", "0"),
+    ("traffic", "--rate", "10", "--duration", "1"),
+], ids=lambda a: " ".join(a[:2]))
+def test_kafka_unreachable_is_one_line_naming_it_within_the_timeout(
+        args: tuple[str, ...], tmp_path: Path) -> None:
+    args = tuple(a.format(tmp=tmp_path) for a in args)
+    if args[0] == "join":
+        from shadow.stack.procs import free_port
+
+        args = ("join", "--web-port", str(free_port()))
+    t0 = time.monotonic()
+    run = _cli(*args, env=UNREACHABLE, cwd=tmp_path)
+    took = time.monotonic() - t0
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == (3 if args[0] == "verdict" else 1), run.stderr
+    assert lines[-1].startswith("error: cannot reach Kafka at 127.0.0.1:1 within 3 s"), lines
+    assert len(lines) <= 2, run.stderr  # the error, and at most the command's own banner
+    assert "Traceback" not in run.stderr and "Connection refused" not in run.stdout
+    assert took < 3 + 15, took  # the timeout, plus starting Python and torch
+
+
+def test_the_default_kafka_timeout_is_15_seconds(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    run = _cli("topics", "list", env={"SHADOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, cwd=tmp_path)
+    assert run.returncode == 1 and "within 15 s" in run.stderr
+    assert 14 < time.monotonic() - t0 < 30
+    verbose = _cli("-v", "topics", "list", env=UNREACHABLE, cwd=tmp_path)
+    assert "Connection refused" in verbose.stderr  # librdkafka's own lines, with -v only
+
+
+def test_ranges_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    for args, message in [
+        (("record", "--topic", "t", "--from", "@20", "--to", "@10", "-o", "r.zst"),
+         "error: --to (1970-01-01T00:00:00.010Z) must be after --from "
+         "(1970-01-01T00:00:00.020Z)"),
+        (("record", "--topic", "t", "--from", "2026-11-22T10:00:00", "--to", "end", "-o",
+          "r.zst"), "error: '2026-11-22T10:00:00' has no time zone: add Z for UTC"),
+        (("profile", "build", "--from", "500", "--to", "100", "-o", "p.json"),
+         "error: --to (offset 100) must be after --from (offset 500)"),
+        (("replay", "--topic", "t", "--from", "end", "--to", "beginning", "--candidate",
+          "producers.traffic:build_model"), "error: --from end --to beginning is empty"),
+    ]:
+        run = _cli(*args, env=UNREACHABLE, cwd=tmp_path)
+        assert run.returncode == 1 and run.stderr.strip().startswith(message), run.stderr
+        assert not (tmp_path / "r.zst").exists()
+
+
+def test_replay_output_piped_is_full_width_without_escapes(tmp_path: Path) -> None:
+    from producers.traffic import TrafficSpec, build_model
+    from tests.unit.test_recording import _write
+    from tests.unit.test_replay import recorded
+
+    path = tmp_path / "rec.jsonl.zst"
+    _write(path, recorded(600, TrafficSpec(seed=1), build_model(0)))
+    run = _cli("replay", "--file", str(path), "--candidate",
+               "a-long-candidate-name=producers.traffic:build_model",
+               "--candidate", "broken=tests.models_for_tests:broken", "--device", "cpu",
+               "--window-s", "5", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert run.returncode == 0, run.stderr
+    assert "\x1b" not in run.stdout + run.stderr and "…" not in run.stdout
+    assert "a-long-candidate-name" in run.stdout and "fraud-scorer" in run.stdout
+    assert "dead-lettered" in run.stdout and "engine ms/req" in run.stdout
+    assert "broken: 600 requests answered with an error: 600 x RuntimeError" in run.stdout
+    assert max(len(line) for line in run.stdout.splitlines()) > 80
+
+
+def test_replay_takes_the_workers_model_options_and_bad_files_are_one_line(
+        tmp_path: Path) -> None:
+    import torch
+
+    from producers.traffic import TrafficSpec, build_model
+    from tests.unit.test_recording import _write
+    from tests.unit.test_replay import recorded
+
+    path = tmp_path / "rec.jsonl.zst"
+    _write(path, recorded(300, TrafficSpec(seed=1), build_model(0)))
+    weights = tmp_path / "seed1.pt"
+    torch.save(build_model(1).state_dict(), weights)
+    out = {}
+    for name, args in (("factory", ["--candidate", "v=producers.traffic:build_model",
+                                    "--weights", f"v={weights}"]),
+                       ("reference", ["--candidate", "v=tests.models_for_tests:fraud_seed1"])):
+        run = _cli("replay", "--file", str(path), *args, "--device", "cpu", "--json",
+                   str(tmp_path / f"{name}.json"), cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        out[name] = (tmp_path / f"{name}.json").read_bytes()
+    assert out["factory"] == out["reference"]  # the weights were loaded, for candidate v
+    bad = tmp_path / "tol.toml"
+    bad.write_text("[default]\nrtol = -1\n")
+    for command in (["replay", "--file", str(path), "--candidate",
+                     "producers.traffic:build_model"], ["join"]):
+        run = _cli(*command, "--tolerances", str(bad), env=UNREACHABLE, cwd=tmp_path)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.strip().splitlines() == [
+            f"error: {bad}: [default] rtol: must be a non-negative number, got -1"]

@@ -7,7 +7,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from producers import Mirror, MirrorConfig
+from producers import Mirror, MirrorConfig, PiiPolicy
+from schemas import ConfigError
 from shadow.stack.procs import free_port
 
 
@@ -68,7 +69,7 @@ def test_publish_copies_the_top_level_of_inputs() -> None:
     m._stop.set()  # park the shipper: the event waits in the buffer
     m._shipper.join(5)
     inputs = {"a": 1}
-    assert m.publish("r1", inputs, [0.5, 0.5])
+    assert m.publish("r1", inputs, 0.5)
     inputs["a"] = 2  # the caller reuses its dict at once
     inputs["b"] = 3
     value = m._encode(m._buffer[0])
@@ -144,3 +145,60 @@ def test_pii_policy_never_touches_the_callers_objects() -> None:
     assert m.publish("r1", inputs)
     assert inputs == {"user": {"email": "a@b.c"}, "ssn": "1", "amount": 2}
     m.close(timeout_s=0)
+
+
+@pytest.mark.parametrize("middleware", ["MirrorASGIMiddleware", "MirrorWSGIMiddleware"])
+def test_a_middleware_must_be_told_where_the_answer_is(middleware: str) -> None:
+    import producers
+
+    cls = getattr(producers, middleware)
+    m = _mirror()
+    try:
+        # As docs/service-owners.md once showed it: every event was then dead-lettered by
+        # the worker, the response {"score": 0.9} not being an answer.
+        with pytest.raises(ConfigError, match=f"{middleware}: say where the model's answer "
+                                              "is in the JSON response: output_field="):
+            cls(lambda *a: None, mirror=m)
+        cls(lambda *a: None, mirror=m, output_field="score")
+        cls(lambda *a: None, mirror=m, output_field=None)  # the whole response
+        cls(lambda *a: None, mirror=m, extract=lambda req, resp: (req, resp["score"]))
+    finally:
+        m.close(timeout_s=0)
+
+
+def test_an_answer_that_is_not_a_model_output_is_dropped_with_the_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = _mirror(output_kind="probs")
+    m._stop.set()  # park the shipper: encode by hand
+    m._shipper.join(5)
+    for rid, answer in (("a", {"score": 0.9}), ("b", 0.7), ("c", []), ("d", ["x"])):
+        assert m.publish(rid, {"x": 1}, answer)
+    with caplog.at_level("WARNING", logger="shadowstream.mirror"):
+        assert [m._encode(item) for item in list(m._buffer)] == [None] * 4
+    assert m.metrics.snapshot().dropped["invalid_output"] == 4
+    assert "is not a model output" in caplog.text and "output_field" in caplog.text
+    good = [m._encode((*m._buffer[0][:2], [0.2, 0.8], *m._buffer[0][3:]))]
+    assert good[0] is not None
+    m.close(timeout_s=0)
+
+
+def test_the_pii_key_may_be_a_str_and_anything_else_is_refused() -> None:
+    from producers.pii import keyed_hash
+
+    as_text = PiiPolicy({"inputs.email": "hash"}, key="a-secret-of-16-chars")
+    as_bytes = PiiPolicy({"inputs.email": "hash"}, key=b"a-secret-of-16-chars")
+    doc = {"inputs": {"email": "a@b.c"}}
+    assert as_text.apply(dict(doc, inputs=dict(doc["inputs"]))) == \
+        as_bytes.apply(dict(doc, inputs=dict(doc["inputs"])))
+    assert keyed_hash("x", as_text.key) == keyed_hash("x", b"a-secret-of-16-chars")
+    with pytest.raises(ConfigError, match="key must be bytes or a str, got int"):
+        PiiPolicy({"inputs.email": "hash"}, key=1234567890123456)  # type: ignore[arg-type]
+
+
+def test_the_mirror_writes_to_the_prefix_of_shadow_topic_prefix(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHADOW_TOPIC_PREFIX", "team-a")
+    assert MirrorConfig(bootstrap="b:9092", model="m").topic == "team-a.requests"
+    monkeypatch.delenv("SHADOW_TOPIC_PREFIX")
+    assert MirrorConfig(bootstrap="b:9092", model="m").topic == "shadow.requests"
+    assert MirrorConfig(bootstrap="b:9092", model="m", topic="x").topic == "x"

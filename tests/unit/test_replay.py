@@ -116,3 +116,80 @@ def test_verdict_on_a_replay(disagree: float, critical: bool, decision: str) -> 
                                               limit=0.01)))
     verdict = judge(windows, config)
     assert verdict.decision == decision, verdict.reason
+
+
+def _as_old_recording(path: Any, messages: list[RecordedMessage]) -> None:
+    """What `shadow record` wrote before recordings were time-ordered: partition after
+    partition, no header."""
+    import base64
+
+    import zstandard
+
+    lines = [orjson.dumps({"topic": m.topic, "partition": m.partition, "offset": m.offset,
+                           "timestamp": m.timestamp,
+                           "key_b64": base64.b64encode(m.key or b"").decode(),
+                           "value_b64": base64.b64encode(m.value).decode()})
+             for m in sorted(messages, key=lambda m: (m.partition, m.offset))]
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(lines)))
+
+
+def test_a_recording_of_several_partitions_gives_the_pairs_and_windows_of_the_live_order(
+        tmp_path: Any) -> None:
+    from shadow.recording import read_recording
+
+    # 3,000 requests over 60 s on 3 partitions, windows of 10 s with 1 s of grace: read
+    # partition after partition, the later partitions' events would come after their
+    # windows closed (dead-lettered as late, the windows short of requests).
+    messages = recorded(3000, TrafficSpec(seed=4, disagree=0.05), build_model(0))
+    path = tmp_path / "old.jsonl.zst"
+    _as_old_recording(path, messages)
+    from_file = run(list(read_recording(path)), candidate("c"))
+    live_order = run(messages, candidate("c"))
+    assert from_file.report["dead_lettered"] == 0 and from_file.report["requests"] == 3000
+    assert from_file.json_bytes() == live_order.json_bytes()
+    windows = [w for w in from_file.report["candidates"]["c"]["models"]["fraud-scorer"]
+               ["windows"] if "segment" not in w]
+    assert len(windows) == 6 and sum(w["pairs"] for w in windows) == 3000
+
+
+def test_a_card_with_labels_is_judged_against_live_answers_without_them(
+        tmp_path: Any) -> None:
+    # The README's card names the classes; the service answers bare probabilities. The
+    # candidate's top-1 labels are judged in the live answers' terms (indices), and no
+    # statistic is ever NaN (chi-square on labels the reference never had crashed replay).
+    card = tmp_path / "fraud.card.toml"
+    card.write_text('output = "probs"\nlabels = ["legit", "fraud"]\n'
+                    '[[features]]\nfield = "amount"\ntransform = "log1p"\nscale = 0.2\n'
+                    '[[features]]\nfield = "hour"\nscale = 0.043478260869565216\n'
+                    '[[features]]\nfield = "country"\none_hot = ["DE", "FR", "US"]\n'
+                    '[[features]]\nfield = "history"\nsize = 3\n')
+    labelled = ReplayCandidate("labelled", InferenceEngine(load_candidate(
+        "producers.traffic:build_model", card=card), device="cpu"))
+    messages = recorded(1500, TrafficSpec(seed=6, disagree=0.1), build_model(0))
+    report = run(messages, labelled, candidate("plain")).report
+    models = {c: report["candidates"][c]["models"]["fraud-scorer"]["overall"]
+              for c in ("labelled", "plain")}
+    assert models["labelled"]["disagreement_rate"] == models["plain"]["disagreement_rate"]
+    assert models["labelled"]["drift"]["candidate.top1"] == models["plain"]["drift"][
+        "candidate.top1"]
+    assert models["labelled"]["undefined_statistics"] == 0
+
+
+def test_a_candidate_that_fails_on_every_row_shows_its_errors_and_their_reason() -> None:
+    from rich.console import Console
+
+    from shadow.cli.views import replay_table
+
+    messages = recorded(300, TrafficSpec(seed=1), build_model(0))
+    result = run(messages, candidate("broken", "tests.models_for_tests:broken"))
+    errors = result.report["candidates"]["broken"]["errors"]
+    assert errors["count"] == 300
+    [(reason, count)] = errors["reasons"].items()
+    assert count == 300 and reason.startswith("RuntimeError: mat1 and mat2 shapes")
+    overall = result.report["candidates"]["broken"]["models"]["fraud-scorer"]["overall"]
+    assert overall["candidate_errors"] == 300
+    console = Console(width=300, record=True)
+    console.print(replay_table(result))
+    text = console.export_text()
+    assert "errors" in text.splitlines()[2] and "300 requests answered with an error" in text
+    assert "RuntimeError: mat1 and mat2 shapes" in text

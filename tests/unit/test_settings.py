@@ -76,3 +76,28 @@ def test_secrets_stay_out_of_reprs() -> None:
     s = Settings(kafka_sasl_password="hunter2", kafka_ssl_key_password="hunter3")
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
     assert "hunter3" not in repr(s)
+
+
+def test_unknown_keys_and_variables_are_refused_with_the_closest_name(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from schemas import ConfigError
+    from shadow.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    # `topic_prefx` was accepted and the pipeline ran on shadow.* topics.
+    (tmp_path / "shadow.toml").write_text('topic_prefx = "team-a"\n')
+    with pytest.raises(ConfigError, match=r"shadow.toml: unknown key 'topic_prefx' "
+                                          r"\(did you mean 'topic_prefix'\?\)"):
+        load_settings()
+    (tmp_path / "shadow.toml").write_text('partitions = "six"\n')
+    with pytest.raises(ConfigError, match=r"shadow.toml: partitions: .*valid integer"):
+        load_settings()
+    (tmp_path / "shadow.toml").unlink()
+    monkeypatch.setenv("SHADOW_TOPIC_PREFX", "team-a")
+    with pytest.raises(ConfigError, match=r"SHADOW_TOPIC_PREFX: unknown setting \(did you "
+                                          r"mean 'SHADOW_TOPIC_PREFIX'\?\)"):
+        load_settings()
+    monkeypatch.delenv("SHADOW_TOPIC_PREFX")
+    monkeypatch.setenv("SHADOW_PARTITIONS", "0")
+    with pytest.raises(ConfigError, match=r"SHADOW_PARTITIONS: partitions: .*greater than"):
+        load_settings()

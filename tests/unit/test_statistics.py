@@ -14,6 +14,7 @@ from scipy.spatial import distance
 from consumers.compare import ComparisonError, Tolerance, Tolerances, compare, rbo
 from consumers.drift import Profile, drift, features_of, psi
 from consumers.sketch import QuantileSketch
+from schemas import ConfigError
 
 RNG = np.random.default_rng(7)
 
@@ -119,7 +120,11 @@ def test_tolerances_per_model_and_bad_files_refused(tmp_path) -> None:
     assert tols.for_model("other").rtol == 0.05
     assert tols.for_model("m1").cosine_max == 0.2 and tols.for_model("m1").rtol == 0.05
     path.write_text("[default]\nrtoll = 1\n")
-    with pytest.raises(ValueError, match=r"unknown keys.*rtoll"):
+    with pytest.raises(ConfigError, match=r"tol.toml: unknown key 'rtoll' in \[default\] "
+                                          r"\(did you mean 'rtol'\?\)"):
+        Tolerances.from_file(path)
+    path.write_text("[defaults]\nrtol = 1\n")  # a table the file does not have
+    with pytest.raises(ConfigError, match=r"unknown key 'defaults' \(did you mean 'default'"):
         Tolerances.from_file(path)
     path.write_text("[default]\nrtol = -1\n")
     with pytest.raises(ValueError, match="non-negative"):

@@ -1,0 +1,93 @@
+"""What every command shares: consoles, settings, the servers, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, NoReturn
+
+import click
+import orjson
+from rich.console import Console
+from rich.text import Text
+
+from shadow.exceptions import KafkaUnreachableError, ShadowstreamError
+from shadow.settings import Settings, load_settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_INPUT = 3
+"""``shadow verdict`` only: a usage or input error, kept apart from its verdicts 0/1/2."""
+
+# Piped, or in a CI log, rich would cut tables at 80 columns: give them all the width they
+# need instead (a table is only as wide as its content) and no colours or cursor moves.
+_PIPED_WIDTH = 4096
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=_PIPED_WIDTH, color_system=None, highlight=False)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr, never wrapped, never read as rich markup."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True,
+                      highlight=False)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    print_error(message)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Turns our errors into one clear line on stderr and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShadowstreamError as exc:
+            fail(str(exc))
+
+
+def print_json(obj: Any) -> None:
+    click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def verbose_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # librdkafka's own lines (a refused connection, a broker still loading) repeat many
+        # times a second while it retries; what they mean reaches the user as one error.
+        logging.getLogger("shadowstream.kafka").setLevel(logging.CRITICAL + 1)
+
+
+def kafka(s: Settings) -> str:
+    """The bootstrap servers, once they have answered within ``kafka_timeout_s``."""
+    from shadow import clients
+    from shadow.stack import resolve_kafka
+
+    bootstrap = resolve_kafka(s)
+    clients.probe_kafka(s, bootstrap)
+    return bootstrap
+
+
+def redis_url(s: Settings) -> str:
+    from shadow.stack import resolve_redis
+
+    return resolve_redis(s)
+
+
+__all__ = ["EXIT_ERROR", "EXIT_INPUT", "EXIT_OK", "EXIT_USAGE", "Group",
+           "KafkaUnreachableError", "console", "err_console", "fail", "kafka", "print_error",
+           "print_json", "redis_url", "settings", "verbose_logging"]

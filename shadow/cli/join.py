@@ -1,0 +1,108 @@
+"""``shadow join``: the Faust app that pairs live and shadow answers and closes windows."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import click
+
+from shadow.cli import options
+from shadow.cli.common import err_console, kafka, settings
+from shadow.exceptions import ShadowstreamError, TopicMismatchError
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether the web server can listen there (as aiohttp does: a port a killed process
+    left in TIME_WAIT is free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@click.command("join")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the app keeps its table store (default: <state dir>/join/"
+                   "<prefix>-join, one per topic prefix).")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
+              help="Port of the app's web server; Prometheus metrics at /metrics.")
+@options.windows()
+@click.option("--expect", multiple=True, metavar="MODEL=CANDIDATE",
+              help="A candidate expected to answer a model's requests (repeatable); a request "
+                   "it never answers counts as unmatched even before it sent anything.")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="TOML file of alert rules (default: the shipped rules).")
+@click.option("--no-redis", is_flag=True, help="Do not send alerts to Redis.")
+@click.option("--idle-close-s", type=click.FloatRange(min=0.1), default=5.0,
+              show_default=True, help="With no event for this long, event time runs on "
+                                      "with the clock and closes the windows it passes.")
+@click.pass_context
+def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: float,
+            grace_s: float, reference_size: int, profile_file: Path | None,
+            tolerances: Path | None, expect: tuple[str, ...], rules_file: Path | None,
+            no_redis: bool, idle_close_s: float) -> None:
+    """Join live and shadow answers per request; emit pairs and closed windows.
+
+    A Faust app with one agent over <prefix>.requests and <prefix>.outputs, with as many
+    partitions as those topics have on the broker. Writes one DivergencePair per request and
+    candidate to <prefix>.pairs, a WindowSummary per closed window, model and candidate (and
+    segment) to <prefix>.windows, and what it cannot process to <prefix>.deadletter.
+    SIGTERM or Ctrl-C stops it after a commit; when it cannot go on it exits 1 with the
+    reason.
+
+    \b
+    Example:
+      shadow join --window-s 60 --grace-s 10 --expect fraud-scorer=fraud-v13 --web-port 6066
+    """
+    from consumers.app import JoinAppConfig, build_app, run_app
+    from consumers.rules import RuleSet
+    from schemas.topics import join_app_id, join_changelog
+    from shadow import clients
+    from shadow.cli.common import redis_url
+    from shadow.stack import local_prometheus
+    from shadow.stack.prometheus import registered
+    from shadow.topics import existing_partitions, input_partitions
+
+    logging.getLogger("shadowstream.join").setLevel(logging.INFO)
+    s = settings()
+    candidates: dict[str, tuple[str, ...]] = {}
+    for item in expect:
+        model, sep, cand = item.partition("=")
+        if not (sep and model and cand):
+            raise click.BadParameter(f"{item!r}: expected MODEL=CANDIDATE", param_hint="--expect")
+        candidates[model] = (*candidates.get(model, ()), cand)
+    rules = RuleSet.from_file(rules_file) if rules_file else RuleSet()
+    config = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances,
+                                 candidates=candidates, rules=rules)
+    host = "127.0.0.1"
+    if not _port_free(host, web_port):
+        raise ShadowstreamError(f"port {web_port} is in use (another join?): choose another "
+                                "with --web-port")
+    bootstrap = kafka(s)
+    existing = existing_partitions(clients.admin(s, bootstrap), s.kafka_timeout_s)
+    partitions = input_partitions(existing, s)
+    changelog = join_changelog(s.topic_prefix)
+    if changelog in existing and existing[changelog] != partitions:
+        raise TopicMismatchError([
+            f"{changelog} (the join's table) has {existing[changelog]} partitions, the inputs "
+            f"have {partitions}: it was made for other topics; delete it (`shadow topics "
+            "delete --yes` deletes this prefix's topics)"])
+    redis = None if no_redis else redis_url(s)
+    store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
+    app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,
+                               web_port=web_port, web_host=host, idle_close_s=idle_close_s,
+                               redis_url=redis)
+    app, _ = build_app(s, bootstrap, app_config)
+    n = f"{partitions} partition{'s' if partitions != 1 else ''}"
+    err_console.print(f"join: {s.topic('requests')} + {s.topic('outputs')} ({n}) -> pairs, "
+                      f"windows of {window_s:g} s (grace {grace_s:g} s); table in "
+                      f"{str(app.conf.store).rstrip(':/')} at {store}; metrics on "
+                      f"http://{host}:{web_port}/metrics", highlight=False)
+    with registered(local_prometheus(s), "join", f"{host}:{web_port}",
+                    {"prefix": s.topic_prefix}):
+        run_app(app, verbose=ctx.obj.get("verbose", False) if ctx.obj else False)

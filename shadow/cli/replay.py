@@ -1,0 +1,131 @@
+"""``shadow replay``: recorded requests through candidates, judged by the live pipeline's code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shadow.cli import options
+from shadow.cli.common import console, err_console, kafka, settings
+from shadow.cli.views import replay_table
+from shadow.settings import Settings
+
+
+def _candidate_name(spec: str) -> str:
+    return spec.rsplit(":", 1)[-1] if ":" in spec else Path(spec).stem
+
+
+def _split(spec: str) -> tuple[str, str]:
+    """``ID=MODEL`` or ``MODEL`` (named after the model's file or factory)."""
+    cid, sep, model = spec.partition("=")
+    if not sep or ":" in cid or "/" in cid:
+        return _candidate_name(spec), spec
+    return cid, model
+
+
+@click.command("replay")
+@click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="A recording made by `shadow record`.")
+@click.option("--topic", default=None, help="Or read this topic directly (with --from/--to).")
+@options.time_range(required=False)
+@click.option("--candidate", "candidates", multiple=True,
+              metavar="[ID=]MODEL", help="A candidate (repeatable): TorchScript, .pt2 or "
+                                         "package.module:factory, optionally named ID=...")
+@options.model_files()
+@click.option("--to-topic", default=None, metavar="T2",
+              help="Instead of judging here, re-publish the requests to this topic for the "
+                   "live pipeline.")
+@click.option("--rate", type=click.FloatRange(min=0.001), default=None,
+              help="With --to-topic: messages per second (default: as fast as possible).")
+@options.engine(max_batch=256)
+@options.windows()
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the report as JSON (same bytes for the same input).")
+@click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write a self-contained HTML report.")
+def command(file_: Path | None, topic: str | None, start: str | None, end: str | None,
+            candidates: tuple[str, ...], weights: tuple[str, ...], card: tuple[str, ...],
+            adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
+            dtype: str, max_batch: int, window_s: float, grace_s: float, reference_size: int,
+            profile_file: Path | None, tolerances: Path | None, json_out: Path | None,
+            html_out: Path | None) -> None:
+    """Replay recorded requests through candidates and judge them like the live pipeline.
+
+    Runs in-process with the worker's inference engine and the join's comparators, windows
+    and drift code; several candidates side by side in one pass. Partitions are read merged
+    in time order, so the pairs and windows are those the live join computed.
+
+    \b
+    Example:
+      shadow replay --file monday.jsonl.zst --candidate v13=producers.traffic:build_model \\
+          --window-s 60 --json report.json --report report.html
+    """
+    from shadow.engine import InferenceEngine
+    from shadow.models import load_candidate
+    from shadow.recording import parse_range, read_range, read_recording
+    from shadow.replay import ReplayCandidate, replay
+
+    if (file_ is None) == (topic is None):
+        raise click.UsageError("give either --file or --topic (with --from and --to)")
+    if topic is not None and (start is None or end is None):
+        raise click.UsageError("--topic needs --from and --to")
+    if file_ is not None and (start is not None or end is not None):
+        raise click.UsageError("--from and --to go with --topic; a recording is replayed whole")
+    if not candidates and to_topic is None:
+        raise click.UsageError("give at least one --candidate (or --to-topic)")
+    if file_ is not None and not file_.is_file():
+        raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="--file")
+    s = settings()
+    specs = [_split(spec) for spec in candidates]
+    ids = [cid for cid, _ in specs]
+    if len(set(ids)) != len(ids):
+        raise click.BadParameter(f"candidate ids must differ: {ids} (name them ID=MODEL)",
+                                 param_hint="--candidate")
+    files = options.files_by_candidate(ids, weights, card, adapter) if ids else {}
+    join = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances)
+    loaded = []
+    for cid, model in specs:
+        f = files[cid]
+        engine = InferenceEngine(load_candidate(model, weights=f.weights, card=f.card,
+                                                adapter=f.adapter),
+                                 device=device, dtype=dtype, max_batch=max_batch)
+        loaded.append(ReplayCandidate(cid, engine))
+    if topic is not None:
+        lo, hi = parse_range(start or "", end or "")
+        messages = read_range(s, kafka(s), topic, lo, hi)
+        source: dict[str, Any] = {"topic": topic, "from": start, "to": end}
+    else:
+        assert file_ is not None
+        messages = read_recording(file_)
+        source = {"file": file_.name}
+    if to_topic is not None:
+        _republish(s, messages, to_topic, rate)
+        return
+    with err_console.status("replaying...", spinner="dots") as status:
+        result = replay(messages, loaded, join=join, batch=max_batch,
+                        source=source, progress=lambda n: status.update(f"replayed {n}"))
+    if json_out:
+        json_out.write_bytes(result.json_bytes())
+    if html_out:
+        from shadow.report import html_report
+
+        html_out.write_text(html_report(result))
+    console.print(replay_table(result))
+    console.print(f"{result.report['requests']} requests in {result.timing['seconds']:.1f} s "
+                  f"({result.timing['requests_per_s']:,.0f}/s), "
+                  f"{result.report['dead_lettered']} dead-lettered", highlight=False)
+
+
+def _republish(s: Settings, messages: Iterable[Any], topic: str, rate: float | None) -> None:
+    from producers.republish import republish
+    from shadow import clients
+
+    producer = clients.producer(s, kafka(s))
+    with err_console.status(f"re-publishing to {topic}...", spinner="dots") as status:
+        sent = republish(((m.key, m.value) for m in messages), producer, topic,
+                         rate=rate, progress=lambda n: status.update(f"re-published {n}"))
+    err_console.print(f"re-published {sent} messages to {topic}"
+                      f"{f' at {rate:g}/s' if rate else ''}", highlight=False)
