@@ -419,6 +419,24 @@ class _Supervisor:
             self._stopping = asyncio.ensure_future(self.worker.stop())
 
 
+class _Worker(faust.Worker):
+    """Faust's worker, keeping what failed its start (it only logs it) and without the
+    terminal spinner (its cursor moves end up as escapes in logs)."""
+
+    failure: BaseException | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except Exception as exc:
+            self.failure = exc
+            raise
+
+
 def run_app(app: faust.App, verbose: bool = False) -> None:
     """Run until SIGTERM/SIGINT; Faust then stops the agent, flushes and commits. Raises
     JoinStopped, with the reason in one line, when the join stops on its own."""
@@ -427,9 +445,8 @@ def run_app(app: faust.App, verbose: bool = False) -> None:
     supervisor: _Supervisor = app.shadow_supervisor  # type: ignore[attr-defined]
     # Faust's and mode's own lines (timers late, rebalances, a crash's traceback) with -v;
     # the join's own (shadowstream.join) always, at its level.
-    worker = faust.Worker(app, loglevel="INFO" if verbose else "CRITICAL", quiet=True,
-                          redirect_stdouts=False)
-    worker.spinner = None  # its cursor moves end up as escapes in logs
+    worker = _Worker(app, loglevel="INFO" if verbose else "CRITICAL", quiet=True,
+                     redirect_stdouts=False)
     supervisor.worker = worker
     try:
         worker.execute_from_commandline()
@@ -437,7 +454,7 @@ def run_app(app: faust.App, verbose: bool = False) -> None:
         if supervisor.reason is not None:
             raise JoinStopped(f"the join stopped: {supervisor.reason}") from None
         if exc.code not in (0, None):
-            crash = worker.crash_reason
+            crash = worker.failure or worker.crash_reason
             why = f"{type(crash).__name__}: {crash}" if crash else f"exit status {exc.code}"
             raise JoinStopped(f"the join stopped: {why}") from None
         raise

@@ -94,6 +94,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
             "delete --yes` deletes this prefix's topics)"])
     redis = None if no_redis else redis_url(s)
     store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
+    store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,
                                web_port=web_port, web_host=host, idle_close_s=idle_close_s,
                                redis_url=redis)
