@@ -50,6 +50,12 @@ def build_model(seed: int = 0) -> FraudModel:
     return model.eval()
 
 
+def build_retrained() -> FraudModel:
+    """A candidate for trying replay and verdicts: the live model's shape with other weights
+    (as a retraining gives), so it disagrees with the live answers on many requests."""
+    return build_model(1)
+
+
 # The model's declared interface (shadow.models.ModelCard): the worker builds the very same
 # features from an event's inputs. Loadable as `--candidate producers.traffic:build_model`.
 MODEL_CARD: dict[str, Any] = {

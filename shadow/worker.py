@@ -203,6 +203,7 @@ class ShadowWorker:
         self.assigned: frozenset[int] = frozenset()
         """The partitions of the requests topic this worker owns now."""
         self._last_log = time.monotonic()
+        self._handled_at_log = 0  # progress is logged only when something happened since
         self._stopping = threading.Event()
         self._last_commit = time.monotonic()
         self._handled_at_commit = 0
@@ -380,9 +381,10 @@ class ShadowWorker:
             self._handled_at_commit = self.stats.handled
             self._last_commit = now
             self._update_lag()
-            if now - self._last_log >= _PROGRESS_EVERY_S:
+            s = self.stats
+            if now - self._last_log >= _PROGRESS_EVERY_S and s.handled != self._handled_at_log:
                 self._last_log = now
-                s = self.stats
+                self._handled_at_log = s.handled
                 log.info("%s: %d answered, %d errors, %d dead letters written, %.0f/s%s",
                          self.config.candidate_id, s.answered, s.errors, s.dead_letters,
                          self.metrics.rate_value,

@@ -41,11 +41,14 @@ def _port_free(host: str, port: int) -> bool:
 @click.option("--idle-close-s", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, help="With no event for this long, event time runs on "
                                       "with the clock and closes the windows it passes.")
+@click.option("--check", is_flag=True,
+              help="Check the configuration (files, topics, servers) and exit without "
+                   "starting: 0 when the join would start.")
 @click.pass_context
 def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: float,
             grace_s: float, reference_size: int, profile_file: Path | None,
             tolerances: Path | None, expect: tuple[str, ...], rules_file: Path | None,
-            no_redis: bool, idle_close_s: float) -> None:
+            no_redis: bool, idle_close_s: float, check: bool) -> None:
     """Join live and shadow answers per request; emit pairs and closed windows.
 
     A Faust app with one agent over <prefix>.requests and <prefix>.outputs, with as many
@@ -80,7 +83,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     config = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances,
                                  candidates=candidates, rules=rules)
     host = "127.0.0.1"
-    if not _port_free(host, web_port):
+    if not check and not _port_free(host, web_port):
         raise ShadowstreamError(f"port {web_port} is in use (another join?): choose another "
                                 "with --web-port")
     bootstrap = kafka(s)
@@ -93,6 +96,11 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
             f"have {partitions}: it was made for other topics; delete it (`shadow topics "
             "delete --yes` deletes this prefix's topics)"])
     redis = None if no_redis else redis_url(s)
+    if check:
+        err_console.print(f"join: configuration ok ({len(rules.rules)} alert rules, inputs of "
+                          f"{partitions} partition{'s' if partitions != 1 else ''})",
+                          highlight=False)
+        return
     store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
     store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,

@@ -102,3 +102,28 @@ def fetch() -> None:
     with err_console.status(f"resolving Kafka {s.kafka_version} with Maven...", spinner="dots"):
         libs = kafka.jars(s.cache_dir, s.kafka_version)
     console.print(f"Kafka {s.kafka_version} jars: {libs}", highlight=False)
+
+
+@command.command("env")
+def env() -> None:
+    """Print shell exports that point clients at the running stack.
+
+    For programs that embed the mirror or read SHADOW_KAFKA_BOOTSTRAP themselves; the
+    `shadow` commands find the local stack without them.
+
+    \b
+    Example:
+      eval "$(shadow stack env)"
+      echo "$SHADOW_KAFKA_BOOTSTRAP"
+    """
+    import shlex
+
+    from shadow.stack import Stack
+
+    endpoints = Stack(settings()).endpoints()
+    # Not the local Prometheus: set, it would read as one of your own, and workers and the
+    # join would no longer register with it.
+    values = {"SHADOW_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+              "SHADOW_REDIS_URL": endpoints.redis_url}
+    for name, value in values.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
