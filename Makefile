@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 COMPOSE_VERSION := v2.29.7
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap system venv kafka-jars compose-plugin demo test test-faults test-kafka4 test-unit test-integration lint bench clean
+.PHONY: help bootstrap system venv browser kafka-jars compose-plugin demo test test-faults test-kafka4 test-unit test-integration lint bench clean
 
 help:
 	@echo "make demo   bring the stack up and run the pipeline (installs what it needs)"
@@ -35,6 +35,11 @@ system:
 	fi
 
 venv: $(STAMP)
+
+# The HTML report is checked in a real browser: Debian's chromium, driven by playwright.
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian package: chromium"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -58,7 +63,7 @@ compose-plugin:
 demo: bootstrap
 	@$(VENV)/bin/shadow demo
 
-test: bootstrap compose-plugin
+test: bootstrap compose-plugin browser
 	$(PY) -m pytest tests/unit tests/integration -m "not faults" $(PYTEST_ARGS)
 
 # The integration tests against a Kafka 4 broker (log4j2 backend) instead of 3.9.1.
@@ -73,7 +78,7 @@ test-faults: bootstrap
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: bootstrap compose-plugin
+test-integration: bootstrap compose-plugin browser
 	$(PY) -m pytest tests/integration -m "not faults" $(PYTEST_ARGS)
 
 lint: venv

@@ -154,30 +154,33 @@ class _Run:
         if not requests:
             return
         inputs = [r.inputs for _, r in requests]
+        answers: list[list[Answer]] = []
         for cand in self.candidates:
             t0 = time.perf_counter()
-            answers = cand.engine.infer(inputs)
+            answers.append(cand.engine.infer(inputs))
             self.engine_s[cand.candidate_id] += time.perf_counter() - t0
-            shown = {}
-            errors = self.errors[cand.candidate_id]
-            for (m, r), a in zip(requests, answers, strict=True):
+        # Request by request, every candidate's answer: the outputs' event time then moves as
+        # the requests' does, so no window closes before every candidate has answered in it
+        # (one candidate's whole batch first would close windows on the next one's answers).
+        for i, (m, r) in enumerate(requests):
+            for cand, cand_answers in zip(self.candidates, answers, strict=True):
+                a = cand_answers[i]
                 if a.error is not None:
-                    errors[reason_key(a.error)] += 1
+                    self.errors[cand.candidate_id][reason_key(a.error)] += 1
                 # Wall-clock latency would make the report differ run to run: left out.
                 value = output_record(r, cand.candidate_id, Answer(a.output, a.error, 0.0))
-                shown[r.request_id] = (r, a)
                 offset = self._out_offsets[m.partition]
                 self._out_offsets[m.partition] += 1
                 self._collect(self.core.handle(_OUTPUTS, m.partition, offset, m.key, value),
-                              shown)
+                              {(r.request_id, cand.candidate_id): (r, a)})
 
     def finish(self) -> None:
         out: list[Outgoing] = []
         self.core.sweep(2**62, out)
         self._collect(out, {})
 
-    def _collect(self, out: list[Outgoing], shown: dict[str, tuple[MirroredRequest, Answer]]
-                 ) -> None:
+    def _collect(self, out: list[Outgoing],
+                 shown: dict[tuple[str, str], tuple[MirroredRequest, Answer]]) -> None:
         for o in out:
             if o.role == "windows":
                 self.windows.append(o.record)
@@ -190,9 +193,10 @@ class _Run:
                 if self.keep_pairs:
                     self.kept.append(DivergencePair.model_validate(pair))
                 rid, score = pair["request_id"], pair.get("score")
-                if score is None or rid not in shown:
+                seen = shown.get((rid, pair["candidate"]))
+                if score is None or seen is None:
                     continue
-                request, answer = shown[rid]
+                request, answer = seen
                 self.top[pair["candidate"]].offer(score, rid, {
                     "request_id": rid, "model": pair["model"], "ts": pair["ts"],
                     "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],

@@ -1,128 +1,285 @@
-"""The replay's HTML report: one self-contained file, plots drawn as inline SVG (no network)."""
+"""The replay's HTML report: one self-contained file (inline SVG, no script, no network) that a
+person reads at a glance: the verdict and its reasons on top, candidates side by side, charts
+with labelled axes and units, then the requests where candidates differ most."""
 
 from __future__ import annotations
 
+import datetime as dt
 import html
-import math
 from typing import Any
 
 import orjson
 
+from consumers.verdict import JudgeConfig, judge
+from shadow.charts import PALETTE, bars, hbars, lines
+
 __all__ = ["html_report"]
 
 _STYLE = """
-body{font:14px system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}h3{font-size:1em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th{background:#f3f3f3}td.l{text-align:left}pre{margin:0;font-size:12px;
-white-space:pre-wrap;max-width:420px}svg{background:#fafafa;border:1px solid #ddd}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;color:#222;max-width:1120px;
+padding:0 1em}h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:2em;
+border-bottom:1px solid #ddd;padding-bottom:.2em}h3{font-size:1.05em;margin:1.4em 0 .3em}
+.meta{color:#555}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;
+padding:4px 9px;text-align:right;vertical-align:top}th{background:#f3f3f3}td.l,th.l{
+text-align:left}pre{margin:0;font-size:12px;white-space:pre-wrap;max-width:330px}
+svg.chart{background:#fff;border:1px solid #ddd;margin:.3em 0 1em;max-width:100%;height:auto}
+.badge{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600}
+.PROMOTE{background:#2e7d32}.HOLD{background:#b26a00}.ROLLBACK{background:#c62828}
+.fail{color:#c62828;font-weight:600}.pass{color:#2e7d32}.nodata{color:#777}
+.empty{color:#777;font-style:italic}.note{color:#555;font-size:13px;max-width:820px}
 """
 
+# What a reader calls each number; the score's own unit depends on the output kind.
+_SCORE = {"probs": "JS divergence, bits", "scores": "1 - rank-biased overlap",
+          "embedding": "cosine distance", "regression": "absolute error"}
+_MEANS = {"mean_js_divergence": "mean JS divergence (bits)",
+          "mean_total_variation": "mean total variation distance",
+          "mean_confidence_delta": "mean confidence change (candidate - live)",
+          "mean_top1_agree": "top-1 agreement", "mean_topk_overlap": "mean top-k overlap",
+          "mean_rbo": "mean rank-biased overlap", "mean_cosine_distance": "mean cosine distance",
+          "mean_abs_error": "mean absolute error", "mean_rel_error": "mean relative error",
+          "mean_mean_abs_error": "mean of per-vector mean absolute error"}
+_DECADES = [("0", 0.0, 0.0), ("< 0.0001", 0.0, 1e-4), ("0.0001-0.001", 1e-4, 1e-3),
+            ("0.001-0.01", 1e-3, 1e-2), ("0.01-0.1", 1e-2, 0.1), ("0.1-1", 0.1, 1.0),
+            ("≥ 1", 1.0, float("inf"))]
 
-def html_report(result: Any) -> str:
+
+def _decade(v: float) -> int:
+    """The bucket of _DECADES a divergence score falls in: [lo, hi), and 0 on its own."""
+    if v <= 0:
+        return 0
+    return next(i for i, (_, lo, hi) in enumerate(_DECADES) if i and lo <= v < hi)
+
+
+def _e(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _n(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else \
+        str(v)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.3g} %"
+
+
+def _clock(ms: float) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%H:%M:%S")
+
+
+def _kind(overall: dict[str, Any]) -> str:
+    names = set(overall.get("divergence", {}))
+    for metric, kind in (("mean_js_divergence", "probs"), ("mean_rbo", "scores"),
+                         ("mean_cosine_distance", "embedding")):
+        if metric in names:
+            return kind
+    return "regression"
+
+
+def html_report(result: Any, verdict: JudgeConfig | None = None) -> str:
     r = result.report
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>shadowstream replay"
-             f"</title><style>{_STYLE}</style></head><body>",
-             "<h1>shadowstream replay</h1>",
-             f"<p>source {_e(orjson.dumps(r['source']).decode())}: {r['requests']} requests, "
-             f"{r['dead_lettered']} dead-lettered, windows of {r['window_ms'] / 1000:g} s; "
-             f"replayed in {result.timing['seconds']:.1f} s.</p>"]
-    for cid, cand in r["candidates"].items():
-        timing = result.timing["candidates"][cid]
-        for model, rep in cand["models"].items():
-            parts.append(_model_section(cid, model, rep, timing))
-        parts.append(_top_section(cid, cand["top"]))
+    config = verdict or JudgeConfig()
+    cids = list(r["candidates"])
+    colours = {cid: PALETTE[i % len(PALETTE)] for i, cid in enumerate(cids)}
+    models = sorted({m for c in r["candidates"].values() for m in c["models"]})
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>shadowstream replay: {_e(', '.join(cids))}</title>"
+             f"<style>{_STYLE}</style></head><body>",
+             "<h1>shadowstream replay report</h1>",
+             f"<p class='meta'>Source {_e(orjson.dumps(r['source']).decode())}: "
+             f"{r['requests']:,} requests, {r['dead_lettered']:,} dead-lettered, windows of "
+             f"{r['window_ms'] / 1000:g} s, replayed in {result.timing['seconds']:.1f} s. "
+             f"Candidates: {_e(', '.join(cids))}.</p>",
+             _verdicts(r, models, config)]
+    for model in models:
+        present = [c for c in cids if model in r["candidates"][c]["models"]]
+        parts.append(_model_section(r, model, present, colours, result.timing))
+    parts.append(_problems(r))
+    parts.append(_top_requests(r, cids))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _model_section(cid: str, model: str, rep: dict[str, Any], timing: dict[str, Any]) -> str:
-    o = rep["overall"]
-    lat = o.get("latency", {})
-    rows = [("requests", o["requests"]), ("pairs", o["pairs"]),
-            ("unmatched (live / shadow)", f"{o['unmatched_live']} / {o['unmatched_shadow']}"),
-            ("dead-lettered", o["dead_lettered"]), ("candidate errors", o["candidate_errors"]),
-            ("coverage", _n(o.get("coverage"))), ("disagreement rate",
-                                                   _n(o.get("disagreement_rate"))),
-            *((f"divergence {k}", _n(v)) for k, v in o.get("divergence", {}).items()),
-            ("live latency p50 / p99 (ms)", f"{_n(lat.get('live_p50'))} / "
-                                            f"{_n(lat.get('live_p99'))}"),
-            ("candidate engine time (ms per request, this machine)",
-             f"{timing['ms_per_request']:.3f}")]
-    table = "".join(f"<tr><td class=l>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in rows)
-    windows = [w for w in rep["windows"] if "segment" not in w]
-    series = {name: [(w["window_start"], w.get(name)) for w in windows]
-              for name in ("disagreement_rate", "coverage")}
-    series["divergence p99"] = [(w["window_start"], w.get("divergence", {}).get("p99"))
-                                for w in windows]
-    drift = sorted(((f, d["psi"]) for f, d in o.get("drift", {}).items() if "psi" in d),
-                   key=lambda t: -t[1])
-    hist = rep.get("divergence_histogram", [])
-    return (f"<h2>{_e(cid)} on {_e(model)}</h2><table>{table}</table>"
-            f"<h3>Divergence distribution (count per sketch bucket, log scale of score)</h3>"
-            f"{_bars([(f'{v:.3g}', n) for v, n in hist], 'requests')}"
-            f"<h3>Per window</h3>{_lines(series)}"
-            f"<h3>Drift per feature (PSI against the reference; 0.2 is the alert default)</h3>"
-            f"{_bars(drift, 'PSI')}")
+def _verdicts(r: dict[str, Any], models: list[str], config: JudgeConfig) -> str:
+    rows = []
+    for cid, cand in r["candidates"].items():
+        for model in models:
+            rep = cand["models"].get(model)
+            if rep is None:
+                continue
+            v = judge([w for w in rep["windows"] if "segment" not in w], config)
+            checks = "".join(
+                f"<li class='{'nodata' if m.outcome == 'no data' else m.outcome}'>"
+                f"{_e(m.outcome)}{' (critical)' if m.critical else ''}: {_e(m.reason)}</li>"
+                for m in v.results)
+            rows.append(f"<tr><td class=l><b>{_e(cid)}</b></td><td class=l>{_e(model)}</td>"
+                        f"<td class=l><span class='badge {v.decision}'>{v.decision}</span>"
+                        f"</td><td class=l>{_e(v.reason)}<ul>{checks}</ul></td></tr>")
+    return ("<h2 id='verdict'>Verdict</h2><table><tr><th class=l>candidate</th>"
+            "<th class=l>model</th><th class=l>decision</th><th class=l>why</th></tr>"
+            f"{''.join(rows)}</table><p class='note'>The judge of <code>shadow verdict</code> "
+            f"with its default configuration (at least {config.min_windows} windows of "
+            f"{config.min_pairs} pairs; critical metrics decide alone). Candidate latency is "
+            "wall time on this machine, so it is not judged offline.</p>")
 
 
-def _top_section(cid: str, top: list[dict[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><td class=l>{_e(t['request_id'])}</td><td>{t['score']:.4g}</td>"
-        f"<td>{'yes' if t['disagree'] else 'no'}</td>"
-        f"<td class=l><pre>{_e(_j(t['inputs']))}</pre></td>"
-        f"<td class=l><pre>{_e(_j(t['live']))}</pre></td>"
-        f"<td class=l><pre>{_e(_j(t['candidate']))}</pre></td></tr>" for t in top)
-    return (f"<h3>Most divergent requests of {_e(cid)}</h3><table><tr><th>request</th>"
-            f"<th>score</th><th>disagree</th><th>inputs</th><th>live answer</th>"
-            f"<th>candidate answer</th></tr>{rows}</table>")
+def _model_section(r: dict[str, Any], model: str, cids: list[str], colours: dict[str, str],
+                   timing: dict[str, Any]) -> str:
+    reps = {c: r["candidates"][c]["models"][model] for c in cids}
+    overall = {c: rep["overall"] for c, rep in reps.items()}
+    kind = _kind(next(iter(overall.values())))
+    score = _SCORE[kind]
+    mine = {c: colours[c] for c in cids}
+    return (f"<h2>{_e(model)}: candidates side by side</h2>"
+            + _comparison(overall, cids, score, timing)
+            + _window_charts(reps, cids, mine, score)
+            + _distribution(reps, cids, mine, score)
+            + _drift(overall, cids, mine))
 
 
-def _bars(items: list[tuple[str, float]], unit: str, width: int = 900) -> str:
-    if not items:
-        return "<p>(no data)</p>"
-    items = items[:60]
-    top = max(v for _, v in items) or 1.0
-    bar_w = width / len(items)
-    h = 160
-    rects = []
-    for i, (label, v) in enumerate(items):
-        bh = h * v / top
-        rects.append(f"<rect x='{i * bar_w + 1:.1f}' y='{h - bh + 10:.1f}' "
-                     f"width='{max(bar_w - 2, 1):.1f}' height='{bh:.1f}' fill='#4a7ab7'>"
-                     f"<title>{_e(str(label))}: {v:.4g} {unit}</title></rect>")
-    return (f"<svg width='{width}' height='{h + 20}' role='img'>{''.join(rects)}"
-            f"<text x='4' y='12' font-size='11'>max {top:.4g} {unit}</text></svg>")
+def _comparison(overall: dict[str, dict[str, Any]], cids: list[str], score: str,
+                timing: dict[str, Any]) -> str:
+    def row(label: str, values: list[str]) -> str:
+        return f"<tr><td class=l>{_e(label)}</td>{''.join(f'<td>{v}</td>' for v in values)}</tr>"
+
+    o = [overall[c] for c in cids]
+    rows = [row("requests", [_n(x["requests"]) for x in o]),
+            row("pairs", [_n(x["pairs"]) for x in o]),
+            row("coverage (pairs / requests)", [_pct(x.get("coverage")) for x in o]),
+            row("disagreement rate", [_pct(x.get("disagreement_rate")) for x in o]),
+            row("unmatched: no live answer / no candidate answer",
+                [f"{x['unmatched_live']:,} / {x['unmatched_shadow']:,}" for x in o]),
+            row("dead-lettered", [_n(x["dead_lettered"]) for x in o]),
+            row("candidate errors", [_n(x["candidate_errors"]) for x in o])]
+    for q in ("p50", "p90", "p99", "max", "mean"):
+        rows.append(row(f"divergence {q} ({score})",
+                        [_n(x.get("divergence", {}).get(q)) for x in o]))
+    means = sorted({k for x in o for k in x.get("divergence", {}) if k.startswith("mean_")})
+    for k in means:
+        label = _MEANS.get(k, k.removeprefix("mean_").replace("_", " "))
+        rows.append(row(label, [_n(x.get("divergence", {}).get(k)) for x in o]))
+    rows.append(row("engine time per request (ms, this machine)",
+                    [f"{timing['candidates'][c]['ms_per_request']:.3f}" for c in cids]))
+    head = "".join(f"<th>{_e(c)}</th>" for c in cids)
+    return f"<table><tr><th class=l>over the whole replay</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _lines(series: dict[str, list[tuple[int, float | None]]], width: int = 900) -> str:
-    points = [(x, y) for s in series.values() for x, y in s if y is not None]
-    if not points:
-        return "<p>(no data)</p>"
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y1 = max(max(p[1] for p in points), 1e-9)
-    h, colours = 180, ("#c0392b", "#27ae60", "#8e44ad")
-    paths, legend = [], []
-    for (name, s), colour in zip(series.items(), colours, strict=False):
-        xy = [(10 + (width - 20) * ((x - x0) / (x1 - x0) if x1 > x0 else 0.5),
-               h + 10 - h * y / y1) for x, y in s if y is not None and math.isfinite(y)]
-        if xy:
-            d = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in
-                         enumerate(xy))
-            paths.append(f"<path d='{d}' fill='none' stroke='{colour}' stroke-width='2'/>")
-            legend.append(f"<tspan fill='{colour}'>{_e(name)} </tspan>")
-    return (f"<svg width='{width}' height='{h + 30}' role='img'>{''.join(paths)}"
-            f"<text x='10' y='{h + 26}' font-size='12'>{''.join(legend)} (max {y1:.4g})</text>"
-            f"</svg>")
+def _window_charts(reps: dict[str, dict[str, Any]], cids: list[str], colours: dict[str, str],
+                   score: str) -> str:
+    def per_window(get: Any) -> dict[str, list[tuple[float, float | None]]]:
+        return {c: [(w["window_start"], get(w)) for w in reps[c]["windows"]
+                    if "segment" not in w] for c in cids}
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.3g} %"
+
+    x_label = "window start (UTC)"
+    return (
+        "<h3>Per window</h3>"
+        + lines("Disagreement rate per window", per_window(lambda w: w.get("disagreement_rate")),
+                x_label=x_label, y_label="disagreement rate (%)", x_fmt=_clock, y_fmt=pct,
+                colours=colours)
+        + lines("Divergence p99 per window", per_window(
+            lambda w: w.get("divergence", {}).get("p99")), x_label=x_label,
+            y_label=f"divergence p99 ({score})", x_fmt=_clock, y_fmt=lambda v: f"{v:.3g}",
+            colours=colours)
+        + lines("Coverage per window", per_window(lambda w: w.get("coverage")),
+                x_label=x_label, y_label="coverage: pairs / requests (%)", x_fmt=_clock,
+                y_fmt=pct, colours=colours))
+
+
+def _distribution(reps: dict[str, dict[str, Any]], cids: list[str], colours: dict[str, str],
+                  score: str) -> str:
+    series = {}
+    for c in cids:
+        hist = reps[c].get("divergence_histogram", [])
+        total = sum(n for _, n in hist) or 1
+        counts = [0] * len(_DECADES)
+        for v, n in hist:
+            counts[_decade(v)] += n
+        series[c] = [100 * n / total for n in counts]
+    return ("<h3>Divergence distribution</h3>"
+            + bars("Share of pairs by divergence", [d[0] for d in _DECADES], series,
+                   x_label=f"divergence ({score})", y_label="share of compared pairs (%)",
+                   y_fmt=lambda v: f"{v:.3g} %", colours=colours))
+
+
+def _drift(overall: dict[str, dict[str, Any]], cids: list[str],
+           colours: dict[str, str]) -> str:
+    first = overall[cids[0]].get("drift", {})
+    shared = {f: d for f, d in first.items() if not f.startswith("candidate.")}
+    numeric = sorted(((f, d["psi"]) for f, d in shared.items() if "psi" in d),
+                     key=lambda t: -t[1])
+    categorical = sorted(((f, d["js"]) for f, d in shared.items() if "psi" not in d
+                          and "js" in d), key=lambda t: -t[1])
+    grey = {"replayed requests": "#555"}
+    answers = {"live answers": "#555", **colours}
+    psi_rows: dict[str, dict[str, float]] = {}
+    js_rows: dict[str, dict[str, float]] = {}
+    for c in cids:
+        for f, d in overall[c].get("drift", {}).items():
+            if not f.startswith("candidate."):
+                continue
+            live = first.get("output." + f.removeprefix("candidate."), {})
+            rows, stat = (psi_rows, "psi") if "psi" in d else (js_rows, "js")
+            if stat in d:
+                rows.setdefault(f.removeprefix("candidate."), {})[c] = d[stat]
+                if stat in live:
+                    rows[f.removeprefix("candidate.")]["live answers"] = live[stat]
+    return (
+        "<h3>Drift against the reference</h3><p class='note'>Inputs and the live answers, "
+        "against the drift reference (the first requests, or a profile): the same for every "
+        "candidate. Then each candidate's answers against the live answers' reference, next "
+        "to the live answers' own drift.</p>"
+        + hbars("Numeric features: population stability index",
+                [(f, {"replayed requests": v}) for f, v in numeric[:30]],
+                x_label="PSI against the reference (deciles)", y_label="feature",
+                x_fmt=lambda v: f"{v:.3g}", colours=grey, marker=(0.2, "alert threshold 0.2"))
+        + hbars("Categorical features: Jensen-Shannon distance",
+                [(f, {"replayed requests": v}) for f, v in categorical[:30]],
+                x_label="JS distance against the reference (0 to 1)", y_label="feature",
+                x_fmt=lambda v: f"{v:.3g}", colours=grey)
+        + hbars("Answers, numeric: population stability index", sorted(psi_rows.items()),
+                x_label="PSI against the live answers' reference", y_label="answer feature",
+                x_fmt=lambda v: f"{v:.3g}", colours=answers, marker=(0.2, "0.2"))
+        + hbars("Answers, categorical: Jensen-Shannon distance", sorted(js_rows.items()),
+                x_label="JS distance against the live answers' reference (0 to 1)",
+                y_label="answer feature", x_fmt=lambda v: f"{v:.3g}", colours=answers))
+
+
+def _problems(r: dict[str, Any]) -> str:
+    rows = [f"<tr><td class=l>{_e(cid)}</td><td>{n:,}</td><td class=l>{_e(reason)}</td></tr>"
+            for cid, cand in r["candidates"].items()
+            for reason, n in sorted(cand.get("errors", {}).get("reasons", {}).items(),
+                                    key=lambda kv: -kv[1])]
+    dead = [f"<tr><td class=l>dead letter</td><td>{n:,}</td><td class=l>{_e(reason)}</td></tr>"
+            for reason, n in sorted(r.get("dead_letter_reasons", {}).items(),
+                                    key=lambda kv: -kv[1])]
+    if not rows and not dead:
+        return ("<h2>Errors and dead letters</h2><p>None: every request was answered by "
+                "every candidate and decoded.</p>")
+    return ("<h2>Errors and dead letters</h2><table><tr><th class=l>candidate</th>"
+            f"<th>requests</th><th class=l>reason</th></tr>{''.join(rows + dead)}</table>")
+
+
+def _top_requests(r: dict[str, Any], cids: list[str]) -> str:
+    out = ["<h2>Requests where the candidates differ most</h2>"]
+    for cid in cids:
+        top = r["candidates"][cid]["top"][:10]
+        rows = "".join(
+            f"<tr><td class=l>{_e(t['request_id'])}</td><td>{t['score']:.4g}</td>"
+            f"<td>{'yes' if t['disagree'] else 'no'}</td>"
+            f"<td class=l><pre>{_e(_j(t['inputs']))}</pre></td>"
+            f"<td class=l><pre>{_e(_j(t['live']))}</pre></td>"
+            f"<td class=l><pre>{_e(_j(t['candidate']))}</pre></td></tr>" for t in top)
+        out.append(f"<h3>{_e(cid)}</h3><table><tr><th class=l>request</th><th>divergence</th>"
+                   f"<th>disagree</th><th class=l>inputs</th><th class=l>live answer</th>"
+                   f"<th class=l>candidate answer</th></tr>{rows}</table>")
+    return "".join(out)
 
 
 def _j(v: Any) -> str:
     return orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
-
-
-def _n(v: Any) -> str:
-    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _e(s: str) -> str:
-    return html.escape(s, quote=True)

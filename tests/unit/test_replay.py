@@ -97,8 +97,11 @@ def test_html_report_is_self_contained() -> None:
                  candidate("a"))
     page = html_report(result)
     assert page.startswith("<!doctype html>") and "<svg" in page
-    assert "Most divergent requests of a" in page and "inputs.amount" in page
+    assert page.index("Verdict") < page.index("<svg")  # the decision first
+    assert "candidates side by side" in page and "inputs.amount" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "mean_confidence_delta" not in page  # names a reader knows, not raw keys
+    assert "mean confidence change (candidate - live)" in page
 
 
 @pytest.mark.parametrize("disagree,critical,decision", [
@@ -193,3 +196,18 @@ def test_a_candidate_that_fails_on_every_row_shows_its_errors_and_their_reason()
     text = console.export_text()
     assert "errors" in text.splitlines()[2] and "300 requests answered with an error" in text
     assert "RuntimeError: mat1 and mat2 shapes" in text
+
+
+def test_several_candidates_close_no_window_on_each_other() -> None:
+    # Batches spanning more event time than the grace: with one candidate's whole batch
+    # handled before the next one's, the first closed windows on the second's answers
+    # (dead-lettered as late, counted unmatched).
+    messages = recorded(3000, TrafficSpec(seed=3, disagree=0.03), build_model(0))
+    result = run(messages, candidate("a"), candidate("b", "producers.traffic:build_retrained"),
+                 candidate("c", "tests.models_for_tests:broken"))
+    assert result.report["dead_lettered"] == 0
+    for cid in ("a", "b", "c"):
+        overall = result.report["candidates"][cid]["models"]["fraud-scorer"]["overall"]
+        assert overall["pairs"] == 3000 and overall["unmatched_shadow"] == 0, cid
+    alone = run(messages, candidate("b", "producers.traffic:build_retrained")).report
+    assert alone["candidates"]["b"] == result.report["candidates"]["b"]

@@ -1,0 +1,85 @@
+"""The replay's HTML report in a real browser: Debian's chromium (headless), driven by
+playwright. No console error, and every chart readable without hovering: a visible title,
+both axes titled, tick labels, a legend when it has several series, no text cut off."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from producers.traffic import TrafficSpec, build_model
+from shadow.report import html_report
+from tests.unit.test_replay import candidate, recorded, run
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+_CHECK = """() => {
+  const problems = [];
+  const charts = [...document.querySelectorAll('svg.chart')];
+  for (const svg of charts) {
+    const title = svg.querySelector('text.chart-title')?.textContent || '(untitled)';
+    const box = svg.getBoundingClientRect();
+    for (const axis of ['x', 'y']) {
+      const label = svg.querySelector(`text.axis-label.${axis}`);
+      if (!label || !label.textContent.trim()) problems.push(`${title}: no ${axis} axis title`);
+    }
+    if (svg.querySelectorAll('text.tick').length < 2) problems.push(`${title}: no tick labels`);
+    const series = Number(svg.dataset.series);
+    const legend = svg.querySelectorAll('g.legend text').length;
+    if (series > 1 && legend !== series) problems.push(`${title}: legend ${legend}/${series}`);
+    for (const t of svg.querySelectorAll('text')) {  // on screen, after any rotation
+      const b = t.getBoundingClientRect();
+      if (b.left < box.left - 1 || b.right > box.right + 1 || b.top < box.top - 1
+          || b.bottom > box.bottom + 1) problems.push(`${title}: '${t.textContent}' cut`);
+    }
+  }
+  const verdict = document.querySelector('#verdict').getBoundingClientRect().top;
+  const firstChart = charts[0].getBoundingClientRect().top;
+  const header = [...document.querySelectorAll('table')[1].rows[0].cells].map(c => c.textContent);
+  return {charts: charts.length, problems, verdictFirst: verdict < firstChart, header,
+          badges: [...document.querySelectorAll('.badge')].map(b => b.textContent)};
+}"""
+
+
+def test_the_report_reads_in_chromium_with_labelled_charts(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium "
+                    "(apt-get install chromium)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    messages = recorded(3000, TrafficSpec(seed=3, shift_at_index=2000),
+                        build_model(0))
+    result = run(messages, candidate("v13"), candidate("v14", "producers.traffic:build_retrained"),
+                 candidate("broken", "tests.models_for_tests:broken"))
+    page_file = tmp_path / "report.html"
+    page_file.write_text(html_report(result))
+    console: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: console.append(f"page error: {e}"))
+            page.goto(page_file.as_uri(), wait_until="load")
+            found = page.evaluate(_CHECK)
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            # The check itself can fail: the same page with one axis title gone.
+            broken = tmp_path / "broken.html"
+            broken.write_text(page_file.read_text().replace("class='axis-label y'",
+                                                            "class='unlabelled'", 1))
+            page.goto(broken.as_uri(), wait_until="load")
+            assert page.evaluate(_CHECK)["problems"] == [
+                "Disagreement rate per window: no y axis title"]
+        finally:
+            browser.close()
+    assert console == []
+    assert found["charts"] >= 6 and found["problems"] == [], found["problems"]
+    assert found["verdictFirst"]  # the decision before any chart
+    assert found["header"][1:] == ["v13", "v14", "broken"]  # candidates side by side
+    assert found["badges"] == ["PROMOTE", "ROLLBACK", "ROLLBACK"]
+    assert (tmp_path / "report.png").stat().st_size > 50_000
