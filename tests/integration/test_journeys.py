@@ -74,6 +74,7 @@ def test_readme_order_topics_of_3_partitions_then_join_worker_and_prometheus(
     _wait(lambda: metric(join_port, "shadow_join_pairs_total") == 600, 120,
           "the join paired every request", join, join_log)
     assert "(3 partitions)" in join_log.read_text()
+    assert "table in rocksdb at " in join_log.read_text()  # not "store rocksdb:,"
     assert "\x1b" not in join_log.read_text()  # no cursor escapes in the log
     # Both registered with the stack's Prometheus (file-based discovery) and are scraped.
     targets_dir = prometheus_root(settings) / "targets"

@@ -82,6 +82,7 @@ def test_time_range_through_the_cli(settings: Settings, stack: Endpoints,
                             "--from", "@1", "--to", "@2", "-o", str(tmp_path / "e.zst")],
                            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert empty.returncode == 1 and "no messages" in empty.stderr
+    assert not (tmp_path / "e.zst").exists()  # an empty range writes no file to trip a rerun
 
 
 def test_record_then_replay_through_the_cli_gives_the_same_json_twice(

@@ -146,6 +146,15 @@ def test_poison_events_go_to_dead_letter_while_the_rest_flows(
     errors = {e.labels["kind"]: e.value for e in worker.registry.collect()
               for e in e.samples if e.name == "shadow_worker_errors_total"}
     assert errors == {"decode": 2, "unknown_model": 1, "input": 1}
+    # Its counters say what it wrote: four dead letters (p-4 answered with its error too),
+    # and why requests failed, most frequent first.
+    assert worker.stats.dead_letters == len(records) == 4
+    written = {e.labels["stage"]: e.value for e in worker.registry.collect()
+               for e in e.samples if e.name == "shadow_worker_dead_letters_total"}
+    assert written == {"decode": 1, "validate": 2, "model": 1}
+    reasons = dict(worker.stats.reasons)
+    assert any("inputs.history has # values, expected #" in r for r in reasons), reasons
+    assert any("unknown model 'no-such-model'" in r for r in reasons), reasons
     for key, value in poison:
         rec = records[key.decode()]
         assert base64.b64decode(rec.value_b64 or "") == value

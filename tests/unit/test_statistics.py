@@ -267,3 +267,41 @@ def test_features_of_flattens_inputs() -> None:
         "inputs.amount": 3.0, "inputs.country": "DE", "inputs.flag": "true",
         "inputs.history[0]": 0.1, "inputs.history[1]": 0.2, "inputs.user.age": 40.0,
         "inputs.user.tier": "gold"}
+
+
+def test_probs_with_labels_are_compared_by_label_and_without_by_index() -> None:
+    live = {"kind": "probs", "value": [0.9, 0.1], "labels": ["legit", "fraud"]}
+    same_reordered = {"kind": "probs", "value": [0.1, 0.9], "labels": ["fraud", "legit"]}
+    c = compare(live, same_reordered)
+    assert not c.disagree and c.score == 0.0 and c.metrics["top1_agree"] == 1.0
+    bare = {"kind": "probs", "value": [0.9, 0.1]}  # a service that names no class
+    assert not compare(bare, live).disagree and not compare(live, bare).disagree
+    with pytest.raises(ComparisonError, match="labels differ"):
+        compare(live, {"kind": "probs", "value": [0.5, 0.5], "labels": ["a", "b"]})
+    # Scores with item ids on one side only: by position on both (ids never equal indices).
+    ranked = {"kind": "scores", "value": [0.3, 0.9, 0.1], "items": ["x", "y", "z"]}
+    assert compare({"kind": "scores", "value": [0.2, 0.8, 0.1]}, ranked).metrics[
+        "top1_agree"] == 1.0
+
+
+def test_top1_is_named_as_the_live_answer_names_it() -> None:
+    from consumers.windows import top1_as_live
+
+    labelled = {"kind": "probs", "value": [0.2, 0.8], "labels": ["legit", "fraud"]}
+    assert top1_as_live({"kind": "probs", "value": [0.5, 0.5]}, labelled) == "1"
+    assert top1_as_live({"kind": "probs", "value": [0.5, 0.5], "labels": ["l", "f"]},
+                        {"kind": "probs", "value": [0.2, 0.8]}) == "f"
+    assert top1_as_live(labelled, labelled) == "fraud"
+
+
+def test_a_statistic_that_cannot_be_computed_is_left_out_and_counted() -> None:
+    from consumers.drift import Histogram, drift
+
+    # The reference knows "0" and "1"; every value of the window is one it never had.
+    reference = Histogram("categorical", [60, 40, 0])
+    window = Histogram("categorical", [0, 0, 25])
+    undefined: list[str] = []
+    stats = drift(reference, window, undefined)
+    assert "chi2" not in stats and "chi2_p" not in stats and stats["js"] == 1.0
+    assert undefined == ["chi2", "chi2_p"]
+    assert all(math.isfinite(v) for v in stats.values())
