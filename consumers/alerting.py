@@ -17,14 +17,17 @@ emit a window twice) repeats no alert.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from consumers.rules import Rule, RuleSet, metric_value, samples
+from consumers.rules import Rule, RuleSet, metric_feature, metric_value, samples
 from schemas import Alert, WindowSummary
 
 __all__ = ["AlertMachine", "RuleState", "alert_id"]
+
+log = logging.getLogger("shadowstream.join")
 
 
 @dataclass
@@ -52,6 +55,17 @@ class AlertMachine:
                  states: MutableMapping[str, dict[str, Any]] | None = None) -> None:
         self.rules = rules
         self.states: MutableMapping[str, dict[str, Any]] = {} if states is None else states
+        self._warned: set[tuple[str, str]] = set()
+
+    def _warn_unmatched(self, rule: Rule, s: WindowSummary) -> None:
+        """A drift metric that names no feature of the model can never fire: say so, once
+        (feature names are only known once windows come)."""
+        key = (s.model, rule.name)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning("rule %r: %s matches no feature of %s (its features: %s)", rule.name,
+                    rule.metric, s.model, ", ".join(sorted(s.drift)))
 
     def severity(self, model: str, candidate: str, rule: str) -> str:
         for r in self.rules.for_pair(model, candidate):
@@ -78,6 +92,8 @@ class AlertMachine:
     def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int) -> Alert | None:
         st.last_window = s.window_start
         value = metric_value(s, rule.metric)
+        if value is None and rule.metric.startswith("drift.") and s.drift:
+            self._warn_unmatched(rule, s)
         if value is None or samples(s, rule.metric) < rule.min_samples:
             return None
         before = st.state
@@ -93,6 +109,8 @@ class AlertMachine:
             return None
         threshold = rule.clear_level if st.state == "resolved" else rule.threshold
         clears = f", clears at {rule.clear_level:g}" if st.state == "resolved" else ""
+        feature = metric_feature(s, rule.metric)
+        on = f" on {feature}" if feature and feature not in rule.metric else ""
         return Alert.model_validate({
             "schema": Alert.SCHEMA,
             "alert_id": alert_id(s.model, s.candidate, rule.name, s.window_start, st.state),
@@ -100,5 +118,5 @@ class AlertMachine:
             "severity": rule.severity, "state": st.state, "previous_state": before,
             "metric": rule.metric, "value": value, "threshold": threshold,
             "window_start": s.window_start, "window_end": s.window_end,
-            "message": f"{rule.metric} = {value:.4g} ({rule.comparison} {rule.threshold:g}"
+            "message": f"{rule.metric} = {value:.4g}{on} ({rule.comparison} {rule.threshold:g}"
                        f"{clears}) for {s.model}/{s.candidate}: {before} -> {st.state}"})

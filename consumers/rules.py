@@ -19,7 +19,9 @@ A rules file has defaults and per model/candidate overrides::
 
 Metrics: the numbers of WindowSummary (``requests``, ``coverage``, ``disagreement_rate``...),
 ``divergence.<name>`` (``divergence.p99``), ``latency.<name>``, ``drift.<feature>.<stat>``,
-``drift.*.<stat>`` (the largest over features, e.g. ``drift.*.psi``), and the derived
+``drift.<pattern>.<stat>`` with shell-style wildcards (the largest over the features that match,
+e.g. ``drift.inputs.*.psi`` over the inputs, ``drift.*.psi`` over every feature; the alert
+names the feature), and the derived
 ``unmatched_rate`` ((unmatched_live + unmatched_shadow) / requests), ``candidate_error_rate``
 (candidate_errors / pairs) and ``dead_letter_rate``.
 
@@ -30,10 +32,11 @@ absolute value is compared, as ``up``). It defaults to what the comparison impli
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import operator
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +48,7 @@ from schemas import WindowSummary
 from schemas.exceptions import ConfigError, closest, refuse_unknown
 from schemas.records import LatencySummary
 
-__all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "metric_value"]
+__all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "metric_feature", "metric_value"]
 
 Comparison = Literal[">", ">=", "<", "<="]
 Direction = Literal["up", "down", "both"]
@@ -162,7 +165,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          min_samples=100, severity="critical"),
     Rule("candidate_errors", "candidate_error_rate", 0.01, clear_threshold=0.005,
          for_windows=1, min_samples=100, severity="critical"),
-    Rule("input_drift", "drift.*.psi", 0.2, clear_threshold=0.1, for_windows=2,
+    Rule("input_drift", "drift.inputs.*.psi", 0.2, clear_threshold=0.1, for_windows=2,
          min_samples=100),
 )
 
@@ -215,9 +218,12 @@ class RuleSet:
         for i, table in enumerate(doc.get("rules", [])):
             name = table.get("name") or f"rules[{i}]"
             _refuse_keys(name, table, known, source)
+            missing = [k for k in ("metric", "threshold") if k not in table]
+            if missing:
+                raise RuleError(name, f"needs {' and '.join(missing)}", source)
             try:
                 by_name[name] = Rule(**table)
-            except TypeError as exc:  # a required key is missing
+            except TypeError as exc:
                 raise RuleError(name, str(exc).split(") ", 1)[-1], source) from None
             except RuleError as exc:
                 raise RuleError(name, exc.reason, source, exc.hint) from None
@@ -276,11 +282,29 @@ def metric_value(summary: WindowSummary, metric: str) -> float | None:
         return s.divergence.get(rest)
     if head == "latency":
         return getattr(s.latency, rest, None)
-    feature, _, stat = rest.rpartition(".")
-    if feature == "*":
-        values: Sequence[float] = [d[stat] for d in s.drift.values() if stat in d]
-        return max(values) if values else None
-    return s.drift.get(feature, {}).get(stat)
+    found = _drift_max(s, rest)
+    return found[1] if found else None
+
+
+def metric_feature(summary: WindowSummary, metric: str) -> str | None:
+    """For a drift metric, the feature its value comes from (the largest, with wildcards)."""
+    if not metric.startswith("drift."):
+        return None
+    found = _drift_max(summary, metric.removeprefix("drift."))
+    return found[0] if found else None
+
+
+def _drift_max(s: WindowSummary, rest: str) -> tuple[str, float] | None:
+    pattern, _, stat = rest.rpartition(".")
+    if not any(c in pattern for c in "*?["):
+        v = s.drift.get(pattern, {}).get(stat)
+        return None if v is None else (pattern, v)
+    values = [(v, f) for f, d in s.drift.items()
+              if fnmatch.fnmatchcase(f, pattern) and (v := d.get(stat)) is not None]
+    if not values:
+        return None
+    v, f = max(values, key=lambda t: (t[0], t[1]))
+    return f, v
 
 
 def samples(summary: WindowSummary, metric: str) -> int:

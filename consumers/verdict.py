@@ -131,10 +131,13 @@ class JudgeConfig:
             by_name[check.metric] = check
         top = {k: v for k, v in doc.items() if k != "metrics"}
         for key, value in top.items():
-            expected = float if key == "alpha" else int
-            if isinstance(value, bool) or not isinstance(value, expected | int) or value < 0:
-                raise ConfigError(source, f"must be a non-negative {expected.__name__}, got "
-                                          f"{value!r}", key=key)
+            if key == "alpha":
+                if isinstance(value, bool) or not isinstance(value, int | float) \
+                        or not 0 < value < 1:
+                    raise ConfigError(source, f"must be a probability in (0, 1), got {value!r}",
+                                      key=key)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(source, f"must be an integer >= 1, got {value!r}", key=key)
         return replace(cls(), metrics=tuple(by_name.values()), **top)
 
 
@@ -181,7 +184,10 @@ def judge(windows: Sequence[Window], config: JudgeConfig = JudgeConfig()) -> Ver
         return Verdict("ROLLBACK", "; ".join(r.reason for r in critical), len(usable), results)
     if failed:
         return Verdict("HOLD", "; ".join(r.reason for r in failed), len(usable), results)
-    return Verdict("PROMOTE", "every metric passed", len(usable), results)
+    nodata = [r.metric for r in results if r.outcome == "no data"]
+    why = ("every metric with data passed (no data: " + ", ".join(nodata) + ")" if nodata
+           else "every metric passed")
+    return Verdict("PROMOTE", why, len(usable), results)
 
 
 def _check(m: MetricCheck, windows: Sequence[Window], alpha: float) -> MetricResult:

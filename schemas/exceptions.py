@@ -56,4 +56,6 @@ def refuse_unknown(source: str, given: Iterable[str], known: Iterable[str], *,
     for key in given:
         if key not in valid:
             place = f" in {where}" if where else ""
-            raise ConfigError(source, f"unknown key {key!r}{place}", hint=closest(key, valid))
+            hint = closest(key, valid)
+            listed = "" if hint else f" (known: {', '.join(sorted(valid))})"
+            raise ConfigError(source, f"unknown key {key!r}{place}{listed}", hint=hint)

@@ -48,15 +48,14 @@ class StackNotRunningError(ShadowstreamError):
 class TopicMismatchError(ShadowstreamError):
     """Existing topics disagree with the partition counts the pipeline needs."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], advice: str | None = None) -> None:
         self.problems = problems
-        super().__init__(
-            "existing topics do not match: "
-            + "; ".join(problems)
-            + ". The join needs <prefix>.requests and <prefix>.outputs to have the same "
-            "partition count (Kafka cannot reduce partitions): pass --partitions with the "
-            "existing count, or delete the topics, or use another SHADOW_TOPIC_PREFIX."
-        )
+        if advice is None:
+            advice = ("The join needs <prefix>.requests and <prefix>.outputs to have the same "
+                      "partition count (Kafka cannot reduce partitions): pass --partitions "
+                      "with the existing count, or delete the topics, or use another "
+                      "SHADOW_TOPIC_PREFIX.")
+        super().__init__("; ".join(problems) + (f". {advice}" if advice else ""))
 
 
 class ModelLoadError(ShadowstreamError):

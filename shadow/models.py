@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from schemas.exceptions import closest
 from schemas.records import OutputKind
 from shadow.exceptions import ModelLoadError
 
@@ -74,9 +75,34 @@ class ModelCard(BaseModel):
         try:
             text = path.read_text()
             doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except OSError as exc:
+            raise ModelLoadError(path, exc.strerror or str(exc)) from None
+        except ValueError as exc:  # TOML or JSON syntax
+            raise ModelLoadError(path, f"not a model card: {exc}") from None
+        return cls.parse(doc, path)
+
+    @classmethod
+    def parse(cls, doc: Any, source: str | Path) -> ModelCard:
+        """Validate a card; a mistake is one line naming the key (and the closest valid one)."""
+        try:
             return cls.model_validate(doc)
-        except (OSError, ValueError, ValidationError) as exc:
-            raise ModelLoadError(path, f"invalid model card: {exc}") from None
+        except ValidationError as exc:
+            raise ModelLoadError(source, f"invalid model card: {_card_error(exc)}") from None
+
+
+def _card_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+    if err["type"] == "extra_forbidden":
+        parent, key = where.rpartition(".")[0], loc[-1]
+        known = Feature.model_fields if "features" in loc[:-1] else ModelCard.model_fields
+        hint = closest(key, known)
+        tip = f" (did you mean {hint!r}?)" if hint else f" (known: {', '.join(known)})"
+        return f"unknown key {key!r}{f' in {parent}' if parent else ''}{tip}"
+    if err["type"] == "missing":
+        return f"{where}: missing"
+    return f"{where}: {err['msg']}"
 
 
 @runtime_checkable
@@ -258,11 +284,48 @@ def load_candidate(spec: str, *, weights: Path | None = None, card: Path | None 
     elif sidecar.is_file():
         model_card = ModelCard.load(sidecar)
     elif factory_module is not None and hasattr(factory_module, "MODEL_CARD"):
-        try:
-            model_card = ModelCard.model_validate(factory_module.MODEL_CARD)
-        except ValidationError as exc:
-            raise ModelLoadError(spec, f"invalid MODEL_CARD: {exc}") from None
+        model_card = ModelCard.parse(factory_module.MODEL_CARD, f"{spec} (MODEL_CARD)")
     else:
         raise ModelLoadError(spec, f"no model card: pass --card FILE, put one at {sidecar}, "
                                    "or define MODEL_CARD beside the factory")
-    return Candidate(spec, module, CardAdapter(model_card))
+    candidate = Candidate(spec, module, CardAdapter(model_card))
+    check_card(candidate, model_card)
+    return candidate
+
+
+def _example_inputs(card: ModelCard) -> dict[str, Any]:
+    """One request's inputs as the card describes them (zeros, the first category)."""
+    inputs: dict[str, Any] = {}
+    for f in card.features:
+        value: Any = f.one_hot[0] if f.one_hot else [0.0] * f.size if f.size else 0.0
+        node = inputs
+        *parents, last = f.field.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return inputs
+
+
+def check_card(candidate: Candidate, card: ModelCard) -> None:
+    """Refuse at load a card that does not fit its model: the worker would otherwise answer
+    every request with the same error, or with answers of the wrong kind or labels."""
+    adapter = candidate.adapter
+    assert isinstance(adapter, CardAdapter)
+    width = adapter.width
+    try:
+        with torch.inference_mode():
+            result = candidate.module(*adapter.collate([_example_inputs(card)]))
+    except Exception as exc:
+        raise ModelLoadError(candidate.source, f"the model fails on the {width} features its "
+                                               f"card describes: {type(exc).__name__}: "
+                                               f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(result, torch.Tensor):
+        raise ModelLoadError(candidate.source, f"the model returns {type(result).__name__}, "
+                                               "not a tensor: give it an --adapter")
+    per_row = result.reshape(result.shape[0], -1).shape[1] if result.dim() else 1
+    if card.output == "scalar" and per_row != 1:
+        raise ModelLoadError(candidate.source, f"the card says output = \"scalar\", the model "
+                                               f"answers {per_row} values per request")
+    if card.labels is not None and len(card.labels) != per_row:
+        raise ModelLoadError(candidate.source, f"the card names {len(card.labels)} labels, the "
+                                               f"model answers {per_row} values per request")

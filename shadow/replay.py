@@ -69,17 +69,21 @@ class _Top:
     """The most divergent pairs of one candidate, with what it takes to show them."""
 
     size: int
-    heap: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    heap: list[tuple[float, str, int, dict[str, Any]]] = field(default_factory=list)
+    _seen: int = 0
 
     def offer(self, score: float, request_id: str, row: dict[str, Any]) -> None:
-        item = (score, request_id, row)
+        # The arrival number breaks ties: a request id may come twice (two recordings, a
+        # client that reuses ids), and rows themselves do not compare.
+        self._seen += 1
+        item = (score, request_id, -self._seen, row)
         if len(self.heap) < self.size:
             heapq.heappush(self.heap, item)
-        elif (score, request_id) > self.heap[0][:2]:
+        elif item[:3] > self.heap[0][:3]:
             heapq.heapreplace(self.heap, item)
 
     def rows(self) -> list[dict[str, Any]]:
-        return [row for _, _, row in sorted(self.heap, key=lambda t: (-t[0], t[1]))]
+        return [row for *_, row in sorted(self.heap, key=lambda t: (-t[0], t[1], -t[2]))]
 
 
 def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandidate], *,

@@ -70,6 +70,14 @@ def _clock(ms: float) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%H:%M:%S")
 
 
+def _source(source: dict[str, Any]) -> str:
+    if "file" in source:
+        return f"Recording {source['file']}"
+    if "topic" in source:
+        return f"Topic {source['topic']} from {source.get('from')} to {source.get('to')}"
+    return "Replayed requests"
+
+
 def _kind(overall: dict[str, Any]) -> str:
     names = set(overall.get("divergence", {}))
     for metric, kind in (("mean_js_divergence", "probs"), ("mean_rbo", "scores"),
@@ -89,7 +97,7 @@ def html_report(result: Any, verdict: JudgeConfig | None = None) -> str:
              f"<title>shadowstream replay: {_e(', '.join(cids))}</title>"
              f"<style>{_STYLE}</style></head><body>",
              "<h1>shadowstream replay report</h1>",
-             f"<p class='meta'>Source {_e(orjson.dumps(r['source']).decode())}: "
+             f"<p class='meta'>{_e(_source(r['source']))}: "
              f"{r['requests']:,} requests, {r['dead_lettered']:,} dead-lettered, windows of "
              f"{r['window_ms'] / 1000:g} s, replayed in {result.timing['seconds']:.1f} s. "
              f"Candidates: {_e(', '.join(cids))}.</p>",
@@ -268,7 +276,13 @@ def _problems(r: dict[str, Any]) -> str:
 def _top_requests(r: dict[str, Any], cids: list[str]) -> str:
     out = ["<h2>Requests where the candidates differ most</h2>"]
     for cid in cids:
-        top = r["candidates"][cid]["top"][:10]
+        every = r["candidates"][cid]["top"]
+        top = [t for t in every if t["score"] > _ROUNDING][:10]
+        if not top:
+            largest = f" (the largest divergence is {every[0]['score']:.2g})" if every else ""
+            out.append(f"<h3>{_e(cid)}</h3><p>No request differs beyond float rounding"
+                       f"{largest}.</p>")
+            continue
         rows = "".join(
             f"<tr><td class=l>{_e(t['request_id'])}</td><td>{t['score']:.4g}</td>"
             f"<td>{'yes' if t['disagree'] else 'no'}</td>"
@@ -279,6 +293,9 @@ def _top_requests(r: dict[str, Any], cids: list[str]) -> str:
                    f"<th>disagree</th><th class=l>inputs</th><th class=l>live answer</th>"
                    f"<th class=l>candidate answer</th></tr>{rows}</table>")
     return "".join(out)
+
+
+_ROUNDING = 1e-9  # divergences below this are float rounding, not a different answer
 
 
 def _j(v: Any) -> str:

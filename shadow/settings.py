@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -161,6 +162,8 @@ def load_settings(**overrides: Any) -> Settings:
                               if hint else "")
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(Path(TOML_FILE).resolve()), f"not TOML: {exc}") from None
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"])

@@ -57,7 +57,7 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[Topic
 def plan_topics(specs: list[TopicSpec], existing: dict[str, int]) -> TopicPlan:
     """Decide what to create; refuse when existing partition counts disagree with ``specs``."""
     problems = [
-        f"{s.name} has {existing[s.name]} partitions, expected {s.partitions}"
+        f"existing {s.name} has {existing[s.name]} partitions, expected {s.partitions}"
         for s in specs
         if s.name in existing and existing[s.name] != s.partitions
     ]
@@ -80,11 +80,14 @@ def input_partitions(existing: dict[str, int], settings: Settings) -> int:
     req, out = settings.topic("requests"), settings.topic("outputs")
     missing = [t for t in (req, out) if t not in existing]
     if missing:
-        raise TopicMismatchError([f"{t} does not exist (run `shadow topics create`)"
-                                  for t in missing])
+        raise TopicMismatchError([f"{t} does not exist" for t in missing],
+                                 f"Run `shadow topics create` (SHADOW_TOPIC_PREFIX is "
+                                 f"{settings.topic_prefix!r})")
     if existing[req] != existing[out]:
         raise TopicMismatchError([f"{out} has {existing[out]} partitions, {req} has "
-                                  f"{existing[req]}"])
+                                  f"{existing[req]}"], "Requests and outputs must have the "
+                                 "same count: delete and recreate the topics of this prefix "
+                                 "(`shadow topics delete --yes`), or use another prefix")
     return existing[req]
 
 

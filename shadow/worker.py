@@ -133,7 +133,7 @@ def reason_key(text: str) -> str:
     return _VARYING.sub("#", text.split("\n", 1)[0])[:160]
 
 
-_VARYING = re.compile(r"(?<![A-Za-z_])\d+(?:\.\d+)?")  # numbers, not names (mat1)
+_VARYING = re.compile(r"(?<![A-Za-z_\d.])\d+(?:\.\d+)?")  # numbers, not names (mat1, 8x32)
 
 
 def output_record(request: MirroredRequest, candidate_id: str, answer: Answer) -> bytes:
@@ -264,12 +264,14 @@ class ShadowWorker:
         missing = [t for t in (self.requests_topic, self.outputs_topic, self.deadletter_topic)
                    if t not in counts]
         if missing:
-            raise TopicMismatchError([f"{t} does not exist (run `shadow topics create`)"
-                                      for t in missing])
+            raise TopicMismatchError([f"{t} does not exist" for t in missing],
+                                     "Run `shadow topics create`")
         if counts[self.outputs_topic] < counts[self.requests_topic]:
             raise TopicMismatchError([
                 f"{self.outputs_topic} has {counts[self.outputs_topic]} partitions, "
-                f"{self.requests_topic} has {counts[self.requests_topic]}"])
+                f"{self.requests_topic} has {counts[self.requests_topic]}"],
+                "Requests and outputs must have the same count: `shadow topics delete --yes` "
+                "and create them again")
 
     # -- the stages --------------------------------------------------------------------------
 

@@ -46,13 +46,32 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 class Group(click.Group):
-    """Turns our errors into one clear line on stderr and exit status 1, not a traceback."""
+    """Turns our errors into one clear line on stderr and exit status 1, not a traceback, and
+    click's usage errors into one line too (exit 2) instead of its four."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ShadowstreamError as exc:
             fail(str(exc))
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a group alone: its help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            fail(f"{exc.format_message()}{see}", exc.exit_code)
+        except click.Abort:
+            fail("aborted")
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 def print_json(obj: Any) -> None:

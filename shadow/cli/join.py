@@ -77,7 +77,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     for item in expect:
         model, sep, cand = item.partition("=")
         if not (sep and model and cand):
-            raise click.BadParameter(f"{item!r}: expected MODEL=CANDIDATE", param_hint="--expect")
+            raise click.BadParameter(f"{item!r}: expected MODEL=CANDIDATE", param_hint="'--expect'")
         candidates[model] = (*candidates.get(model, ()), cand)
     rules = RuleSet.from_file(rules_file) if rules_file else RuleSet()
     config = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances,
@@ -93,8 +93,9 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     if changelog in existing and existing[changelog] != partitions:
         raise TopicMismatchError([
             f"{changelog} (the join's table) has {existing[changelog]} partitions, the inputs "
-            f"have {partitions}: it was made for other topics; delete it (`shadow topics "
-            "delete --yes` deletes this prefix's topics)"])
+            f"have {partitions}: it was made for other topics"],
+            "Delete this prefix's topics and the join's store (`shadow topics delete --yes`) "
+            "and create them again, or use another SHADOW_TOPIC_PREFIX")
     redis = None if no_redis else redis_url(s)
     if check:
         err_console.print(f"join: configuration ok ({len(rules.rules)} alert rules, inputs of "

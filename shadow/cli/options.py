@@ -131,15 +131,15 @@ def files_by_candidate(ids: list[str], weights: tuple[str, ...], cards: tuple[st
                 if len(ids) != 1:
                     raise click.BadParameter(
                         f"{value!r}: with several candidates say which one it is for "
-                        f"(ID=..., one of {', '.join(ids)})", param_hint=f"--{option}")
+                        f"(ID=..., one of {', '.join(ids)})", param_hint=f"'--{option}'")
                 cid, rest = ids[0], value
             if option in found[cid]:
                 raise click.BadParameter(f"given twice for candidate {cid!r}",
-                                         param_hint=f"--{option}")
+                                         param_hint=f"'--{option}'")
             if option != "adapter":
                 path = Path(rest)
                 if not path.is_file():
-                    raise click.BadParameter(f"{rest!r}: no such file", param_hint=f"--{option}")
+                    raise click.BadParameter(f"{rest!r}: no such file", param_hint=f"'--{option}'")
                 found[cid][option] = path
             else:
                 found[cid][option] = rest

@@ -41,15 +41,24 @@ def command(topic: str, start: str, end: str, partitions: str | None, output: Pa
         parts = [int(p) for p in partitions.split(",")] if partitions else None
     except ValueError:
         raise click.BadParameter(f"{partitions!r}: expected P,P,...",
-                                 param_hint="--partitions") from None
+                                 param_hint="'--partitions'") from None
     lo, hi = parse_range(start, end)
     bootstrap = kafka(s)
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
-                  disable=as_json) as bar:
-        task = bar.add_task(f"recording {topic}", total=None)
+    bar = Progress("[progress.description]{task.description}", BarColumn(),
+                   MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
+                   disable=as_json)
+    task = bar.add_task(f"recording {topic}", total=None)
+
+    def progress(n: int, total: int) -> None:
+        if not bar.live.is_started:  # shown once there is something to record, not before
+            bar.start()
+        bar.update(task, completed=n, total=total)
+
+    try:
         stats = record(s, bootstrap, topic, lo, hi, output, partitions=parts, force=force,
-                       progress=lambda n, total: bar.update(task, completed=n, total=total))
+                       progress=progress)
+    finally:
+        bar.stop()
     if as_json:
         print_json({"topic": topic, "file": str(output), "records": stats.records,
                     "resumed_from": stats.resumed_from,

@@ -77,13 +77,13 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if not candidates and to_topic is None:
         raise click.UsageError("give at least one --candidate (or --to-topic)")
     if file_ is not None and not file_.is_file():
-        raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="--file")
+        raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="'--file'")
     s = settings()
     specs = [_split(spec) for spec in candidates]
     ids = [cid for cid, _ in specs]
     if len(set(ids)) != len(ids):
         raise click.BadParameter(f"candidate ids must differ: {ids} (name them ID=MODEL)",
-                                 param_hint="--candidate")
+                                 param_hint="'--candidate'")
     files = options.files_by_candidate(ids, weights, card, adapter) if ids else {}
     join = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances)
     loaded = []

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import click
 
 from shadow.cli import options
 from shadow.cli.common import err_console, kafka, settings
 
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def _id(value: str) -> str:
+    if not _ID.match(value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' (it names "
+                                 "a consumer group and labels metrics)")
+    return value
+
 
 @click.command("worker")
 @click.option("--candidate", required=True, metavar="MODEL",
               help="TorchScript file (.pt), torch.export archive (.pt2), or "
                    "package.module:factory returning an nn.Module.")
-@click.option("--candidate-id", required=True, metavar="ID",
-              help="Name of the candidate in its answers; also names its consumer group.")
+@click.option("--candidate-id", required=True, metavar="ID", callback=lambda _c, _p, v: _id(v),
+              help="Name of the candidate in its answers (letters, digits, '.', '_', '-'); "
+                   "also names its consumer group.")
 @options.model_files()
 @options.engine(max_batch=64)
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,

@@ -11,8 +11,10 @@ A block may be preceded by an HTML comment (invisible on GitHub) that says how i
 - ``<!-- docs-test: exit N -->``: the block must exit N (a verdict's exit status);
 - ``<!-- docs-test: skip: REASON -->``: not run; REASON must be one of SKIP_REASONS.
 
-Each file runs in a fresh working directory on the default topic prefix (``shadow``, as the
-docs say), whose topics are deleted before it starts. Shell blocks share exported variables.
+Each file runs in a fresh working directory on a fresh topic prefix (SHADOW_TOPIC_PREFIX),
+never on a cluster's real ``shadow.*`` topics: the docs' literal topic names
+(``shadow.requests``) are read as that prefix's. Shell blocks share exported variables; the
+prefix's topics are deleted at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SKIP_REASONS = ("needs a real cluster", "needs a GPU", "the set-up commands themselves")
 _MARKER = re.compile(r"<!--\s*docs-test:\s*(.*?)\s*-->")
 _RUNNABLE = {"sh", "bash", "python"}
+_DEFAULT_TOPICS = re.compile(r"\bshadow\.(requests|outputs|pairs|windows|deadletter)\b")
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,9 @@ def test_every_snippet_is_run_or_skipped_for_a_stated_reason() -> None:
     assert seen >= 20
 
 
-def _env(settings: Settings, stack: Endpoints) -> dict[str, str]:
+def _env(settings: Settings, stack: Endpoints, prefix: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    return {**env, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+    return {**env, "SHADOW_TOPIC_PREFIX": prefix, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
             "SHADOW_REDIS_URL": stack.redis_url, "SHADOW_STATE_DIR": str(settings.state_dir),
             "PYTHONPATH": str(REPO), "COLUMNS": "120",
             "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
@@ -102,6 +106,7 @@ class _Session:
 
     def __init__(self, doc: Path, workdir: Path, env: dict[str, str]) -> None:
         self.doc, self.workdir, self.env = doc, workdir, env
+        self.prefix = env["SHADOW_TOPIC_PREFIX"]
         self.background: list[tuple[Block, subprocess.Popen, Path]] = []
         self.state = workdir / ".exports.sh"
 
@@ -109,6 +114,7 @@ class _Session:
         return f"{self.doc.relative_to(REPO)}:{b.line}"
 
     def run(self, b: Block, n: int) -> None:
+        b = Block(b.lang, _DEFAULT_TOPICS.sub(rf"{self.prefix}.\1", b.text), b.line, b.marker)
         if b.marker.startswith("file "):
             (self.workdir / b.marker.removeprefix("file ").strip()).write_text(b.text)
             return
@@ -176,11 +182,7 @@ class _Session:
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_the_docs_run_as_written(doc: Path, settings: Settings, stack: Endpoints,
                                  tmp_path: Path) -> None:
-    env = _env(settings, stack)
-    # The default prefix, as the docs use it: start from nothing.
-    clean = subprocess.run([sys.executable, "-m", "shadow.cli", "topics", "delete", "--yes"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert clean.returncode == 0, clean.stderr
+    env = _env(settings, stack, f"docs-{uuid.uuid4().hex[:8]}")
     session = _Session(doc, tmp_path, env)
     try:
         for n, b in enumerate(blocks(doc)):
@@ -189,3 +191,6 @@ def test_the_docs_run_as_written(doc: Path, settings: Settings, stack: Endpoints
         session.kill()
         raise
     session.stop()
+    clean = subprocess.run([sys.executable, "-m", "shadow.cli", "topics", "delete", "--yes"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr

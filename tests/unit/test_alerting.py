@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumers.alerting import AlertMachine, alert_id
-from consumers.rules import DEFAULT_RULES, Rule, RuleError, RuleSet, metric_value
+from consumers.rules import (
+    DEFAULT_RULES,
+    Rule,
+    RuleError,
+    RuleSet,
+    metric_feature,
+    metric_value,
+)
 from schemas import ConfigError, WindowSummary
 
 W = 60_000
@@ -90,7 +97,7 @@ def test_shipped_defaults_cover_the_issue_and_fire_on_their_metrics() -> None:
     names = {r.name: r for r in DEFAULT_RULES}
     assert {r.metric for r in DEFAULT_RULES} == {
         "disagreement_rate", "divergence.p99", "unmatched_rate", "candidate_error_rate",
-        "drift.*.psi"}
+        "drift.inputs.*.psi"}
     assert names["input_drift"].threshold == 0.2
     m = AlertMachine(RuleSet())
     fired = set()
@@ -109,6 +116,23 @@ def test_metric_values() -> None:
     assert metric_value(w, "drift.inputs.none.psi") is None
     assert metric_value(w, "divergence.p99") == 0.7
     assert metric_value(w, "coverage") == 0.9
+
+
+def test_input_drift_watches_the_inputs_and_names_the_feature() -> None:
+    # The candidate's own answers drifting is not input drift: the shipped rule fired on
+    # candidate.confidence while every input stayed put.
+    w = window(0, psi=0.05).model_copy(update={"drift": {
+        "inputs.amount": {"psi": 0.05}, "inputs.hour": {"psi": 0.31},
+        "candidate.confidence": {"psi": 0.9}}})
+    assert metric_value(w, "drift.inputs.*.psi") == 0.31
+    assert metric_feature(w, "drift.inputs.*.psi") == "inputs.hour"
+    assert metric_value(w, "drift.*.psi") == 0.9
+    assert metric_value(w, "drift.candidate.*.psi") == 0.9
+    m = AlertMachine(RuleSet.from_dict({"rules": [{"name": "input_drift", "for_windows": 1,
+                                                   "metric": "drift.inputs.*.psi",
+                                                   "threshold": 0.2}]}))
+    [alert] = [a for a in m.evaluate(w, 0) if a.rule == "input_drift"]
+    assert alert.state == "firing" and "0.31 on inputs.hour (>= 0.2)" in alert.message
 
 
 def test_down_and_both_directions() -> None:
@@ -215,3 +239,15 @@ def test_the_machine_only_makes_legal_transitions(rates: list[float | None], n: 
     for before, after in transitions:  # a chain: each alert starts where the last ended
         assert before == state
         state = after
+
+
+def test_a_drift_rule_on_a_feature_the_model_lacks_is_reported_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = AlertMachine(RuleSet.from_dict({"rules": [{"name": "amount", "threshold": 0.2,
+                                                   "metric": "drift.amount.psi"}]}))
+    with caplog.at_level("WARNING", logger="shadowstream.join"):
+        for i in range(3):
+            m.evaluate(window(i, psi=0.9), i)
+    warned = [r.message for r in caplog.records if "matches no feature" in r.message]
+    assert warned == ["rule 'amount': drift.amount.psi matches no feature of m (its "
+                      "features: inputs.amount, inputs.hour)"]

@@ -265,3 +265,18 @@ def test_replay_takes_the_workers_model_options_and_bad_files_are_one_line(
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.strip().splitlines() == [
             f"error: {bad}: [default] rtol: must be a non-negative number, got -1"]
+
+
+def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
+    for args, start in [
+        (("worker", "--candidate", "x", "--candidate-id", "y", "--card", "nope.toml"),
+         "error: Invalid value for '--card': 'nope.toml': no such file (see `shadow worker "
+         "--help`)"),
+        (("replay", "--frobnicate"), "error: No such option: --frobnicate"),
+        (("worker", "--candidate", "x", "--candidate-id", "bad id!"),
+         "error: Invalid value for '--candidate-id': 'bad id!'"),
+    ]:
+        run = _cli(*args, cwd=tmp_path)
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[0].startswith(start), \
+            run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr

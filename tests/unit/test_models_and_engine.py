@@ -174,3 +174,32 @@ def test_devices_are_checked() -> None:
             resolve_device("cuda:0")
     with pytest.raises(DeviceError):
         resolve_device("tpu")
+
+
+_FRAUD_FEATURES = ('[[features]]\nfield = "amount"\ntransform = "log1p"\nscale = 0.2\n'
+                   '[[features]]\nfield = "hour"\nscale = 0.0434783\n'
+                   '[[features]]\nfield = "country"\none_hot = ["DE", "FR", "US"]\n'
+                   '[[features]]\nfield = "history"\nsize = 3\n')
+
+
+@pytest.mark.parametrize("card,message", [
+    # Two features for an eight-feature model: every request would have been an error.
+    ('output = "probs"\n[[features]]\nfield = "amount"\n[[features]]\nfield = "hour"\n',
+     r"the model fails on the 2 features its card describes: RuntimeError: "),
+    ('output = "scalar"\n' + _FRAUD_FEATURES,
+     r'the card says output = "scalar", the model answers 2 values per request'),
+    ('output = "probs"\nlabels = ["legit", "fraud", "other"]\n' + _FRAUD_FEATURES,
+     r"the card names 3 labels, the model answers 2 values per request"),
+    ('output = "probs"\n' + _FRAUD_FEATURES.replace("scale = 0.2", "scael = 0.2"),
+     r"invalid model card: unknown key 'scael' in features\[0\] \(did you mean 'scale'\?\)$"),
+    ('output = "probs"\n[[features]]\nfield = \n', r"not a model card: "),
+])
+def test_a_card_that_does_not_fit_its_model_is_refused_at_load(tmp_path: Path, card: str,
+                                                               message: str) -> None:
+    path = tmp_path / "card.toml"
+    path.write_text(card)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_candidate("producers.traffic:build_model", card=path)
+    assert "\n" not in str(info.value)
+    path.write_text('output = "probs"\nlabels = ["legit", "fraud"]\n' + _FRAUD_FEATURES)
+    assert load_candidate("producers.traffic:build_model", card=path) is not None

@@ -211,3 +211,17 @@ def test_several_candidates_close_no_window_on_each_other() -> None:
         assert overall["pairs"] == 3000 and overall["unmatched_shadow"] == 0, cid
     alone = run(messages, candidate("b", "producers.traffic:build_retrained")).report
     assert alone["candidates"]["b"] == result.report["candidates"]["b"]
+
+
+def test_request_ids_seen_twice_replay_without_error() -> None:
+    # Two runs of the same generator seed reuse every id: the report's ranking of the most
+    # divergent pairs compared the rows themselves on ties, and replay crashed.
+    first = recorded(600, TrafficSpec(seed=0, disagree=0.2), build_model(0))
+    later = [RecordedMessage(m.topic, m.partition, m.offset + 1000, m.timestamp + 600_000,
+                             m.key, orjson.dumps({**orjson.loads(m.value),
+                                                  "ts": orjson.loads(m.value)["ts"] + 600_000}))
+             for m in first]
+    report = run(first + later, candidate("v14", "producers.traffic:build_retrained")).report
+    overall = report["candidates"]["v14"]["models"]["fraud-scorer"]["overall"]
+    assert overall["pairs"] == 1200 and report["dead_lettered"] == 0
+    assert len(report["candidates"]["v14"]["top"]) == 20

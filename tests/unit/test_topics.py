@@ -29,5 +29,5 @@ def test_plan_refuses_disagreeing_partition_counts_with_an_explanation() -> None
     specs = topic_specs(Settings(topic_prefix="p"), partitions=4)
     with pytest.raises(TopicMismatchError) as info:
         plan_topics(specs, {"p.requests": 4, "p.outputs": 2})
-    assert info.value.problems == ["p.outputs has 2 partitions, expected 4"]
+    assert info.value.problems == ["existing p.outputs has 2 partitions, expected 4"]
     assert "same partition count" in str(info.value)
