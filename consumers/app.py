@@ -437,6 +437,9 @@ class _Worker(faust.Worker):
             raise
 
 
+_SILENT = logging.CRITICAL + 10  # above every level: the reason comes as our one line
+
+
 def run_app(app: faust.App, verbose: bool = False) -> None:
     """Run until SIGTERM/SIGINT; Faust then stops the agent, flushes and commits. Raises
     JoinStopped, with the reason in one line, when the join stops on its own."""
@@ -445,16 +448,24 @@ def run_app(app: faust.App, verbose: bool = False) -> None:
     supervisor: _Supervisor = app.shadow_supervisor  # type: ignore[attr-defined]
     # Faust's and mode's own lines (timers late, rebalances, a crash's traceback) with -v;
     # the join's own (shadowstream.join) always, at its level.
-    worker = _Worker(app, loglevel="INFO" if verbose else "CRITICAL", quiet=True,
+    worker = _Worker(app, loglevel="INFO" if verbose else _SILENT, quiet=True,
                      redirect_stdouts=False)
     supervisor.worker = worker
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         if supervisor.reason is not None:
-            raise JoinStopped(f"the join stopped: {supervisor.reason}") from None
+            raise JoinStopped(f"the join stopped: {_one_line(supervisor.reason)}") from None
         if exc.code not in (0, None):
             crash = worker.failure or worker.crash_reason
             why = f"{type(crash).__name__}: {crash}" if crash else f"exit status {exc.code}"
-            raise JoinStopped(f"the join stopped: {why}") from None
-        raise
+            raise JoinStopped(f"the join stopped: {_one_line(why)}") from None
+
+
+def _one_line(text: str) -> str:
+    """Faust's messages run over several lines, some twice: one line, each sentence once."""
+    seen: list[str] = []
+    for part in (" ".join(text.split())).split(". "):
+        if part and part not in seen:
+            seen.append(part)
+    return ". ".join(seen)

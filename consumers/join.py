@@ -6,7 +6,8 @@ never sends. Its only durable state is ``table``: one *entry* per request id (pl
 keys), which the Faust app backs with a changelogged Table, so a restarted app finds the same
 entries and closes the same windows with the same numbers.
 
-An entry, as stored (short keys: there is one per in-flight request)::
+An entry, keyed by model and request id (``entry_key``), as stored (short keys: there is one
+per in-flight request)::
 
     {"m": model, "ts": event time, "seg": segment,
      "live": {"lat", "err", "o": output, "f": features, "src": [topic, partition, offset]},
@@ -290,7 +291,8 @@ class JoinCore:
         self._advance(f"{src[0]}:{src[1]}", r.ts)
         if self._closed(r.ts, src, r.request_id, r.model, out):
             return
-        entry = self.table.get(r.request_id) or {"m": r.model, "ts": r.ts, "p": src[1], "c": {}}
+        key = entry_key(r.model, r.request_id)
+        entry = self.table.get(key) or {"m": r.model, "ts": r.ts, "p": src[1], "c": {}}
         live = entry.get("live")
         if live is not None:
             if live["src"] == src:  # the same message again, after a restart: resend its pairs
@@ -310,7 +312,7 @@ class JoinCore:
         for cand, answer in entry["c"].items():
             if "r" not in answer and "dl" not in answer:  # answered before the request came
                 self._pair(r.request_id, entry, cand, answer, out)
-        self._store(r.request_id, entry)
+        self._store(key, entry)
         self._learn_reference(r.model, features)
 
     def _on_output(self, o: ShadowOutput, src: list[Any], out: list[Outgoing]) -> None:
@@ -319,7 +321,8 @@ class JoinCore:
         if self._closed(o.ts, src, o.request_id, o.model, out):
             return
         self.candidates[o.model].add(o.candidate)
-        entry = self.table.get(o.request_id) or {"m": o.model, "ts": o.ts, "p": src[1], "c": {}}
+        key = entry_key(o.model, o.request_id)
+        entry = self.table.get(key) or {"m": o.model, "ts": o.ts, "p": src[1], "c": {}}
         known = entry["c"].get(o.candidate)
         if known is not None:
             if known["src"] == src:
@@ -337,7 +340,7 @@ class JoinCore:
         entry["c"][o.candidate] = answer
         if "live" in entry:
             self._pair(o.request_id, entry, o.candidate, answer, out)
-        self._store(o.request_id, entry)
+        self._store(key, entry)
 
     def _store(self, key: str, entry: dict[str, Any]) -> None:
         self.table[key] = entry
@@ -450,7 +453,7 @@ class JoinCore:
                 continue
             for cand, answer in entry["c"].items():
                 if answer.get("r"):
-                    top[(entry["m"], cand)].append((key, answer["r"]["s"]))
+                    top[(entry["m"], cand)].append((request_of(key), answer["r"]["s"]))
         return {pair: sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
                 for pair, rows in top.items()}
 
@@ -593,7 +596,8 @@ class JoinCore:
             return
         # Keyed by request id when there is one, so a candidate's answer to it (if any) joins
         # this entry instead of counting as a second request.
-        table_key = request_id or f"{DEAD_KEY}{src[0]}:{src[1]}:{src[2]}"
+        table_key = entry_key(model, request_id) if request_id \
+            else f"{DEAD_KEY}{src[0]}:{src[1]}:{src[2]}"
         entry = self.table.get(table_key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
         entry["dl"] = str(exc)[:200]
         self._store(table_key, entry)
@@ -614,6 +618,16 @@ class JoinCore:
         if data is not None:
             doc["value_b64"] = base64.b64encode(data).decode()
         return Outgoing("deadletter", key, orjson.dumps(doc), record=doc)
+
+
+def entry_key(model: str, request_id: str) -> str:
+    """An entry's table key: request ids are unique within a model, not across models (two
+    services may both number their requests)."""
+    return f"{model}\x1f{request_id}"
+
+
+def request_of(key: str) -> str:
+    return key.partition("\x1f")[2] or key
 
 
 def _envelope(data: bytes) -> dict[str, Any]:

@@ -199,8 +199,9 @@ def _check(m: MetricCheck, windows: Sequence[Window], alpha: float) -> MetricRes
         mean = fmean(cand)
         worse = mean > m.limit if m.direction == "increase" else mean < m.limit  # type: ignore[operator]
         word = "above" if m.direction == "increase" else "below"
-        reason = (f"{m.metric}: candidate mean {mean:.4g} {word} the limit {m.limit:g}"
-                  if worse else f"{m.metric}: candidate mean {mean:.4g} within {m.limit:g}")
+        reason = (f"{m.metric}: mean over {len(cand)} windows {mean:.4g} {word} the limit "
+                  f"{m.limit:g}" if worse else
+                  f"{m.metric}: mean over {len(cand)} windows {mean:.4g} within {m.limit:g}")
         return MetricResult(m.metric, "fail" if worse else "pass", m.critical, reason, mean)
     live = [v for w in windows if (v := live_of(w)) is not None]
     if len(live) < 2 or len(cand) < 2:

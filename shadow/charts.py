@@ -81,8 +81,10 @@ def _axes(width: int, height: int) -> str:
 
 def lines(title: str, series: dict[str, list[tuple[float, float | None]]], *, x_label: str,
           y_label: str, x_fmt: Callable[[float], str], y_fmt: Callable[[float], str],
-          colours: dict[str, str], y_min: float | None = 0.0) -> str:
-    """One line per series (points with None are gaps), x and y axes with round ticks."""
+          colours: dict[str, str], y_min: float | None = 0.0,
+          gap: float | None = None) -> str:
+    """One line per series, x and y axes with round ticks. A point with None, or two points
+    further apart than ``gap`` (missing windows), break the line."""
     pts = [(x, v) for s in series.values() for x, v in s if v is not None and math.isfinite(v)]
     if not pts:
         return f"<p class='empty'>{_e(title)}: no data</p>"
@@ -107,11 +109,15 @@ def lines(title: str, series: dict[str, list[tuple[float, float | None]]], *, x_
     for name, s in series.items():
         colour = colours[name]
         segments: list[list[str]] = [[]]
+        last: float | None = None
         for xv, yv in s:
             if yv is None or not math.isfinite(yv):
                 segments.append([])  # a window without a value: a gap in the line
-            else:
-                segments[-1].append(f"{x(xv):.1f},{y(yv):.1f}")
+                continue
+            if gap is not None and last is not None and xv - last > gap:
+                segments.append([])  # windows missing in between: no line across them
+            segments[-1].append(f"{x(xv):.1f},{y(yv):.1f}")
+            last = xv
         for seg in segments:
             if seg:
                 paths.append(f"<polyline points='{' '.join(seg)}' fill='none' "

@@ -280,16 +280,17 @@ def load_candidate(spec: str, *, weights: Path | None = None, card: Path | None 
         return Candidate(spec, module, chosen)
     sidecar = Path(f"{spec}.card.toml")
     if card is not None:
-        model_card = ModelCard.load(card)
+        model_card, card_source = ModelCard.load(card), str(card)
     elif sidecar.is_file():
-        model_card = ModelCard.load(sidecar)
+        model_card, card_source = ModelCard.load(sidecar), str(sidecar)
     elif factory_module is not None and hasattr(factory_module, "MODEL_CARD"):
-        model_card = ModelCard.parse(factory_module.MODEL_CARD, f"{spec} (MODEL_CARD)")
+        card_source = f"{spec.partition(':')[0]}.MODEL_CARD"
+        model_card = ModelCard.parse(factory_module.MODEL_CARD, card_source)
     else:
         raise ModelLoadError(spec, f"no model card: pass --card FILE, put one at {sidecar}, "
                                    "or define MODEL_CARD beside the factory")
     candidate = Candidate(spec, module, CardAdapter(model_card))
-    check_card(candidate, model_card)
+    check_card(candidate, model_card, card_source)
     return candidate
 
 
@@ -306,26 +307,27 @@ def _example_inputs(card: ModelCard) -> dict[str, Any]:
     return inputs
 
 
-def check_card(candidate: Candidate, card: ModelCard) -> None:
+def check_card(candidate: Candidate, card: ModelCard, card_source: str = "its card") -> None:
     """Refuse at load a card that does not fit its model: the worker would otherwise answer
     every request with the same error, or with answers of the wrong kind or labels."""
     adapter = candidate.adapter
     assert isinstance(adapter, CardAdapter)
-    width = adapter.width
+    where = f"{candidate.source} with {card_source}"
+    fields = ", ".join(f.field for f in card.features)
     try:
         with torch.inference_mode():
             result = candidate.module(*adapter.collate([_example_inputs(card)]))
     except Exception as exc:
-        raise ModelLoadError(candidate.source, f"the model fails on the {width} features its "
-                                               f"card describes: {type(exc).__name__}: "
-                                               f"{str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(where, f"the card's {adapter.width} features ({fields}) do not "
+                                    f"fit the model: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0]}") from None
     if not isinstance(result, torch.Tensor):
-        raise ModelLoadError(candidate.source, f"the model returns {type(result).__name__}, "
-                                               "not a tensor: give it an --adapter")
+        raise ModelLoadError(where, f"the model returns {type(result).__name__}, not a tensor: "
+                                    "give it an --adapter")
     per_row = result.reshape(result.shape[0], -1).shape[1] if result.dim() else 1
     if card.output == "scalar" and per_row != 1:
-        raise ModelLoadError(candidate.source, f"the card says output = \"scalar\", the model "
-                                               f"answers {per_row} values per request")
+        raise ModelLoadError(where, f"the card says output = \"scalar\", the model answers "
+                                    f"{per_row} values per request")
     if card.labels is not None and len(card.labels) != per_row:
-        raise ModelLoadError(candidate.source, f"the card names {len(card.labels)} labels, the "
-                                               f"model answers {per_row} values per request")
+        raise ModelLoadError(where, f"the card names {len(card.labels)} labels, the model "
+                                    f"answers {per_row} values per request")

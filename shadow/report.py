@@ -143,7 +143,7 @@ def _model_section(r: dict[str, Any], model: str, cids: list[str], colours: dict
     mine = {c: colours[c] for c in cids}
     return (f"<h2>{_e(model)}: candidates side by side</h2>"
             + _comparison(overall, cids, score, timing)
-            + _window_charts(reps, cids, mine, score)
+            + _window_charts(reps, cids, mine, score, r["window_ms"])
             + _distribution(reps, cids, mine, score)
             + _drift(overall, cids, mine))
 
@@ -176,7 +176,7 @@ def _comparison(overall: dict[str, dict[str, Any]], cids: list[str], score: str,
 
 
 def _window_charts(reps: dict[str, dict[str, Any]], cids: list[str], colours: dict[str, str],
-                   score: str) -> str:
+                   score: str, window_ms: int) -> str:
     def per_window(get: Any) -> dict[str, list[tuple[float, float | None]]]:
         return {c: [(w["window_start"], get(w)) for w in reps[c]["windows"]
                     if "segment" not in w] for c in cids}
@@ -189,14 +189,14 @@ def _window_charts(reps: dict[str, dict[str, Any]], cids: list[str], colours: di
         "<h3>Per window</h3>"
         + lines("Disagreement rate per window", per_window(lambda w: w.get("disagreement_rate")),
                 x_label=x_label, y_label="disagreement rate (%)", x_fmt=_clock, y_fmt=pct,
-                colours=colours)
+                colours=colours, gap=window_ms)
         + lines("Divergence p99 per window", per_window(
             lambda w: w.get("divergence", {}).get("p99")), x_label=x_label,
             y_label=f"divergence p99 ({score})", x_fmt=_clock, y_fmt=lambda v: f"{v:.3g}",
-            colours=colours)
+            colours=colours, gap=window_ms)
         + lines("Coverage per window", per_window(lambda w: w.get("coverage")),
                 x_label=x_label, y_label="coverage: pairs / requests (%)", x_fmt=_clock,
-                y_fmt=pct, colours=colours))
+                y_fmt=pct, colours=colours, gap=window_ms))
 
 
 def _distribution(reps: dict[str, dict[str, Any]], cids: list[str], colours: dict[str, str],
@@ -252,7 +252,8 @@ def _drift(overall: dict[str, dict[str, Any]], cids: list[str],
                 x_fmt=lambda v: f"{v:.3g}", colours=grey)
         + hbars("Answers, numeric: population stability index", sorted(psi_rows.items()),
                 x_label="PSI against the live answers' reference", y_label="answer feature",
-                x_fmt=lambda v: f"{v:.3g}", colours=answers, marker=(0.2, "0.2"))
+                x_fmt=lambda v: f"{v:.3g}", colours=answers,
+                marker=(0.2, "0.2, the inputs' alert threshold"))
         + hbars("Answers, categorical: Jensen-Shannon distance", sorted(js_rows.items()),
                 x_label="JS distance against the live answers' reference (0 to 1)",
                 y_label="answer feature", x_fmt=lambda v: f"{v:.3g}", colours=answers))

@@ -11,6 +11,7 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
+from schemas.exceptions import closest
 from shadow.exceptions import KafkaUnreachableError, ShadowstreamError
 from shadow.settings import Settings, load_settings
 
@@ -55,6 +56,15 @@ class Group(click.Group):
         except ShadowstreamError as exc:
             fail(str(exc))
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            hint = closest(args[0], self.commands) if args else ""
+            if hint:
+                exc.message = f"{exc.message.rstrip('.')}; did you mean {hint!r}?"
+            raise
+
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
@@ -62,13 +72,16 @@ class Group(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # a group alone: its help
-            click.echo(exc.format_message(), err=True)
-            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a group alone
+            ctx = exc.ctx
+            names = sorted(ctx.command.commands) if isinstance(ctx.command, click.Group) else []
+            fail(f"`{ctx.command_path}` needs a command: {', '.join(names)} (see "
+                 f"`{ctx.command_path} --help`)", exc.exit_code)
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            fail(f"{exc.format_message()}{see}", exc.exit_code)
+            message = exc.format_message().replace(" Did you mean", "; did you mean")
+            fail(f"{message}{see}", exc.exit_code)
         except click.Abort:
             fail("aborted")
         sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 from pathlib import Path
 
@@ -97,17 +98,27 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
             "Delete this prefix's topics and the join's store (`shadow topics delete --yes`) "
             "and create them again, or use another SHADOW_TOPIC_PREFIX")
     redis = None if no_redis else redis_url(s)
+    store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
+    stale = changelog not in existing and store.is_dir() and any(store.iterdir())
     if check:
+        if stale:
+            err_console.print(f"join: would remove {store}: its changelog {changelog} is gone",
+                              highlight=False)
         err_console.print(f"join: configuration ok ({len(rules.rules)} alert rules, inputs of "
                           f"{partitions} partition{'s' if partitions != 1 else ''})",
                           highlight=False)
         return
-    store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
+    if stale:
+        # The store only caches the changelog, and the broker no longer has it (the topics
+        # were deleted, or the broker's data reset): Faust would refuse to start on it.
+        err_console.print(f"join: removing {store}: its changelog {changelog} is gone (the "
+                          "topics were deleted or the broker was reset)", highlight=False)
+        shutil.rmtree(store)
     store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,
                                web_port=web_port, web_host=host, idle_close_s=idle_close_s,
                                redis_url=redis)
-    app, _ = build_app(s, bootstrap, app_config)
+    app, core = build_app(s, bootstrap, app_config)
     n = f"{partitions} partition{'s' if partitions != 1 else ''}"
     err_console.print(f"join: {s.topic('requests')} + {s.topic('outputs')} ({n}) -> pairs, "
                       f"windows of {window_s:g} s (grace {grace_s:g} s); table in "
@@ -116,3 +127,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     with registered(local_prometheus(s), "join", f"{host}:{web_port}",
                     {"prefix": s.topic_prefix}):
         run_app(app, verbose=ctx.obj.get("verbose", False) if ctx.obj else False)
+    st = core.stats
+    err_console.print(f"join: stopped after {st.requests} requests, {st.outputs} answers, "
+                      f"{st.pairs} pairs, {st.windows_closed} windows closed, "
+                      f"{st.dead_lettered} dead-lettered", highlight=False)

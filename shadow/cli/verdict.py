@@ -61,6 +61,7 @@ def command(replay_json: Path | None, live: bool, candidate: str | None,
 
     if bool(replay_json) == live:
         raise click.UsageError("give either --replay FILE or --live")
+    s = settings()  # a misspelt setting is refused here too, not ignored
     config = JudgeConfig.from_file(config_file) if config_file else JudgeConfig()
     if replay_json:
         from shadow.replay import report_windows
@@ -69,7 +70,6 @@ def command(replay_json: Path | None, live: bool, candidate: str | None,
     else:
         from shadow.recording import read_windows
 
-        s = settings()
         groups = read_windows(s, kafka(s))
     key = _pick(groups, model, candidate)
     verdict = judge(groups[key], config)

@@ -15,7 +15,7 @@ def fmt(v: Any) -> str:
 
 def replay_table(result: Any) -> Group:
     """One row per candidate and model, and the reasons behind errors and dead letters."""
-    table = Table("candidate", "model", "requests", "pairs", "coverage", "disagree",
+    table = Table("candidate", "model", "requests", "pairs", "coverage", "disagree rate",
                   "div p50", "div p99", "max PSI", "errors", "dead-lettered",
                   "engine ms/req", title="replay", title_justify="left")
     notes: list[Text] = []

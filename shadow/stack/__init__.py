@@ -92,8 +92,8 @@ class Stack:
         return out
 
     def down(self, only: Iterable[str] | None = None) -> list[str]:
-        """Stop every server this stack started (or ``only`` those) and delete their data;
-        returns their names."""
+        """Stop every server this stack started (or ``only`` those) and delete their data
+        (with Kafka's, the join stores in ``<state dir>/join``); returns their names."""
         wanted = set(SERVERS if only is None else only)
         with self._locked():
             state = self._load()
@@ -107,6 +107,9 @@ class Stack:
             self._save(state)
             for name in stopped:
                 shutil.rmtree(self.root / name, ignore_errors=True)
+            if "kafka" in stopped:
+                # The joins' table stores cache changelogs this broker kept: gone with it.
+                shutil.rmtree(self.settings.state_dir / "join", ignore_errors=True)
             return stopped
 
     def endpoints(self) -> Endpoints:

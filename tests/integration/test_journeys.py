@@ -162,3 +162,37 @@ def test_a_join_that_cannot_go_on_exits_with_the_reason_instead_of_looping(
     assert run.stderr.strip().splitlines()[-1] == \
         "error: the join stopped: RuntimeError: a bug in the core"
     assert "Traceback" not in run.stderr and time.monotonic() - t0 < 90
+
+
+def test_a_join_store_left_from_deleted_topics_is_dropped_not_a_crash(
+        settings: Settings, settings_factory, admin: AdminClient,  # type: ignore[no-untyped-def]
+        stack: Endpoints, tmp_path: Path, procs: list[subprocess.Popen]) -> None:
+    # `shadow stack down` deleted the broker's data but left the join's store; the next
+    # join on the same prefix stopped on Faust's ConsistencyError ("persisted offset ...").
+    s = settings_factory()
+    env = _env(s, stack, settings)
+    assert _cli(env, "topics", "create", "--partitions", "2").returncode == 0
+    send(s, stack.kafka_bootstrap, TrafficSpec(seed=4), first_window_start(), 0, 200)
+    port, log = free_port(), tmp_path / "join.log"
+    first = spawn_cli(["join", "--web-port", str(port)], env, log)
+    procs.append(first)
+    _wait(lambda: metric(port, 'shadow_join_events_total{kind="request"}') == 200, 90,
+          "the first join read the requests", first, log)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(60) == 0
+    assert "join: stopped after 200 requests" in log.read_text()
+    names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(s.topic_prefix)]
+    for fut in admin.delete_topics(names, operation_timeout=30).values():
+        fut.result(timeout=30)
+    time.sleep(2)
+    assert _cli(env, "topics", "create", "--partitions", "2").returncode == 0
+    check = _cli(env, "join", "--check")
+    assert check.returncode == 0 and "would remove" in check.stderr
+    port2 = free_port()
+    second = spawn_cli(["join", "--web-port", str(port2)], env, log)
+    procs.append(second)
+    _wait(lambda: metric(port2, "shadow_join_pairs_total") is not None, 90,
+          "the second join started", second, log)
+    assert "removing" in log.read_text() and "its changelog" in log.read_text()
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(60) == 0

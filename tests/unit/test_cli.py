@@ -145,8 +145,11 @@ def test_verdict_keeps_exit_3_for_usage_and_input_errors(tmp_path: Path) -> None
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 3, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
-    assert "exit 3" in CliRunner().invoke(main, ["verdict", "--help"]).output or \
-        "exits 3" in CliRunner().invoke(main, ["verdict", "--help"]).output
+    assert "exits 3" in CliRunner().invoke(main, ["verdict", "--help"]).output
+    # A misspelt setting is refused by the verdict too, not ignored.
+    typo = CliRunner().invoke(main, ["verdict", "--replay", str(report)],
+                              env={"SHADOW_TOPIC_PREFX": "x"})
+    assert typo.exit_code == 3 and "did you mean 'SHADOW_TOPIC_PREFIX'" in typo.output
 
 
 def test_a_misspelt_setting_stops_every_command_with_one_line(tmp_path: Path) -> None:
@@ -275,6 +278,9 @@ def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
         (("replay", "--frobnicate"), "error: No such option: --frobnicate"),
         (("worker", "--candidate", "x", "--candidate-id", "bad id!"),
          "error: Invalid value for '--candidate-id': 'bad id!'"),
+        (("topics",), "error: `shadow topics` needs a command: create, delete, list"),
+        (("topics", "creat"), "error: No such command 'creat'; did you mean 'create'?"),
+        (("worker", "--gpu"), "error: No such option: --gpu; did you mean --group?"),
     ]:
         run = _cli(*args, cwd=tmp_path)
         assert run.returncode == 2 and run.stderr.strip().splitlines()[0].startswith(start), \

@@ -404,3 +404,23 @@ def test_read_to_says_whether_a_partition_was_read_to_a_given_end() -> None:
     assert all(core.read_to(t, p, end) for (t, p), end in ends.items())
     assert not core.read_to(REQ, 0, ends[(REQ, 0)] + 1)  # one more message is waiting
     assert core.read_to(REQ, 7, 0) and not core.read_to(REQ, 7, 1)  # never read from
+
+
+def test_two_models_may_use_the_same_request_ids() -> None:
+    # Two services that both number their requests: the second model's request was taken
+    # for a duplicate of the first's and never reached a window.
+    log = Log()
+    for i in range(20):
+        for model in ("m", "price-model"):
+            req = {**request(i, T0 + i, [0.4, 0.6]), "model": model}
+            log.append(REQ, f"r{i}", req)
+            log.append(OUT, f"r{i}", {**output(i, T0 + i, "c1", [0.4, 0.6]), "model": model})
+    core = make_core()
+    out = run(core, log.messages) + close_all(core, log)
+    assert core.stats.duplicates == 0 and core.stats.pairs == 40
+    models = {w.model: w for w in (o.record for o in out if o.role == "windows")
+              if w.segment is None}
+    assert set(models) == {"m", "price-model"}
+    assert all(w.requests == w.pairs == 20 for w in models.values())
+    exemplars = [o.record for o in out if o.role == "exemplars"]
+    assert all(rid.startswith("r") for doc in exemplars for rid, _ in doc["top"])

@@ -185,7 +185,8 @@ _FRAUD_FEATURES = ('[[features]]\nfield = "amount"\ntransform = "log1p"\nscale =
 @pytest.mark.parametrize("card,message", [
     # Two features for an eight-feature model: every request would have been an error.
     ('output = "probs"\n[[features]]\nfield = "amount"\n[[features]]\nfield = "hour"\n',
-     r"the model fails on the 2 features its card describes: RuntimeError: "),
+     r"build_model with .*card.toml: the card's 2 features \(amount, hour\) do not fit the "
+     r"model: RuntimeError: "),
     ('output = "scalar"\n' + _FRAUD_FEATURES,
      r'the card says output = "scalar", the model answers 2 values per request'),
     ('output = "probs"\nlabels = ["legit", "fraud", "other"]\n' + _FRAUD_FEATURES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def test_an_equal_candidate_is_promoted() -> None:
 def test_five_percent_disagreement_rolls_back_or_holds_as_configured() -> None:
     v = judge(windows(disagree=0.05))
     assert (v.decision, v.exit_code) == ("ROLLBACK", 2)
-    assert "disagreement_rate: candidate mean 0.05 above the limit 0.02" in v.reason
+    assert re.search(r"disagreement_rate: mean over \d+ windows 0.05 above the limit 0.02",
+                     v.reason)
     lenient = JudgeConfig(metrics=(MetricCheck("disagreement_rate", critical=False,
                                                limit=0.02),))
     assert judge(windows(disagree=0.05), lenient).decision == "HOLD"
