@@ -141,7 +141,9 @@ class TrafficService:
                  keep_truth: bool = False) -> None:
         self.publisher = publisher
         self.spec = spec
-        self.model = model or build_model(spec.seed)
+        # The live model is producers.traffic:build_model whatever the seed: the seed draws
+        # the requests, and a worker given the live model's factory then agrees with it.
+        self.model = model or build_model(0)
         self.stats = TrafficStats()
         self.keep_truth = keep_truth
 

@@ -22,7 +22,9 @@ from shadow.exceptions import ShadowstreamError
 @click.option("--disagree", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of live answers made to differ from what the model computes.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed: same seed, same requests and answers.")
+              help="Seed of the requests: same seed, same requests and answers (request ids "
+                   "too: give each run its own seed). The live model is "
+                   "producers.traffic:build_model whatever the seed.")
 @click.option("--truth", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write each request's ground truth (disagree, shifted) as JSON lines.")
 @json_output("Print the summary as JSON.")
