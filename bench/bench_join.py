@@ -110,7 +110,7 @@ def app_rate(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float
            "SHADOW_TOPIC_PREFIX": settings.topic_prefix,
            "SHADOW_PARTITIONS": str(settings.partitions), "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(workdir / "join"),
-           "--web-port", str(port), "--idle-close-s", "30"]
+           "--web-port", str(port), "--idle-close-s", "30", "--no-redis"]
     log = workdir / "join.log"
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:

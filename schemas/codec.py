@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.exceptions import ContractError
-from schemas.records import RECORD_TYPES, _Record
+from schemas.records import (
+    RECORD_TYPES,
+    EventBatch,
+    MirroredRequest,
+    ShadowOutput,
+    _Record,
+)
 
 R = TypeVar("R", bound=_Record)
 
@@ -102,3 +109,109 @@ def _path(loc: tuple[int | str, ...]) -> str:
         else:
             parts.append(("." if parts else "") + item)
     return "".join(parts)
+
+
+# -- records that carry one event or a batch ------------------------------------------------
+
+BATCH = EventBatch.SCHEMA
+MAX_BATCH = 100_000
+
+
+def events_of(data: bytes | bytearray | memoryview | str) -> tuple[list[Any], bool]:
+    """The events one Kafka record carries, not yet validated: ``([event], False)`` for a
+    record of one event, ``(events, True)`` for a batch (``batch/1``). ContractError when
+    the record is not JSON, or is a batch without a list of events."""
+    doc = loads(data)
+    if type(doc) is dict and doc.get("schema") == BATCH:
+        events = doc.get("events")
+        if type(events) is not list or not events:
+            raise ContractError("a batch needs a non-empty list of events", path="events",
+                                schema=BATCH)
+        if len(events) > MAX_BATCH:
+            raise ContractError(f"a batch holds at most {MAX_BATCH} events, this one "
+                                f"{len(events)}", path="events", schema=BATCH)
+        return events, True
+    return [doc], False
+
+
+def encode_batch(events: list[dict[str, Any]]) -> bytes:
+    """One record for several events of one partition (documents, already valid)."""
+    return orjson.dumps({"schema": BATCH, "events": events})
+
+
+_KINDS = frozenset({"scalar", "vector", "probs", "scores", "embedding"})
+_NUMBER = (int, float)
+
+
+def as_request(doc: Any) -> dict[str, Any]:
+    """A mirrored request as a plain, valid document. The common shape is checked here in a
+    few microseconds; anything else goes through the typed record, which says precisely what
+    is wrong (ContractError) or returns what it accepts, normalised (``"ts": 1.0`` -> 1)."""
+    if (type(doc) is dict and doc.get("schema") == MirroredRequest.SCHEMA
+            and _name(doc.get("request_id")) and _name(doc.get("model"))
+            and _epoch(doc.get("ts")) and type(doc.get("inputs")) is dict
+            and _live(doc.get("live")) and _attrs(doc.get("attrs"))):
+        return doc
+    return _validate(doc, MirroredRequest).model_dump(by_alias=True, exclude_none=True)
+
+
+def as_output(doc: Any) -> dict[str, Any]:
+    """A shadow output as a plain, valid document (as ``as_request``)."""
+    if (type(doc) is dict and doc.get("schema") == ShadowOutput.SCHEMA
+            and _name(doc.get("request_id")) and _name(doc.get("model"))
+            and _epoch(doc.get("ts")) and _name(doc.get("candidate"))
+            and _millis(doc.get("latency_ms")) and _answer(doc.get("output"))
+            and _optional_str(doc.get("error"))):
+        return doc
+    return _validate(doc, ShadowOutput).model_dump(by_alias=True, exclude_none=True)
+
+
+# The fast checks accept only what the typed records accept (a property test holds them to
+# it); where they are unsure they say no, and the typed record decides.
+
+def _name(v: Any) -> bool:
+    return type(v) is str and 0 < len(v) <= 256
+
+
+def _epoch(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _millis(v: Any) -> bool:
+    return type(v) in _NUMBER and 0 <= v < math.inf
+
+
+def _optional_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _numbers(v: Any) -> bool:
+    return type(v) is list and len(v) > 0 and all(
+        type(x) in _NUMBER and -math.inf < x < math.inf for x in v)
+
+
+def _strings(v: Any) -> bool:
+    return v is None or (type(v) is list and all(type(x) is str for x in v))
+
+
+def _answer(o: Any) -> bool:
+    if o is None:
+        return True
+    if type(o) is not dict:
+        return False
+    kind, value = o.get("kind"), o.get("value")
+    if type(kind) is not str or kind not in _KINDS:
+        return False
+    if kind == "scalar":
+        return type(value) in _NUMBER and -math.inf < value < math.inf
+    return _numbers(value) and _strings(o.get("labels")) and _strings(o.get("items"))
+
+
+def _live(v: Any) -> bool:
+    return (type(v) is dict and _name(v.get("version")) and _millis(v.get("latency_ms"))
+            and _answer(v.get("output")) and _optional_str(v.get("error")))
+
+
+def _attrs(v: Any) -> bool:
+    return v is None or (type(v) is dict and all(
+        _optional_str(v.get(k)) for k in ("segment", "tenant", "trace_id")))

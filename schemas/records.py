@@ -196,6 +196,8 @@ class DeadLetterSource(BaseModel):
     topic: str
     partition: Annotated[int, Field(ge=0)]
     offset: Annotated[int, Field(ge=0)]
+    index: Annotated[int, Field(ge=0)] | None = None
+    """The event's position in a batch record; None for a record of one event."""
 
 
 class DeadLetter(_Record):
@@ -214,6 +216,17 @@ class DeadLetter(_Record):
     value_b64: str | None = None
 
 
+class EventBatch(_Record):
+    """Several events in one Kafka record, all of the record's partition (the one murmur2
+    gives each event's request id); a record carries one event or one batch."""
+
+    SCHEMA: ClassVar[str] = "batch/1"
+    schema_: Literal["batch/1"] = Field("batch/1", alias="schema")
+    events: Annotated[list[Annotated[MirroredRequest | ShadowOutput | DivergencePair,
+                                     Field(discriminator="schema_")]],
+                      Field(min_length=1, max_length=100_000)]
+
+
 RECORD_TYPES: tuple[type[_Record], ...] = (
     MirroredRequest,
     ShadowOutput,
@@ -221,4 +234,5 @@ RECORD_TYPES: tuple[type[_Record], ...] = (
     WindowSummary,
     Alert,
     DeadLetter,
+    EventBatch,
 )

@@ -158,3 +158,130 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     doc["added_in_a_later_minor"] = {"x": 1}
     req = decode(json.dumps(doc).encode(), MirroredRequest)
     assert "added_in_a_later_minor" not in json.loads(encode(req))
+
+
+# -- records of one event or a batch, and the fast checks ------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from schemas.codec import as_output, as_request, encode_batch, events_of  # noqa: E402
+from schemas.records import ShadowOutput  # noqa: E402
+
+
+def test_a_record_carries_one_event_or_a_batch() -> None:
+    one = _example("mirror.request/1")
+    assert events_of(json.dumps(one).encode()) == ([one], False)
+    batch = _example("batch/1")
+    events, batched = events_of(encode_batch(batch["events"]))
+    assert batched and events == batch["events"]
+    for bad, message in ((b'{"schema": "batch/1"}', "non-empty list of events"),
+                         (b'{"schema": "batch/1", "events": []}', "non-empty list"),
+                         (b"[1, 2", "malformed JSON")):
+        with pytest.raises(ContractError, match=message):
+            events_of(bad)
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**40), st.floats(allow_nan=True),
+                 st.text(max_size=3), st.lists(st.integers(0, 3), max_size=2),
+                 st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+def _answers() -> st.SearchStrategy:
+    numbers = st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-9, 9)), min_size=1,
+                       max_size=3)
+    return st.one_of(
+        st.none(),
+        st.fixed_dictionaries({"kind": st.just("scalar"),
+                               "value": st.one_of(st.floats(0, 1), st.integers(0, 3))}),
+        st.fixed_dictionaries({"kind": st.sampled_from(["probs", "vector", "scores",
+                                                       "embedding"]), "value": numbers},
+                              optional={"labels": st.lists(st.text(max_size=3)),
+                                        "items": st.lists(st.text(max_size=3))}))
+
+
+def _valid_request() -> st.SearchStrategy:
+    live = st.fixed_dictionaries({"version": st.text(min_size=1, max_size=4),
+                                  "latency_ms": st.one_of(st.floats(0, 1e4), st.integers(0, 9)),
+                                  "output": _answers()},
+                                 optional={"error": st.text(max_size=3)})
+    return st.fixed_dictionaries(
+        {"schema": st.just("mirror.request/1"), "request_id": st.text(min_size=1, max_size=256),
+         "model": st.text(min_size=1, max_size=5), "ts": st.integers(0, 2**45),
+         "inputs": st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
+         "live": live},
+        optional={"attrs": st.fixed_dictionaries({}, optional={
+            "segment": st.text(max_size=3), "tenant": st.one_of(st.none(), st.text())})})
+
+
+def _valid_output() -> st.SearchStrategy:
+    return st.fixed_dictionaries(
+        {"schema": st.just("shadow.output/1"), "request_id": st.text(min_size=1, max_size=256),
+         "model": st.text(min_size=1, max_size=5), "ts": st.integers(0, 2**45),
+         "candidate": st.text(min_size=1, max_size=256),
+         "latency_ms": st.one_of(st.floats(0, 1e4), st.integers(0, 9))},
+        optional={"output": _answers(), "error": st.text(max_size=3)})
+
+
+def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix] if prefix else []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def _mutated(draw: Any, valid: st.SearchStrategy) -> Any:
+    """A valid document, or one with one value (anywhere) replaced by anything, or one key
+    removed: near misses, where a fast check could let through what the record refuses."""
+    doc = copy.deepcopy(draw(valid))
+    how = draw(st.sampled_from(["keep", "replace", "replace", "drop"]))
+    paths = _paths(doc)
+    if how == "keep" or not paths:
+        return doc
+    path = draw(st.sampled_from(paths))
+    parent = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    if how == "drop" and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(_ANY)
+    return doc
+
+
+def _typed(doc: Any, record_type: type) -> Any:
+    try:
+        return schemas.codec._validate(doc, record_type)
+    except ContractError:
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(_mutated(_valid_request()))
+def test_the_fast_request_check_accepts_exactly_what_the_record_accepts(doc: dict) -> None:
+    typed = _typed(doc, MirroredRequest)
+    try:
+        fast = as_request(doc)
+    except ContractError:
+        fast = None
+    assert (typed is None) == (fast is None), doc
+    if typed is not None:
+        assert MirroredRequest.model_validate(fast) == typed
+
+
+@settings(max_examples=600, deadline=None)
+@given(_mutated(_valid_output()))
+def test_the_fast_output_check_accepts_exactly_what_the_record_accepts(doc: dict) -> None:
+    typed = _typed(doc, ShadowOutput)
+    try:
+        fast = as_output(doc)
+    except ContractError:
+        fast = None
+    assert (typed is None) == (fast is None), doc
+    if typed is not None:
+        assert ShadowOutput.model_validate(fast) == typed
