@@ -27,7 +27,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from bench._common import TARGETS, machine, verdict
-from schemas import DivergencePair, decode
+from schemas.codec import events_of
 from shadow import clients
 from shadow.settings import Settings
 from shadow.stack import Stack
@@ -108,10 +108,10 @@ def main() -> None:
         end = t0 + args.duration + 30  # the tail drains
         while time.time() < end:
             for msg in pairs.consume(500, 0.2):
-                if msg.error() is None:
-                    pair = decode(msg.value(), DivergencePair)
+                if msg.error() is None:  # one pair, or a batch of them
                     at = msg.timestamp()[1] / 1000
-                    latencies.append((at - t0, msg.timestamp()[1] - pair.ts))
+                    for pair in events_of(msg.value())[0]:
+                        latencies.append((at - t0, msg.timestamp()[1] - pair["ts"]))
             if time.time() >= next_sample:
                 next_sample += args.every
                 samples.append((time.time() - t0, rss_mib(worker.pid), rss_mib(join.pid),

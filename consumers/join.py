@@ -1,16 +1,21 @@
 """The join of live and shadow answers per request, and the windows it closes. No Kafka here.
 
-``JoinCore`` is driven one message at a time by the Faust agent in ``consumers.app`` (and can be
-driven by a test or by replay with a plain dict as its table). It returns what to send; it
-never sends. Its only durable state is ``table``: one *entry* per request id (plus a few ``~``
-keys), which the Faust app backs with a changelogged Table, so a restarted app finds the same
+``JoinCore`` is driven one Kafka record at a time by the Faust agent in ``consumers.app`` (and
+can be driven by a test or by replay with a plain dict as its table); a record carries one
+event or a batch of events of its partition. It returns what to send; it never sends. It keeps
+one *entry* per in-flight request in memory, and its only durable state is ``table``, which
+the Faust app backs with a changelogged Table: per record, one key per window the record
+touched (``~e:<partition>:<window>:<seq>``) holding the entries it changed, so a batch of
+events costs one changelog record, not one per event; plus a few ``~`` keys (closed windows,
+alert states, the reference). A restarted app replays the deltas in order, finds the same
 entries and closes the same windows with the same numbers.
 
-An entry, keyed by model and request id (``entry_key``), as stored (short keys: there is one
-per in-flight request)::
+An entry, keyed by model and request id (``entry_key``; short keys: there is one per in-flight
+request)::
 
     {"m": model, "ts": event time, "seg": segment,
-     "live": {"lat", "err", "o": output, "f": features, "src": [topic, partition, offset]},
+     "live": {"lat", "err", "o": output, "f": features,
+              "src": [topic, partition, offset(, index in a batch)]},
      "p": input partition (requests and outputs are co-partitioned by request id),
      "c": {candidate: {"lat", "err", "f", "src", "o" (until compared),
                        "r": {"k", "s", "d", "m"} (comparison) | "dl": reason}},
@@ -50,17 +55,8 @@ from consumers.windows import (
     top1_as_live,
     window_start,
 )
-from schemas import (
-    Alert,
-    ContractError,
-    DeadLetter,
-    DivergencePair,
-    MirroredRequest,
-    ShadowOutput,
-    WindowSummary,
-    decode,
-    encode,
-)
+from schemas import Alert, ContractError, DeadLetter, DivergencePair, WindowSummary, encode
+from schemas.codec import as_output, as_request, encode_batch, events_of
 
 __all__ = ["JoinConfig", "JoinCore", "JoinStats", "Outgoing"]
 
@@ -71,6 +67,7 @@ ALERTS_KEY = "~alerts:"  # + the input partition: the alert machines' states
 OUTBOX_KEY = "~outbox:"  # + the input partition: alerts not yet in their sink
 PROFILE_KEY = "~profile:"
 DEAD_KEY = "~dl:"
+DELTA_KEY = "~e:"  # + <partition>:<window start>:<seq>: entries one record changed
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,9 @@ class JoinConfig:
     rules: RuleSet | None = None
     """Alert rules evaluated on each closed window (None: no alerting)."""
     max_event_bytes: int = 1 << 20
-    """Events larger than this are dead-lettered unread."""
+    """A record of one event larger than this is dead-lettered unread."""
+    max_record_bytes: int = 64 << 20
+    """A batch record larger than this is dead-lettered unread."""
     confirm_delivery: bool = False
     """Forget a closed window only after ``delivered`` was called for each of its summaries
     (the Faust app does; a plain caller's sends are synchronous)."""
@@ -152,7 +151,14 @@ class JoinCore:
         self.closed_before = 0  # windows starting before this have closed
         self.closed_offsets: dict[str, int] = {}  # "topic:partition" -> offset at close
         self.positions: dict[str, int] = {}  # "topic:partition" -> last offset handled
-        self.windows: dict[int, set[str]] = defaultdict(set)  # window start -> table keys
+        self.entries: dict[str, dict[str, Any]] = {}  # entry key -> entry (see above)
+        self.windows: dict[int, set[str]] = defaultdict(set)  # window start -> entry keys
+        # The table holds entries as deltas: what one record changed in one window, under
+        # ~e:<partition>:<window start>:<seq> (see _flush). Keys per window, to delete them.
+        self._deltas: dict[int, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+        self._seq = 0
+        self._dirty: dict[str, dict[str, Any]] = {}  # entries changed by the current record
+        self._legacy: dict[int, dict[str, Any]] = defaultdict(dict)  # see recover()
         self.candidates: dict[str, set[str]] = defaultdict(set)
         for model, cands in config.candidates.items():
             self.candidates[model].update(cands)
@@ -162,7 +168,7 @@ class JoinCore:
         # is recorded as closed (in the table) only once its summaries are delivered, so a
         # crash in between emits it again instead of losing it.
         self._emitted: dict[int, int] = {}
-        # Entries of closed windows, by input partition, deleted while an event of that
+        # Delta keys of closed windows, by input partition, deleted while a record of that
         # partition is handled: a table key must always be written from its own partition
         # (Faust sends the changelog record to the current event's partition).
         self._doomed: dict[int, list[str]] = defaultdict(list)
@@ -182,6 +188,9 @@ class JoinCore:
     def recover(self) -> None:
         """Rebuild the in-memory indexes from the table (after a restart or a rebalance)."""
         self.windows.clear()
+        self.entries.clear()
+        self._deltas.clear()
+        self._legacy.clear()
         self._doomed.clear()
         self._unsent.clear()
         items = list(self.table.items())
@@ -198,16 +207,34 @@ class JoinCore:
                     known = self.alerts.states.get(rule_key)
                     if known is None or st["last_window"] > known["last_window"]:
                         self.alerts.states[rule_key] = st
-        for key, entry in items:
+        deltas = []
+        for key, value in items:
             if key.startswith(PROFILE_KEY):
                 self.profiles.setdefault(key.removeprefix(PROFILE_KEY),
-                                         Profile.from_dict(entry))
-            elif not key.startswith("~") or key.startswith(DEAD_KEY):  # a request entry
-                start = window_start(entry["ts"], self.config.window_ms)
-                if start < self.closed_before:  # closed before its deletion was written
-                    self._doomed[entry["p"]].append(key)
-                    continue
-                self.windows[start].add(key)
+                                         Profile.from_dict(value))
+            elif key.startswith(DELTA_KEY):
+                partition, start, seq = map(int, key.removeprefix(DELTA_KEY).split(":"))
+                deltas.append((seq, partition, start, key, value))
+            elif not key.startswith("~") and isinstance(value, dict) and "ts" in value:
+                # An entry of the version that wrote one key per request: taken in, and
+                # written again as a delta of its own partition (its old key deleted).
+                ekey = key if "\x1f" in key else entry_key(value["m"], key)
+                self._legacy[value["p"]][ekey] = value
+                self._doomed[value["p"]].append(key)
+        for entries in self._legacy.values():
+            for ekey, entry in entries.items():
+                self.entries[ekey] = entry
+                self.windows[window_start(entry["ts"], self.config.window_ms)].add(ekey)
+                self.candidates[entry["m"]].update(entry.get("c", {}))
+        for seq, partition, start, key, value in sorted(deltas):
+            self._seq = max(self._seq, seq)
+            if start < self.closed_before:  # closed before its deletion was written
+                self._doomed[partition].append(key)
+                continue
+            self._deltas[start][partition].append(key)
+            for ekey, entry in value.items():  # later deltas hold the newer entry
+                self.entries[ekey] = entry
+                self.windows[start].add(ekey)
                 self.max_ts = max(self.max_ts, entry["ts"])
                 self.candidates[entry["m"]].update(entry.get("c", {}))
         log.info("join: recovered %d entries in %d open windows, watermark %d",
@@ -216,10 +243,11 @@ class JoinCore:
     # -- events ------------------------------------------------------------------------------
 
     def handle(self, topic: str, partition: int, offset: int, key: bytes | None,
-               value: bytes | None,
-               decoded: MirroredRequest | ShadowOutput | None = None) -> list[Outgoing]:
-        """Process one message of either input topic; returns what to send. ``decoded`` is
-        the message already decoded by the caller (replay), which then is not done again."""
+               value: bytes | None, seen: list[dict[str, Any]] | None = None
+               ) -> list[Outgoing]:
+        """Process one record of either input topic, of one event or a batch (all of this
+        partition); returns what to send. Each valid request is appended to ``seen`` when
+        given (replay answers them)."""
         out: list[Outgoing] = []
         self._partition = partition
         if partition in self._outbox_dirty:
@@ -229,27 +257,64 @@ class JoinCore:
             self.forget(start, out)
         for doomed in self._doomed.pop(partition, ()):
             self.table.pop(doomed, None)
-        src = [topic, partition, offset]
+        self._dirty.update(self._legacy.pop(partition, {}))
         tp = f"{topic}:{partition}"
         data = value or b""
         is_request = topic == self.requests_topic
+        events: list[Any] = []
+        batched = False
         try:
-            if len(data) > self.config.max_event_bytes:
+            if len(data) > self.config.max_record_bytes:
+                raise ContractError(f"record of {len(data)} bytes is over the limit of "
+                                    f"{self.config.max_record_bytes}")
+            events, batched = events_of(data)
+            if not batched and len(data) > self.config.max_event_bytes:
                 raise ContractError(f"event of {len(data)} bytes is over the limit of "
                                     f"{self.config.max_event_bytes}")
-            if is_request:
-                request = decoded if isinstance(decoded, MirroredRequest) else \
-                    decode(data, MirroredRequest)
-                self._on_request(request, src, out)
-            else:
-                output = decoded if isinstance(decoded, ShadowOutput) else \
-                    decode(data, ShadowOutput)
-                self._on_output(output, src, out)
         except ContractError as exc:
-            self._dead_event(exc, src, key, data, out)
+            events = []
+            self._dead_event(exc, [topic, partition, offset], key, data, out)
+        pairs: list[dict[str, Any]] = []
+        for i, doc in enumerate(events):
+            src = [topic, partition, offset, i] if batched else [topic, partition, offset]
+            try:
+                if is_request:
+                    request = as_request(doc)
+                    if seen is not None:
+                        seen.append(request)
+                    self._on_request(request, src, out, pairs)
+                else:
+                    self._on_output(as_output(doc), src, out, pairs)
+            except ContractError as exc:
+                raw = orjson.dumps(doc) if batched else data
+                self._dead_event(exc, src, key, raw, out, doc)
+        if pairs:
+            if batched:
+                out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                                    encode_batch(pairs), record=pairs))
+            else:
+                out.extend(Outgoing("pairs", p["request_id"].encode(), orjson.dumps(p),
+                                    record=p) for p in pairs)
+        self._flush()
         self.positions[tp] = offset
         self.sweep(self.watermark, out)
         return out
+
+    def _flush(self) -> None:
+        """Write what the current record changed: per window, one table key with those
+        entries (one changelog record per record and window, not one per event). Written
+        from the record's partition, under a key that names it."""
+        if not self._dirty:
+            return
+        by_window: dict[int, dict[str, Any]] = defaultdict(dict)
+        for ekey, entry in self._dirty.items():
+            by_window[window_start(entry["ts"], self.config.window_ms)][ekey] = entry
+        self._dirty = {}
+        for start, changed in by_window.items():
+            self._seq += 1
+            dkey = f"{DELTA_KEY}{self._partition}:{start}:{self._seq}"
+            self.table[dkey] = changed
+            self._deltas[start][self._partition].append(dkey)
 
     def assign(self, partitions: list[tuple[str, int]]) -> None:
         """The input partitions this app reads (after a rebalance). Until one has sent an
@@ -286,64 +351,73 @@ class JoinCore:
         if ts > self.max_ts:
             self.max_ts = ts
 
-    def _on_request(self, r: MirroredRequest, src: list[Any], out: list[Outgoing]) -> None:
+    def _on_request(self, r: dict[str, Any], src: list[Any], out: list[Outgoing],
+                    pairs: list[dict[str, Any]]) -> None:
+        """A valid request document (``as_request``)."""
         self.stats.requests += 1
-        self._advance(f"{src[0]}:{src[1]}", r.ts)
-        if self._closed(r.ts, src, r.request_id, r.model, out):
+        rid, model, ts = r["request_id"], r["model"], r["ts"]
+        self._advance(f"{src[0]}:{src[1]}", ts)
+        if self._closed(ts, src, rid, model, out):
             return
-        key = entry_key(r.model, r.request_id)
-        entry = self.table.get(key) or {"m": r.model, "ts": r.ts, "p": src[1], "c": {}}
+        key = entry_key(model, rid)
+        entry = self.entries.get(key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
         live = entry.get("live")
         if live is not None:
-            if live["src"] == src:  # the same message again, after a restart: resend its pairs
+            if live["src"] == src:  # the same event again, after a restart: resend its pairs
                 self.stats.replayed += 1
-                self._resend(r.request_id, entry, out)
+                self._resend(rid, entry, pairs)
             else:
                 self.stats.duplicates += 1
             return
-        output = r.live.output.model_dump(exclude_none=True) if r.live.output else None
-        features = request_features(r.inputs, output)
-        entry["live"] = {"lat": r.live.latency_ms, "err": r.live.error, "o": output,
+        answer = r["live"]
+        output = answer.get("output")
+        features = request_features(r["inputs"], output)
+        entry["live"] = {"lat": answer["latency_ms"], "err": answer.get("error"), "o": output,
                          "f": features, "src": src}
-        entry["ts"] = r.ts  # the request's time is authoritative for its window
-        entry["m"] = r.model
-        if r.attrs is not None and r.attrs.segment:
-            entry["seg"] = r.attrs.segment
-        for cand, answer in entry["c"].items():
-            if "r" not in answer and "dl" not in answer:  # answered before the request came
-                self._pair(r.request_id, entry, cand, answer, out)
+        entry["ts"] = ts  # the request's time is authoritative for its window
+        entry["m"] = model
+        attrs = r.get("attrs")
+        if attrs and attrs.get("segment"):
+            entry["seg"] = attrs["segment"]
+        for cand, cand_answer in entry["c"].items():
+            if "r" not in cand_answer and "dl" not in cand_answer:  # it came before the request
+                self._pair(rid, entry, cand, cand_answer, out, pairs)
         self._store(key, entry)
-        self._learn_reference(r.model, features)
+        self._learn_reference(model, features)
 
-    def _on_output(self, o: ShadowOutput, src: list[Any], out: list[Outgoing]) -> None:
+    def _on_output(self, o: dict[str, Any], src: list[Any], out: list[Outgoing],
+                   pairs: list[dict[str, Any]]) -> None:
+        """A valid output document (``as_output``)."""
         self.stats.outputs += 1
-        self._advance(f"{src[0]}:{src[1]}", o.ts)
-        if self._closed(o.ts, src, o.request_id, o.model, out):
+        rid, model, ts, cand = o["request_id"], o["model"], o["ts"], o["candidate"]
+        self._advance(f"{src[0]}:{src[1]}", ts)
+        if self._closed(ts, src, rid, model, out):
             return
-        self.candidates[o.model].add(o.candidate)
-        key = entry_key(o.model, o.request_id)
-        entry = self.table.get(key) or {"m": o.model, "ts": o.ts, "p": src[1], "c": {}}
-        known = entry["c"].get(o.candidate)
+        self.candidates[model].add(cand)
+        key = entry_key(model, rid)
+        entry = self.entries.get(key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
+        known = entry["c"].get(cand)
         if known is not None:
             if known["src"] == src:
                 self.stats.replayed += 1
-                self._resend(o.request_id, entry, out)
+                self._resend(rid, entry, pairs)
             else:  # the worker answered twice (at-least-once): the first answer counts
                 self.stats.duplicates += 1
             return
-        output = o.output.model_dump(exclude_none=True) if o.output else None
-        answer: dict[str, Any] = {"lat": o.latency_ms, "err": o.error, "src": src,
+        output = o.get("output")
+        answer: dict[str, Any] = {"lat": o["latency_ms"], "err": o.get("error"), "src": src,
                                   "f": {f"candidate.{k}": v
                                         for k, v in output_features(output).items()}}
         if output is not None:
             answer["o"] = output
-        entry["c"][o.candidate] = answer
+        entry["c"][cand] = answer
         if "live" in entry:
-            self._pair(o.request_id, entry, o.candidate, answer, out)
+            self._pair(rid, entry, cand, answer, out, pairs)
         self._store(key, entry)
 
     def _store(self, key: str, entry: dict[str, Any]) -> None:
-        self.table[key] = entry
+        self.entries[key] = entry
+        self._dirty[key] = entry
         self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
 
     def _closed(self, ts: int, src: list[Any], request_id: str | None, model: str | None,
@@ -365,7 +439,7 @@ class JoinCore:
     # -- pairs -------------------------------------------------------------------------------
 
     def _pair(self, request_id: str, entry: dict[str, Any], cand: str, answer: dict[str, Any],
-              out: list[Outgoing]) -> None:
+              out: list[Outgoing], pairs: list[dict[str, Any]]) -> None:
         live = entry["live"]
         cand_output = answer.pop("o", None)
         if live["o"] is not None and cand_output is not None:
@@ -386,17 +460,19 @@ class JoinCore:
         else:
             answer["r"] = None  # an error on either side: a pair, not a comparison
         self.stats.pairs += 1
-        out.append(self._pair_record(request_id, entry, cand, answer))
+        pairs.append(self._pair_doc(request_id, entry, cand, answer))
 
-    def _resend(self, request_id: str, entry: dict[str, Any], out: list[Outgoing]) -> None:
+    def _resend(self, request_id: str, entry: dict[str, Any],
+                pairs: list[dict[str, Any]]) -> None:
         if "live" not in entry:
             return
         for cand, answer in sorted(entry["c"].items()):
             if "r" in answer:
-                out.append(self._pair_record(request_id, entry, cand, answer))
+                pairs.append(self._pair_doc(request_id, entry, cand, answer))
 
-    def _pair_record(self, request_id: str, entry: dict[str, Any], cand: str,
-                     answer: dict[str, Any]) -> Outgoing:
+    @staticmethod
+    def _pair_doc(request_id: str, entry: dict[str, Any], cand: str,
+                  answer: dict[str, Any]) -> dict[str, Any]:
         live, r = entry["live"], answer["r"]
         doc: dict[str, Any] = {
             "schema": DivergencePair.SCHEMA, "request_id": request_id, "model": entry["m"],
@@ -408,7 +484,7 @@ class JoinCore:
                             ("candidate_error", answer.get("err"))):
             if value is not None:
                 doc[name] = value
-        return Outgoing("pairs", request_id.encode(), orjson.dumps(doc), record=doc)
+        return doc
 
     # -- reference and windows ---------------------------------------------------------------
 
@@ -432,7 +508,8 @@ class JoinCore:
     def _entries(self, start: int) -> list[tuple[str, dict[str, Any]]]:
         """A window's entries, read from the table once. Sorted by key: float sums then add
         up in the same order after a restart (same bytes)."""
-        return [(k, e) for k in sorted(self.windows.get(start, ())) if (e := self.table.get(k))]
+        return [(k, e) for k in sorted(self.windows.get(start, ()))
+                if (e := self.entries.get(k))]
 
     def summaries(self, entries: list[tuple[str, dict[str, Any]]],
                   now_ms: int | None = None) -> list[WindowSummary]:
@@ -531,10 +608,13 @@ class JoinCore:
         """Record a closed window (in the table), doom its entries, and evaluate its alerts
         if that was not done yet."""
         self._evaluate(start, out)
+        size = self.config.window_ms
         for key in self.windows.pop(start, ()):
-            entry = self.table.get(key)
-            if entry is not None:
-                self._doomed[entry["p"]].append(key)
+            entry = self.entries.get(key)
+            if entry is not None and window_start(entry["ts"], size) == start:
+                del self.entries[key]
+        for partition, keys in self._deltas.pop(start, {}).items():
+            self._doomed[partition].extend(keys)
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         self.closed_offsets.update(self.positions)
         self.table[f"{META_KEY}{self._partition}"] = {"closed_before": self.closed_before,
@@ -577,12 +657,17 @@ class JoinCore:
     # -- dead letters ------------------------------------------------------------------------
 
     def _dead_event(self, exc: ContractError, src: list[Any], key: bytes | None, data: bytes,
-                    out: list[Outgoing]) -> None:
-        """An input event that cannot be decoded: a dead letter, and counted in its window
-        when its model and time can still be read."""
+                    out: list[Outgoing], doc: Any = None) -> None:
+        """An input event (or record) that cannot be decoded: a dead letter, and counted in
+        its window when its model and time can still be read. ``doc``: the event as parsed
+        from a batch (whose record key is another event's)."""
         self.stats.dead_lettered += 1
-        envelope = _envelope(data)
-        request_id = key.decode("utf-8", "replace") if key else envelope.get("request_id")
+        envelope = _readable(doc) if doc is not None else _envelope(data)
+        in_batch = len(src) > 3
+        request_id = envelope.get("request_id") if in_batch or not key else \
+            key.decode("utf-8", "replace")
+        if in_batch:
+            key = request_id.encode() if request_id else None
         model, ts = envelope.get("model"), envelope.get("ts")
         if ts is not None:
             self._advance(f"{src[0]}:{src[1]}", ts)
@@ -597,8 +682,8 @@ class JoinCore:
         # Keyed by request id when there is one, so a candidate's answer to it (if any) joins
         # this entry instead of counting as a second request.
         table_key = entry_key(model, request_id) if request_id \
-            else f"{DEAD_KEY}{src[0]}:{src[1]}:{src[2]}"
-        entry = self.table.get(table_key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
+            else f"{DEAD_KEY}{':'.join(map(str, src))}"
+        entry = self.entries.get(table_key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
         entry["dl"] = str(exc)[:200]
         self._store(table_key, entry)
 
@@ -609,6 +694,8 @@ class JoinCore:
             "schema": DeadLetter.SCHEMA, "ts": self.clock(), "stage": stage,
             "reason": reason[:256] or "invalid", "detail": detail,
             "source": {"topic": src[0], "partition": src[1], "offset": src[2]}}
+        if len(src) > 3:
+            doc["source"]["index"] = src[3]
         if request_id:
             doc["request_id"] = request_id[:256]
         if model:
@@ -636,6 +723,10 @@ def _envelope(data: bytes) -> dict[str, Any]:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return {}
+    return _readable(doc)
+
+
+def _readable(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         return {}
     out: dict[str, Any] = {}

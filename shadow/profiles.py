@@ -12,7 +12,8 @@ import orjson
 
 from consumers.drift import Profile
 from consumers.windows import request_features
-from schemas import ConfigError, ContractError, MirroredRequest, decode
+from schemas import ConfigError, ContractError
+from schemas.codec import as_request, events_of
 from shadow.exceptions import EmptyRangeError
 from shadow.recording import Position, read_range
 from shadow.settings import Settings
@@ -43,15 +44,20 @@ def build_profiles(settings: Settings, bootstrap: str, start: Position, end: Pos
     rows: dict[str, list[dict[str, float | str]]] = defaultdict(list)
     for m in read_range(settings, bootstrap, topic, start, end):
         try:
-            r = decode(m.value, MirroredRequest)
+            events, _ = events_of(m.value)
         except ContractError:
             result.skipped += 1
             continue
-        output = r.live.output.model_dump(exclude_none=True) if r.live.output else None
-        rows[r.model].append(request_features(r.inputs, output))
-        result.requests += 1
-        if progress and result.requests % 1000 == 0:
-            progress(result.requests)
+        for doc in events:
+            try:
+                r = as_request(doc)
+            except ContractError:
+                result.skipped += 1
+                continue
+            rows[r["model"]].append(request_features(r["inputs"], r["live"].get("output")))
+            result.requests += 1
+            if progress and result.requests % 1000 == 0:
+                progress(result.requests)
     if not rows:
         raise EmptyRangeError(f"no decodable requests in {topic} from {start} to {end} "
                               f"({result.skipped} undecodable)")

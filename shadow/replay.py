@@ -3,7 +3,8 @@
 No Faust and no Kafka on this path, and no logic of its own: each recorded request and each
 candidate's answer go through ``JoinCore.handle`` exactly as the join app feeds it (same
 decoding, pairs, dead letters, windows, drift), and the answers come from the worker's
-``InferenceEngine`` encoded by the worker's ``output_record``. Several candidates run side by
+``InferenceEngine``, written as ``shadow.output/1`` documents in one batch record per
+partition, as a worker writes them. Several candidates run side by
 side in one pass over the file.
 
 The JSON report is the same bytes for the same input and models: the core runs on a fixed
@@ -26,18 +27,13 @@ import orjson
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.windows import WindowAggregate, WindowKey
-from schemas import (
-    ConfigError,
-    ContractError,
-    DivergencePair,
-    MirroredRequest,
-    WindowSummary,
-    decode,
-)
+from schemas import ConfigError, DivergencePair, WindowSummary
+from schemas.builders import shadow_output
+from schemas.codec import encode_batch
 from shadow.engine import Answer, InferenceEngine
 from shadow.exceptions import ShadowstreamError
 from shadow.recording import RecordedMessage
-from shadow.worker import output_record, reason_key
+from shadow.worker import reason_key
 
 __all__ = ["ReplayCandidate", "ReplayResult", "replay", "report_windows"]
 
@@ -143,40 +139,43 @@ class _Run:
         self._out_offsets: dict[int, int] = defaultdict(int)
 
     def batch(self, messages: list[RecordedMessage]) -> None:
-        requests: list[tuple[RecordedMessage, MirroredRequest]] = []
+        requests: list[tuple[int, dict[str, Any]]] = []
         for m in messages:
             self.messages += 1
-            try:
-                request: MirroredRequest | None = decode(m.value, MirroredRequest)
-            except ContractError:
-                request = None  # the core decodes it again, and dead-letters it with the reason
+            seen: list[dict[str, Any]] = []  # what the core decoded: the valid requests
             self._collect(self.core.handle(_REQUESTS, m.partition, m.offset, m.key, m.value,
-                                           request), {})
-            if request is not None:
-                requests.append((m, request))
+                                           seen), {})
+            requests.extend((m.partition, r) for r in seen)
         self.requests += len(requests)
         if not requests:
             return
-        inputs = [r.inputs for _, r in requests]
+        inputs = [r["inputs"] for _, r in requests]
         answers: list[list[Answer]] = []
         for cand in self.candidates:
             t0 = time.perf_counter()
             answers.append(cand.engine.infer(inputs))
             self.engine_s[cand.candidate_id] += time.perf_counter() - t0
-        # Request by request, every candidate's answer: the outputs' event time then moves as
-        # the requests' does, so no window closes before every candidate has answered in it
-        # (one candidate's whole batch first would close windows on the next one's answers).
-        for i, (m, r) in enumerate(requests):
+        # Per partition, one record with every candidate's answers, request by request, as a
+        # worker writes them: the outputs' event time then moves as the requests' does, and
+        # no window closes before every candidate has answered in it.
+        by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        shown: dict[tuple[str, str], tuple[dict[str, Any], Answer]] = {}
+        for i, (partition, r) in enumerate(requests):
             for cand, cand_answers in zip(self.candidates, answers, strict=True):
                 a = cand_answers[i]
+                cid = cand.candidate_id
                 if a.error is not None:
-                    self.errors[cand.candidate_id][reason_key(a.error)] += 1
+                    self.errors[cid][reason_key(a.error)] += 1
                 # Wall-clock latency would make the report differ run to run: left out.
-                value = output_record(r, cand.candidate_id, Answer(a.output, a.error, 0.0))
-                offset = self._out_offsets[m.partition]
-                self._out_offsets[m.partition] += 1
-                self._collect(self.core.handle(_OUTPUTS, m.partition, offset, m.key, value),
-                              {(r.request_id, cand.candidate_id): (r, a)})
+                by_partition[partition].append(shadow_output(
+                    r["request_id"], r["model"], r["ts"], cid, a.output, 0.0, a.error))
+                shown[(r["request_id"], cid)] = (r, a)
+        for partition, docs in sorted(by_partition.items()):
+            offset = self._out_offsets[partition]
+            self._out_offsets[partition] += 1
+            self._collect(self.core.handle(_OUTPUTS, partition, offset,
+                                           docs[0]["request_id"].encode(),
+                                           encode_batch(docs)), shown)
 
     def finish(self) -> None:
         out: list[Outgoing] = []
@@ -184,30 +183,32 @@ class _Run:
         self._collect(out, {})
 
     def _collect(self, out: list[Outgoing],
-                 shown: dict[tuple[str, str], tuple[MirroredRequest, Answer]]) -> None:
+                 shown: dict[tuple[str, str], tuple[dict[str, Any], Answer]]) -> None:
         for o in out:
             if o.role == "windows":
                 self.windows.append(o.record)
             elif o.role == "deadletter":
                 self.dead_lettered += 1
                 self.dead_letter_reasons[reason_key(o.record["reason"])] += 1
-            elif o.role == "pairs":
-                self.pairs += 1
-                pair = o.record  # the document the core encoded: no need to decode it
-                if self.keep_pairs:
-                    self.kept.append(DivergencePair.model_validate(pair))
-                rid, score = pair["request_id"], pair.get("score")
-                seen = shown.get((rid, pair["candidate"]))
-                if score is None or seen is None:
-                    continue
-                request, answer = seen
-                self.top[pair["candidate"]].offer(score, rid, {
-                    "request_id": rid, "model": pair["model"], "ts": pair["ts"],
-                    "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],
-                    "inputs": request.inputs,
-                    "live": request.live.output.model_dump(exclude_none=True)
-                    if request.live.output else None,
-                    "candidate": answer.output})
+            elif o.role == "pairs":  # the documents the core encoded: no need to decode
+                for pair in (o.record if isinstance(o.record, list) else [o.record]):
+                    self._pair(pair, shown)
+
+    def _pair(self, pair: dict[str, Any],
+              shown: dict[tuple[str, str], tuple[dict[str, Any], Answer]]) -> None:
+        self.pairs += 1
+        if self.keep_pairs:
+            self.kept.append(DivergencePair.model_validate(pair))
+        rid, score = pair["request_id"], pair.get("score")
+        seen = shown.get((rid, pair["candidate"]))
+        if score is None or seen is None:
+            return
+        request, answer = seen
+        self.top[pair["candidate"]].offer(score, rid, {
+            "request_id": rid, "model": pair["model"], "ts": pair["ts"],
+            "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],
+            "inputs": request["inputs"], "live": request["live"].get("output"),
+            "candidate": answer.output})
 
     def report(self, source: dict[str, Any]) -> dict[str, Any]:
         per: dict[str, dict[str, Any]] = {}

@@ -1,5 +1,8 @@
 """The shadow worker: mirrored requests in, one ShadowOutput per request out, at least once.
 
+Records in may carry one request or a batch (``batch/1``, as the mirror client writes them);
+answers go out as one record per input partition and consumed batch, on that partition.
+
 The loop, on one thread, with inference on a second so that the two overlap::
 
     consume up to max_batch (waits at most max_wait)      <- librdkafka's batching
@@ -34,9 +37,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.codec import decode
+from schemas.builders import shadow_output
+from schemas.codec import as_request, encode_batch, events_of
 from schemas.exceptions import ContractError
-from schemas.records import DeadLetter, MirroredRequest
+from schemas.records import DeadLetter
 from shadow import clients
 from shadow.engine import Answer, Dtype, ErrorKind, InferenceEngine, Prepared
 from shadow.exceptions import KafkaUnreachableError, ShadowstreamError, TopicMismatchError
@@ -44,7 +48,6 @@ from shadow.settings import Settings
 
 log = logging.getLogger("shadowstream.worker")
 
-OUTPUT_SCHEMA = "shadow.output/1"
 _PROGRESS_EVERY_S = 10.0
 
 
@@ -120,8 +123,8 @@ class WorkerMetrics:
 class _Batch:
     """A consumed batch on its way through the model."""
 
-    messages: list[Message]  # the decodable ones, in order
-    requests: list[MirroredRequest]
+    origins: list[tuple[Message, int | None]]  # each request's record, and its index there
+    requests: list[dict[str, Any]]  # the valid requests (as_request), in order
     ends: dict[int, int]  # partition -> next offset once this batch is out (incl. dead letters)
     prepared: Prepared | None = None
     answers: Future[list[Answer]] | None = None
@@ -136,16 +139,8 @@ def reason_key(text: str) -> str:
 _VARYING = re.compile(r"(?<![A-Za-z_\d.])\d+(?:\.\d+)?")  # numbers, not names (mat1, 8x32)
 
 
-def output_record(request: MirroredRequest, candidate_id: str, answer: Answer) -> bytes:
-    """The ShadowOutput of one answer, encoded (the worker's and replay's, the same bytes)."""
-    doc: dict[str, Any] = {"schema": OUTPUT_SCHEMA, "request_id": request.request_id,
-                           "model": request.model, "ts": request.ts, "candidate": candidate_id,
-                           "latency_ms": answer.latency_ms}
-    if answer.output is not None:
-        doc["output"] = answer.output
-    if answer.error is not None:
-        doc["error"] = answer.error
-    return orjson.dumps(doc)
+def _stage(exc: ContractError) -> str:
+    return "decode" if exc.reason.startswith("malformed JSON") else "validate"
 
 
 @dataclass
@@ -232,7 +227,7 @@ class ShadowWorker:
                 batch = self._decode(messages) if messages else None
                 if batch is not None and batch.requests:
                     # Host work for the next batch while the current one is on the model.
-                    batch.prepared = self.engine.prepare([r.inputs for r in batch.requests])
+                    batch.prepared = self.engine.prepare([r["inputs"] for r in batch.requests])
                 self._finish_inflight()
                 if batch is not None:
                     self._start(batch)
@@ -276,6 +271,8 @@ class ShadowWorker:
     # -- the stages --------------------------------------------------------------------------
 
     def _decode(self, messages: list[Message]) -> _Batch:
+        """The valid requests of the consumed records (one event or a batch each); what is
+        not valid goes to dead letter, event by event."""
         batch = _Batch([], [], {})
         for msg in messages:
             err = msg.error()
@@ -287,18 +284,26 @@ class ShadowWorker:
             partition, offset = msg.partition(), msg.offset()
             batch.ends[partition] = offset + 1
             try:
-                request = decode(msg.value() or b"", MirroredRequest)
+                events, batched = events_of(msg.value() or b"")
             except ContractError as exc:
-                stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
-                self._dead_letter(msg, stage, str(exc), exc.path, "decode")
+                self._dead_letter(msg, None, None, _stage(exc), str(exc), exc.path, "decode")
                 continue
-            if self._models and request.model not in self._models:
-                self._dead_letter(msg, "validate", f"unknown model {request.model!r} (this "
-                                  f"worker shadows {', '.join(sorted(self._models))})", "model",
-                                  "unknown_model")
-                continue
-            batch.messages.append(msg)
-            batch.requests.append(request)
+            for i, doc in enumerate(events):
+                index = i if batched else None
+                try:
+                    request = as_request(doc)
+                except ContractError as exc:
+                    self._dead_letter(msg, index, doc, _stage(exc), str(exc), exc.path,
+                                      "decode")
+                    continue
+                if self._models and request["model"] not in self._models:
+                    self._dead_letter(msg, index, doc, "validate",
+                                      f"unknown model {request['model']!r} (this worker "
+                                      f"shadows {', '.join(sorted(self._models))})", "model",
+                                      "unknown_model")
+                    continue
+                batch.origins.append((msg, index))
+                batch.requests.append(request)
         return batch
 
     def _start(self, batch: _Batch) -> None:
@@ -312,13 +317,23 @@ class ShadowWorker:
         if batch is None:
             return
         answers = batch.answers.result() if batch.answers is not None else []
-        produce, cid = self._producer.produce, self.config.candidate_id
-        for msg, request, answer in zip(batch.messages, batch.requests, answers, strict=True):
-            self._produce(produce, self.outputs_topic, output_record(request, cid, answer),
-                          msg.key(), msg.partition())
+        cid = self.config.candidate_id
+        # One record per input partition: the answers to that partition's requests, in one
+        # batch (a record of one event when there is one), on the partition they came from.
+        by_partition: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+        for (msg, index), request, answer in zip(batch.origins, batch.requests, answers,
+                                                 strict=True):
+            by_partition[msg.partition()].append(shadow_output(
+                request["request_id"], request["model"], request["ts"], cid, answer.output,
+                answer.latency_ms, answer.error))
             if answer.error_kind == "input":  # answered with the error, and kept for a look
-                self._dead_letter(msg, "model", f"input does not fit the model: {answer.error}",
-                                  "inputs", None)
+                self._dead_letter(msg, index, None if index is None else request, "model",
+                                  f"input does not fit the model: {answer.error}", "inputs",
+                                  None)
+        for partition, docs in by_partition.items():
+            value = encode_batch(docs) if len(docs) > 1 else orjson.dumps(docs[0])
+            self._produce(self._producer.produce, self.outputs_topic, value,
+                          docs[0]["request_id"].encode(), partition)
         n_err = 0
         for a in answers:
             if a.error is not None:
@@ -341,16 +356,24 @@ class ShadowWorker:
             except BufferError:  # the producer's queue is full: let it drain, then retry
                 self._producer.poll(0.05)
 
-    def _dead_letter(self, msg: Message, stage: str, reason: str, detail: str,
-                     error_kind: str | None) -> None:
-        """The request's original bytes to <prefix>.deadletter, with why. ``error_kind``:
-        the request gets no answer (counted as dead-lettered); None: it was answered."""
-        value, key = msg.value() or b"", msg.key()
+    def _dead_letter(self, msg: Message, index: int | None, event: Any, stage: str,
+                     reason: str, detail: str, error_kind: str | None) -> None:
+        """The request's original bytes to <prefix>.deadletter, with why (an event of a
+        batch: that event, and its index). ``error_kind``: the request gets no answer
+        (counted as dead-lettered); None: it was answered."""
+        if index is None:
+            value, key = msg.value() or b"", msg.key()
+        else:
+            value = orjson.dumps(event)
+            rid = event.get("request_id") if isinstance(event, dict) else None
+            key = rid.encode() if isinstance(rid, str) else None
+        source: dict[str, Any] = {"topic": msg.topic(), "partition": msg.partition(),
+                                  "offset": msg.offset()}
+        if index is not None:
+            source["index"] = index
         record = {
             "schema": DeadLetter.SCHEMA, "ts": time.time_ns() // 1_000_000, "stage": stage,
-            "reason": reason[:256] or "invalid", "detail": detail,
-            "source": {"topic": msg.topic(), "partition": msg.partition(),
-                       "offset": msg.offset()},
+            "reason": reason[:256] or "invalid", "detail": detail, "source": source,
             "value_b64": base64.b64encode(value).decode(),
         }
         if key is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from producers.traffic import TrafficSpec
-from schemas import Alert, DivergencePair, WindowSummary, decode
+from schemas import Alert, DivergencePair, WindowSummary
 from shadow import clients
 from shadow.engine import InferenceEngine
 from shadow.models import load_candidate
@@ -22,7 +22,7 @@ from shadow.stack import Endpoints, prometheus_root
 from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
 from shadow.worker import ShadowWorker, WorkerConfig
-from tests.helpers import consume_all
+from tests.helpers import consume_events
 from tests.integration.groundtruth import (
     REPO,
     SPAN_MS,
@@ -71,9 +71,8 @@ def _same_as_replay(s: Settings, stack: Endpoints, tmp: Path,
                     keep_pairs=True)
     assert result.report["dead_lettered"] == 1  # the poison request only
     live = {}
-    for m in consume_all(lambda g: clients.consumer(s, stack.kafka_bootstrap, g),
-                         s.topic("pairs"), N, 60):
-        p = decode(m.value(), DivergencePair)
+    for p, _ in consume_events(lambda g: clients.consumer(s, stack.kafka_bootstrap, g),
+                               s.topic("pairs"), DivergencePair, N, 60):
         live[p.request_id] = (p.disagree, p.kind, p.metrics.get("top1_agree"))
     offline = {p.request_id: (p.disagree, p.kind, p.metrics.get("top1_agree"))
                for p in result.pairs}
@@ -91,10 +90,9 @@ def _same_as_replay(s: Settings, stack: Endpoints, tmp: Path,
 
 
 def _live_scores(s: Settings, stack: Endpoints) -> dict[str, float]:
-    msgs = consume_all(lambda g: clients.consumer(s, stack.kafka_bootstrap, g),
-                       s.topic("pairs"), N, 60)
-    return {p.request_id: p.score for p in (decode(m.value(), DivergencePair) for m in msgs)
-            if p.score is not None}
+    got = consume_events(lambda g: clients.consumer(s, stack.kafka_bootstrap, g),
+                         s.topic("pairs"), DivergencePair, N, 60)
+    return {p.request_id: p.score for p, _ in got if p.score is not None}
 
 
 def _prometheus_alerts(url: str) -> list[dict]:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
 from producers.traffic import TrafficService, TrafficSpec, build_model, featurize
-from schemas.codec import decode
+from schemas.codec import decode, events_of
 from schemas.records import DeadLetter, ShadowOutput
 from shadow import clients
 from shadow.engine import InferenceEngine
@@ -30,7 +30,7 @@ from shadow.settings import Settings
 from shadow.stack import Endpoints
 from shadow.stack.procs import free_port
 from shadow.worker import ShadowWorker, WorkerConfig, WorkerStats
-from tests.helpers import consume_all, murmur2_partition
+from tests.helpers import consume_all, consume_events, murmur2_partition
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,8 +52,9 @@ def _send(s: Settings, bootstrap: str, n: int, seed: int = 5, start: int = 0,
 
 
 def _outputs(s: Settings, bootstrap: str, expected: int, timeout_s: float = 60) -> list:
-    return consume_all(lambda g: clients.consumer(s, bootstrap, g), s.topic("outputs"),
-                       expected, timeout_s)
+    """The answers (one record per input partition and batch), as (output, its record)."""
+    return consume_events(lambda g: clients.consumer(s, bootstrap, g), s.topic("outputs"),
+                          ShadowOutput, expected, timeout_s)
 
 
 def _own(model: torch.nn.Module, rows: list[dict]) -> dict[str, list[float]]:
@@ -93,16 +94,15 @@ def test_outputs_match_the_models_own_answers_on_the_requests_partition(
     got = _outputs(pipeline, stack.kafka_bootstrap, 500)
     own = _own(build_model(0), rows)
     assert len(got) == 500
-    for msg in got:
-        out = decode(msg.value(), ShadowOutput)
+    assert len({(m.partition(), m.offset()) for _, m in got}) < 500  # batches of answers
+    for out, msg in got:
         assert out.candidate == "cand-a" and out.model == "fraud-scorer" and out.error is None
-        assert msg.key() == out.request_id.encode()
-        # The join co-partitions: the output is on the partition of its request.
-        assert msg.partition() == murmur2_partition(msg.key(), 3)
+        # The join co-partitions: each answer is on the partition of its request.
+        assert msg.partition() == murmur2_partition(out.request_id.encode(), 3)
         assert out.output is not None and out.output.kind == "probs"
         assert all(math.isclose(a, b, abs_tol=1e-5)
                    for a, b in zip(out.output.value, own[out.request_id], strict=True))
-    assert {decode(m.value(), ShadowOutput).request_id for m in got} == set(own)
+    assert {out.request_id for out, _ in got} == set(own)
     # Committed past everything it answered (the offsets of the three partitions sum to 500).
     assert sum(worker.stats.committed.values()) == 500
 
@@ -187,8 +187,7 @@ def test_two_candidates_each_answer_every_request_and_workers_split_partitions(
         assert not t.is_alive()
     got = _outputs(pipeline, stack.kafka_bootstrap, 600, 60)
     by_cand: dict[str, set[str]] = {"cand-a": set(), "cand-b": set()}
-    for msg in got:
-        out = decode(msg.value(), ShadowOutput)
+    for out, _ in got:
         by_cand[out.candidate].add(out.request_id)
     ids = {r["request_id"] for r in rows}
     assert by_cand["cand-a"] == ids and by_cand["cand-b"] == ids
@@ -228,8 +227,9 @@ def test_kill_9_mid_stream_loses_nothing_and_sigterm_commits(
         while len(seen) < count and time.monotonic() < deadline:
             msg = reader.poll(0.2)
             if msg is not None and not msg.error():
-                rid = decode(msg.value(), ShadowOutput).request_id
-                seen[rid] = seen.get(rid, 0) + 1
+                for event in events_of(msg.value())[0]:
+                    rid = event["request_id"]
+                    seen[rid] = seen.get(rid, 0) + 1
 
     try:
         read_until(n // 3, 120)
