@@ -1,15 +1,23 @@
-"""Join throughput: joined pairs per second for one app worker, against a raw aiokafka consumer.
+"""Join throughput: joined pairs per second for one app worker, against same-run references.
 
 N mirrored requests and N shadow outputs (one candidate) are written to a local Kafka first,
-compressed with lz4 like the mirror does. Then, in the same run:
+compressed with lz4 like the mirror does, in three shapes, each under its own topic prefix:
 
-- reference: a bare aiokafka consumer reads both topics (all partitions) and does nothing
-  with the records; its rate is quoted as pairs/s (two records a pair);
-- Faust's ceiling: a do-nothing Faust agent over the same topics, and one that writes a table
-  key per event (the join writes one entry per event), to show what Faust itself costs;
-- app: ``shadow join`` (one worker, memory store) reads the same records; the rate is taken
-  from its /metrics (shadow_join_pairs_total) between 5 percent and 100 percent of N, so the
-  app's start-up is not counted.
+- ``single``: every request and every output a record of its own (the references run here);
+- ``clients``: as the product's own clients write them: the mirror's batches of requests and
+  the worker's batches of outputs, one record per partition and batch (``batch/1``, 100
+  events);
+- ``foreign``: every request a record of its own, as any Kafka client would write it (the
+  console producer), and the worker's batches of outputs.
+
+Then, in the same run:
+
+- references on ``single``: a bare aiokafka consumer of both topics that does nothing with the
+  records (quoted as pairs/s, two records a pair), and a do-nothing Faust agent (Faust's own
+  cost per record, the issue's yardstick: its records/s);
+- app: ``shadow join`` (one worker, memory store) on ``clients`` and on ``foreign``; the rate
+  is taken from its /metrics (shadow_join_pairs_total) between 5 and 100 percent of N, so
+  the app's start-up is not counted.
 
 Run: python -m bench.bench_join [--pairs N]
 """
@@ -25,12 +33,16 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench._common import TARGETS, machine, verdict
 from producers.traffic import TrafficSpec
+from schemas.builders import shadow_output
+from schemas.codec import encode_batch
+from schemas.topics import partitions_of
 from shadow import clients
 from shadow.settings import Settings
 from shadow.stack import Stack
@@ -40,35 +52,61 @@ from shadow.topics import create_topics, topic_specs
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fill(settings: Settings, bootstrap: str, n: int) -> None:
+BATCH = 100  # events per batch record, as the clients write them
+
+
+def fill(settings: Settings, bootstrap: str, n: int, shape: str) -> None:
+    """N requests and N answers in the given shape (see the module's docstring)."""
     spec = TrafficSpec(seed=3)
     producer = clients.producer(settings, bootstrap, **{"compression.type": "lz4",
                                                         "linger.ms": 20})
     t0 = time.time_ns() // 1_000_000 - 3_600_000
+    requests, outputs = [], []
     for i in range(n):
         e = spec.event(i)
         ts = t0 + i // 10  # ten requests a millisecond: windows of 60 s hold 600k
         p = 0.3 + (i % 7) / 20
-        key = e.request_id.encode()
-        request = {"schema": "mirror.request/1", "request_id": e.request_id,
-                   "model": "fraud-scorer", "ts": ts, "inputs": e.inputs,
-                   "live": {"version": "v1", "latency_ms": 1.5,
-                            "output": {"kind": "probs", "value": [p, 1 - p]}},
-                   "attrs": {"segment": e.segment}}
-        output = {"schema": "shadow.output/1", "request_id": e.request_id,
-                  "model": "fraud-scorer", "ts": ts, "candidate": "c1", "latency_ms": 0.8,
-                  "output": {"kind": "probs", "value": [1 - p, p] if e.disagree else [p, 1 - p]}}
-        for topic, doc in ((settings.topic("requests"), request),
-                           (settings.topic("outputs"), output)):
-            while True:
-                try:
-                    producer.produce(topic, orjson.dumps(doc), key)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        producer.poll(0)
+        requests.append({"schema": "mirror.request/1", "request_id": e.request_id,
+                         "model": "fraud-scorer", "ts": ts, "inputs": e.inputs,
+                         "live": {"version": "v1", "latency_ms": 1.5,
+                                  "output": {"kind": "probs", "value": [p, 1 - p]}},
+                         "attrs": {"segment": e.segment}})
+        outputs.append(shadow_output(e.request_id, "fraud-scorer", ts, "c1",
+                                     {"kind": "probs",
+                                      "value": [1 - p, p] if e.disagree else [p, 1 - p]}, 0.8))
+    batched = {"single": (), "clients": ("requests", "outputs"), "foreign": ("outputs",)}
+    for role, docs in (("requests", requests), ("outputs", outputs)):
+        topic = settings.topic(role)
+        if role in batched[shape]:
+            _produce_batches(producer, topic, docs, settings.partitions)
+        else:
+            for doc in docs:
+                _produce(producer, topic, orjson.dumps(doc), doc["request_id"].encode())
     if producer.flush(60):
         raise RuntimeError("could not write the benchmark's records")
+
+
+def _produce_batches(producer: Any, topic: str, docs: list[dict[str, Any]],
+                     partitions: int) -> None:
+    """Batches of up to BATCH events, each on the partition murmur2 gives its request ids."""
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    keys = [d["request_id"].encode() for d in docs]
+    for doc, p in zip(docs, partitions_of(keys, partitions), strict=True):
+        by_partition.setdefault(p, []).append(doc)
+    for p, group in sorted(by_partition.items()):
+        for i in range(0, len(group), BATCH):
+            chunk = group[i:i + BATCH]
+            _produce(producer, topic, encode_batch(chunk), chunk[0]["request_id"].encode(), p)
+
+
+def _produce(producer: Any, topic: str, value: bytes, key: bytes, partition: int = -1) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, partition=partition)
+            producer.poll(0)
+            return
+        except BufferError:
+            producer.poll(0.1)
 
 
 async def raw_consume(settings: Settings, bootstrap: str, n_records: int) -> float:
@@ -105,6 +143,7 @@ def pairs_metric(port: int) -> float:
 
 
 def app_rate(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float:
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": bootstrap,
            "SHADOW_TOPIC_PREFIX": settings.topic_prefix,
@@ -149,31 +188,41 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="shadow-bench-join-"))
-    settings = Settings(state_dir=workdir / "state", topic_prefix="benchj",
-                        partitions=args.partitions)
-    stack = Stack(settings)
+    base = Settings(state_dir=workdir / "state", topic_prefix="benchj",
+                    partitions=args.partitions)
+    shapes = {shape: base.model_copy(update={"topic_prefix": f"benchj-{shape}"})
+              for shape in ("single", "clients", "foreign")}
+    stack = Stack(base)
     try:
         bootstrap = stack.up().kafka_bootstrap
-        create_topics(clients.admin(settings, bootstrap), topic_specs(settings))
-        t0 = time.perf_counter()
-        fill(settings, bootstrap, args.pairs)
         print(f"machine: {machine()}")
-        print(f"wrote {args.pairs:,} requests + {args.pairs:,} outputs in "
-              f"{time.perf_counter() - t0:.1f} s")
-        raw = asyncio.run(raw_consume(settings, bootstrap, 2 * args.pairs)) / 2
-        app = app_rate(settings, bootstrap, args.pairs, workdir)
-        raw_after = asyncio.run(raw_consume(settings, bootstrap, 2 * args.pairs)) / 2
-        noop = faust_noop(settings, bootstrap, 2 * args.pairs, table=False) / 2
-        noop_table = faust_noop(settings, bootstrap, 2 * args.pairs, table=True) / 2
-        ref = (raw + raw_after) / 2
-        print(f"raw aiokafka consumer: {ref:,.0f} pairs/s (before {raw:,.0f}, "
+        for shape, s in shapes.items():
+            create_topics(clients.admin(s, bootstrap), topic_specs(s))
+            t0 = time.perf_counter()
+            fill(s, bootstrap, args.pairs, shape)
+            print(f"{shape}: wrote {args.pairs:,} requests + {args.pairs:,} outputs in "
+                  f"{time.perf_counter() - t0:.1f} s")
+        single = shapes["single"]
+        raw = asyncio.run(raw_consume(single, bootstrap, 2 * args.pairs)) / 2
+        noop = faust_noop(single, bootstrap, 2 * args.pairs, table=False)
+        app = {shape: app_rate(shapes[shape], bootstrap, args.pairs, workdir / shape)
+               for shape in ("clients", "foreign")}
+        raw_after = asyncio.run(raw_consume(single, bootstrap, 2 * args.pairs)) / 2
+        noop_after = faust_noop(single, bootstrap, 2 * args.pairs, table=False)
+        ref, noop_records = (raw + raw_after) / 2, (noop + noop_after) / 2
+        print(f"raw aiokafka consumer (single records): {ref:,.0f} pairs/s (before {raw:,.0f}, "
               f"after {raw_after:,.0f})")
-        print(f"Faust agent doing nothing: {noop:,.0f} pairs/s; with one table write an event: "
-              f"{noop_table:,.0f} pairs/s (Faust's ceiling on this machine)")
-        print(f"join app, one worker:  {app:,.0f} pairs/s; ratio to raw {app / ref:.3f}, "
-              f"to the do-nothing Faust agent {app / noop:.2f}, to the one with a table write "
-              f"{app / noop_table:.2f}")
-        print(verdict("join pairs/s", app, TARGETS["join"]["pairs_per_s_min"],
+        print(f"Faust agent doing nothing (single records): {noop_records:,.0f} records/s "
+              f"(before {noop:,.0f}, after {noop_after:,.0f})")
+        for shape, rate in app.items():
+            print(f"join app, one worker, {shape}: {rate:,.0f} pairs/s; ratio to the do-nothing "
+                  f"Faust agent's records/s {rate / noop_records:.2f}, to raw {rate / ref:.3f}")
+        target = TARGETS["join"]
+        print(verdict("join pairs/s per no-op record/s, clients' batches",
+                      app["clients"] / noop_records, target["ratio_to_noop_clients_min"],
+                      lower_is_better=False))
+        print(verdict("join pairs/s per no-op record/s, single requests",
+                      app["foreign"] / noop_records, target["ratio_to_noop_foreign_min"],
                       lower_is_better=False))
     finally:
         stack.down()

@@ -31,3 +31,20 @@ def test_plan_refuses_disagreeing_partition_counts_with_an_explanation() -> None
         plan_topics(specs, {"p.requests": 4, "p.outputs": 2})
     assert info.value.problems == ["existing p.outputs has 2 partitions, expected 4"]
     assert "same partition count" in str(info.value)
+
+
+def test_the_partitioner_is_kafkas_murmur2_one_key_or_many() -> None:
+    import random
+
+    from schemas.topics import partition_of, partitions_of
+    from tests.helpers import murmur2_partition  # checked against librdkafka's by test_worker
+
+    rnd = random.Random(7)
+    for _ in range(200):
+        keys = [bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 41)))
+                for _ in range(rnd.randint(1, 40))]
+        n = rnd.randint(1, 64)
+        want = [murmur2_partition(k, n) for k in keys]
+        assert [partition_of(k, n) for k in keys] == want
+        assert partitions_of(keys, n) == want
+    assert partitions_of([], 6) == []
