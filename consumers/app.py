@@ -25,10 +25,13 @@ event is emitted again, with the same numbers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import importlib.util
 import logging
 import time
+import weakref
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,7 +86,12 @@ class JoinAppConfig:
     """Faust table store URL; default rocksdb:// when rocksdict is installed, else memory://."""
     redis_url: str | None = None
     """Where alerts go (None: nowhere but /metrics)."""
+    batch_records: int = 2000
+    """Most records handled between two table writes (fewer when the input pauses)."""
 
+
+BATCH_WAIT_S = 0.05
+"""How long a batch waits to fill: the most a record waits before the join handles it."""
 
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
                    "block_cache_size": 16 * 2**20, "block_cache_compressed_size": 4 * 2**20}
@@ -96,6 +104,9 @@ def default_store() -> str:
 def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[faust.App, JoinCore]:
     """The Faust app and the core it drives (``settings`` is ``shadow.settings.Settings``)."""
     prefix = settings.topic_prefix
+    # The app binds the current event loop as it is built: uvloop's when installed (Faust's
+    # cost per record is mostly event-loop work), a fresh one for each app.
+    asyncio.set_event_loop(_new_loop())
     supervisor = _Supervisor()
     app = faust.App(
         join_app_id(prefix),
@@ -146,7 +157,8 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
     join_config = replace(config.join, partition_idle_s=config.idle_close_s,
                           confirm_delivery=True, keep_unsent_alerts=bool(config.redis_url))
-    core = JoinCore(join_config, _TableView(table), settings.topic("requests"),
+    core = JoinCore(join_config, _TableView(table, settings.topic("requests")),
+                    settings.topic("requests"),
                     settings.topic("outputs"), caught_up)
     clock = _Clock()
 
@@ -190,11 +202,17 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
     @app.agent(source, concurrency=1)
     async def join(stream: faust.StreamT) -> None:
+        # Records are taken as they come, up to a batch: the table is written once per batch
+        # (per input partition and window), before Faust acks the batch's offsets, so what
+        # is committed is always in the changelog.
         try:
-            async for event in stream.events():
-                msg = event.message
+            async for events in stream.take_events(config.batch_records, within=BATCH_WAIT_S):
                 clock.touch()
-                send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+                for event in events:
+                    msg = event.message
+                    send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                     flush=False))
+                send(core.flush())
         except Exception as exc:  # Faust would restart the agent into the same error for ever
             supervisor.fail(f"{type(exc).__name__}: {exc}")
 
@@ -238,15 +256,28 @@ def _delivered(core: JoinCore, start: int, _fut: Any) -> None:
 
 
 class _TableView(MutableMapping[str, Any]):
-    """The table as the core sees it: a read finds a key whatever its partition.
+    """The table as the core sees it: a read finds a key whatever its partition, a write
+    goes to the partition the core names with ``at``.
 
-    Faust's RocksDB store reads only the current event's partition while an event is being
-    handled; closing a window reads entries of every partition. Writes are untouched: the
-    core writes each key only from its own partition.
+    Faust's table takes the partition of a write (its changelog partition, its RocksDB
+    column) from the event being handled, and its RocksDB store reads only that partition.
+    The core writes once per batch of records of several partitions, and reads entries of
+    every partition when it closes a window.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, topic: str) -> None:
         self.table = table
+        self.topic = topic
+
+    @contextlib.contextmanager
+    def at(self, partition: int) -> Iterator[None]:
+        """Writes in this block go to ``partition`` (the core's input partition)."""
+        event = _AtPartition(self.topic, partition)
+        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
 
     def __getitem__(self, key: str) -> Any:
         token = _current_event.set(None)
@@ -269,6 +300,16 @@ class _TableView(MutableMapping[str, Any]):
 
     def items(self) -> Any:
         return self.table.items()
+
+
+class _AtPartition:
+    """What Faust's table reads of the current event to place a write: its message's topic
+    (checked for its partition count) and partition."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = self
+        self.topic = topic
+        self.partition = partition
 
 
 class _Clock:
@@ -443,8 +484,10 @@ _SILENT = logging.CRITICAL + 10  # above every level: the reason comes as our on
 def run_app(app: faust.App, verbose: bool = False) -> None:
     """Run until SIGTERM/SIGINT; Faust then stops the agent, flushes and commits. Raises
     JoinStopped, with the reason in one line, when the join stops on its own."""
-    # Faust's worker sets up its own event loop and signal handlers.
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    # The join holds many long-lived objects (entries of open windows): collect the young
+    # generation less often, and never again scan what exists once the app is built.
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
     supervisor: _Supervisor = app.shadow_supervisor  # type: ignore[attr-defined]
     # Faust's and mode's own lines (timers late, rebalances, a crash's traceback) with -v;
     # the join's own (shadowstream.join) always, at its level.
@@ -460,6 +503,14 @@ def run_app(app: faust.App, verbose: bool = False) -> None:
             crash = worker.failure or worker.crash_reason
             why = f"{type(crash).__name__}: {crash}" if crash else f"exit status {exc.code}"
             raise JoinStopped(f"the join stopped: {_one_line(why)}") from None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency, but the join works without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _one_line(text: str) -> str:

@@ -162,18 +162,18 @@ def _regression(kind: str) -> Any:
 def _probs(a: list[float], b: list[float], tol: Tolerance, *_: Any) -> Comparison:
     sa, sb = math.fsum(a), math.fsum(b)
     p, q = [x / sa for x in a], [x / sb for x in b]
-    js = 0.0
+    js = tv = 0.0
     for x, y in zip(p, q, strict=True):
         m = 0.5 * (x + y)
         if x > 0:
             js += 0.5 * x * math.log2(x / m)
         if y > 0:
             js += 0.5 * y * math.log2(y / m)
+        tv += abs(x - y)
     js = max(0.0, js)
     top_p, top_q = _argmax(p), _argmax(q)
     metrics = {"top1_agree": float(top_p == top_q), "js_divergence": js,
-               "total_variation": 0.5 * math.fsum(abs(x - y) for x, y in zip(p, q, strict=True)),
-               "confidence_delta": q[top_q] - p[top_p]}
+               "total_variation": 0.5 * tv, "confidence_delta": q[top_q] - p[top_p]}
     disagree = top_p != top_q or (tol.js_max is not None and js > tol.js_max)
     return Comparison("probs", js, disagree, metrics)
 

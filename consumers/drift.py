@@ -56,20 +56,27 @@ def features_of(doc: Mapping[str, Any], prefix: str = "") -> dict[str, float | s
 
 
 def _flatten(value: Any, path: str, out: dict[str, float | str]) -> None:
-    if isinstance(value, bool):
-        out[path] = "true" if value else "false"
-    elif isinstance(value, int | float):
-        if math.isfinite(value):
+    t = type(value)
+    if t is float or t is int:  # the common case first: this runs for every input value
+        if -math.inf < value < math.inf:
             out[path] = float(value)
-    elif isinstance(value, str):
+    elif t is str:
         out[path] = value
+    elif t is bool:
+        out[path] = "true" if value else "false"
     elif isinstance(value, Mapping):
         for k, v in value.items():
             _flatten(v, f"{path}.{k}" if path else str(k), out)
     elif isinstance(value, list) and len(value) <= MAX_LIST:
         for i, v in enumerate(value):
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                _flatten(v, f"{path}[{i}]", out)
+            tv = type(v)
+            if (tv is float or tv is int) and -math.inf < v < math.inf:
+                out[f"{path}[{i}]"] = float(v)
+    elif isinstance(value, int | float) and not isinstance(value, bool):  # int/float kinds
+        if math.isfinite(value):
+            out[path] = float(value)
+    elif isinstance(value, str):
+        out[path] = value
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,11 @@ class FeatureProfile:
     categories: tuple[str, ...] = ()
     reference: Histogram = field(default=None)  # type: ignore[assignment]
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _edges: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.categories)})
+        object.__setattr__(self, "_edges", np.asarray(self.edges, dtype=float))
 
     def empty(self) -> Histogram:
         n = len(self.edges) + 1 if self.kind == "numeric" else len(self.categories) + 1
@@ -134,6 +143,16 @@ class Histogram:
                 self.lo[b] = v
             if v > self.hi[b]:
                 self.hi[b] = v
+
+    def add_many(self, bins: np.ndarray, values: np.ndarray) -> None:
+        """Numeric values with their bins (``searchsorted`` of the edges, side left)."""
+        n = len(self.counts)
+        self.counts = (np.asarray(self.counts, dtype=np.int64)
+                       + np.bincount(bins, minlength=n)).tolist()
+        lo, hi = np.asarray(self.lo, dtype=float), np.asarray(self.hi, dtype=float)
+        np.minimum.at(lo, bins, values)
+        np.maximum.at(hi, bins, values)
+        self.lo, self.hi = lo.tolist(), hi.tolist()
 
     def merge(self, other: Histogram) -> Histogram:
         if len(other.counts) != len(self.counts) or other.kind != self.kind:
@@ -218,6 +237,43 @@ class Profile:
             if h is None:
                 h = hists[name] = fp.empty()
             h.add(b, v)
+
+    def observe_rows(self, hists: dict[str, Histogram],
+                     rows: Iterable[Mapping[str, float | str]],
+                     reference_of: Callable[[str], str] | None = None) -> None:
+        """``observe`` for many rows at once, a feature at a time: the same counts and bin
+        ranges, numeric features binned with numpy."""
+        columns: dict[str, list[float | str]] = {}
+        for row in rows:
+            for name, v in row.items():
+                column = columns.get(name)
+                if column is None:
+                    columns[name] = [v]
+                else:
+                    column.append(v)
+        for name, values in columns.items():
+            fp = self.features.get(reference_of(name) if reference_of else name)
+            if fp is None:
+                continue
+            h = hists.get(name)
+            if fp.kind == "numeric":
+                numbers = [v for v in values if type(v) is not str]
+                if not numbers:
+                    continue
+                if h is None:
+                    h = hists[name] = fp.empty()
+                h.add_many(np.searchsorted(fp._edges, np.asarray(numbers, dtype=float),
+                                           side="left"), np.asarray(numbers, dtype=float))
+            else:
+                labels = [v for v in values if type(v) is str]
+                if not labels:
+                    continue
+                if h is None:
+                    h = hists[name] = fp.empty()
+                index, other = fp._index, len(fp.categories)
+                counts = h.counts
+                for v in labels:
+                    counts[index.get(v, other)] += 1  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source,

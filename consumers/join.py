@@ -157,7 +157,12 @@ class JoinCore:
         # ~e:<partition>:<window start>:<seq> (see _flush). Keys per window, to delete them.
         self._deltas: dict[int, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
         self._seq = 0
-        self._dirty: dict[str, dict[str, Any]] = {}  # entries changed by the current record
+        # Entries changed since the last flush, by the input partition of the record that
+        # changed them (its deltas are written from that partition).
+        self._dirty: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+        # A table with ``at(partition)`` (the Faust app's) is written from an explicit input
+        # partition: flushes and deletions need not wait for a record of that partition.
+        self._at: Callable[[int], Any] | None = getattr(table, "at", None)
         self._legacy: dict[int, dict[str, Any]] = defaultdict(dict)  # see recover()
         self.candidates: dict[str, set[str]] = defaultdict(set)
         for model, cands in config.candidates.items():
@@ -243,11 +248,13 @@ class JoinCore:
     # -- events ------------------------------------------------------------------------------
 
     def handle(self, topic: str, partition: int, offset: int, key: bytes | None,
-               value: bytes | None, seen: list[dict[str, Any]] | None = None
-               ) -> list[Outgoing]:
+               value: bytes | None, seen: list[dict[str, Any]] | None = None,
+               flush: bool = True) -> list[Outgoing]:
         """Process one record of either input topic, of one event or a batch (all of this
         partition); returns what to send. Each valid request is appended to ``seen`` when
-        given (replay answers them)."""
+        given (replay answers them). With ``flush=False`` the table is not written and no
+        window closes until ``flush()``: a caller handling many records at once writes their
+        changes once (before it commits their offsets)."""
         out: list[Outgoing] = []
         self._partition = partition
         if partition in self._outbox_dirty:
@@ -256,8 +263,8 @@ class JoinCore:
             del self._emitted[start]
             self.forget(start, out)
         for doomed in self._doomed.pop(partition, ()):
-            self.table.pop(doomed, None)
-        self._dirty.update(self._legacy.pop(partition, {}))
+            self._drop(partition, doomed)
+        self._dirty[partition].update(self._legacy.pop(partition, {}))
         tp = f"{topic}:{partition}"
         data = value or b""
         is_request = topic == self.requests_topic
@@ -295,26 +302,48 @@ class JoinCore:
             else:
                 out.extend(Outgoing("pairs", p["request_id"].encode(), orjson.dumps(p),
                                     record=p) for p in pairs)
-        self._flush()
         self.positions[tp] = offset
+        if flush:
+            out.extend(self.flush())
+        return out
+
+    def flush(self) -> list[Outgoing]:
+        """Write what the records handled since the last flush changed, then close the
+        windows the watermark has passed; returns what to send."""
+        out: list[Outgoing] = []
+        self._write_deltas()
         self.sweep(self.watermark, out)
         return out
 
-    def _flush(self) -> None:
-        """Write what the current record changed: per window, one table key with those
-        entries (one changelog record per record and window, not one per event). Written
-        from the record's partition, under a key that names it."""
-        if not self._dirty:
-            return
-        by_window: dict[int, dict[str, Any]] = defaultdict(dict)
-        for ekey, entry in self._dirty.items():
-            by_window[window_start(entry["ts"], self.config.window_ms)][ekey] = entry
-        self._dirty = {}
-        for start, changed in by_window.items():
-            self._seq += 1
-            dkey = f"{DELTA_KEY}{self._partition}:{start}:{self._seq}"
-            self.table[dkey] = changed
-            self._deltas[start][self._partition].append(dkey)
+    def _write_deltas(self) -> None:
+        """Per input partition and window, one table key with the entries changed (one
+        changelog record per flush, partition and window, not one per event), written from
+        that partition under a key that names it."""
+        size = self.config.window_ms
+        for partition, dirty in self._dirty.items():
+            by_window: dict[int, dict[str, Any]] = defaultdict(dict)
+            for ekey, entry in dirty.items():
+                by_window[window_start(entry["ts"], size)][ekey] = entry
+            for start, changed in by_window.items():
+                self._seq += 1
+                dkey = f"{DELTA_KEY}{partition}:{start}:{self._seq}"
+                self._put(partition, dkey, changed)
+                self._deltas[start][partition].append(dkey)
+        self._dirty.clear()
+
+    def _put(self, partition: int, key: str, value: Any) -> None:
+        if self._at is None:
+            self.table[key] = value
+        else:
+            with self._at(partition):
+                self.table[key] = value
+
+    def _drop(self, partition: int, key: str) -> None:
+        if self._at is None:
+            self.table.pop(key, None)
+        else:
+            with self._at(partition):
+                self.table.pop(key, None)
 
     def assign(self, partitions: list[tuple[str, int]]) -> None:
         """The input partitions this app reads (after a rebalance). Until one has sent an
@@ -417,7 +446,7 @@ class JoinCore:
 
     def _store(self, key: str, entry: dict[str, Any]) -> None:
         self.entries[key] = entry
-        self._dirty[key] = entry
+        self._dirty[self._partition][key] = entry
         self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
 
     def _closed(self, ts: int, src: list[Any], request_id: str | None, model: str | None,
@@ -496,7 +525,7 @@ class JoinCore:
         if len(rows) >= self.config.reference_size:
             profile = Profile.build(rows, source=f"first {len(rows)} requests")
             self.profiles[model] = profile
-            self.table[PROFILE_KEY + model] = profile.to_dict()
+            self._put(self._partition, PROFILE_KEY + model, profile.to_dict())
             del self._reference[model]
             log.info("join: drift reference of %s built from %d requests", model, len(rows))
 
@@ -617,10 +646,11 @@ class JoinCore:
             self._doomed[partition].extend(keys)
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         self.closed_offsets.update(self.positions)
-        self.table[f"{META_KEY}{self._partition}"] = {"closed_before": self.closed_before,
-                                                      "offsets": self.closed_offsets}
+        p = self._partition
+        self._put(p, f"{META_KEY}{p}", {"closed_before": self.closed_before,
+                                          "offsets": self.closed_offsets})
         if self.alerts is not None:
-            self.table[f"{ALERTS_KEY}{self._partition}"] = dict(self.alerts.states)
+            self._put(p, f"{ALERTS_KEY}{p}", dict(self.alerts.states))
         if self._fresh:  # persisted with the states that produced them
             bucket = self._unsent[self._partition]
             for alert_id, alert in self._fresh.items():
@@ -650,9 +680,9 @@ class JoinCore:
         self._outbox_dirty.discard(p)
         bucket = self._unsent.get(p)
         if bucket:
-            self.table[f"{OUTBOX_KEY}{p}"] = list(bucket.values())
+            self._put(p, f"{OUTBOX_KEY}{p}", list(bucket.values()))
         else:
-            self.table.pop(f"{OUTBOX_KEY}{p}", None)
+            self._drop(p, f"{OUTBOX_KEY}{p}")
 
     # -- dead letters ------------------------------------------------------------------------
 

@@ -42,8 +42,10 @@ class QuantileSketch:
             raise ValueError(f"QuantileSketch takes non-negative values, got {value!r}")
         self.count += 1
         self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:  # comparisons, not min()/max(): this runs for every pair
+            self.min = value
+        if value > self.max:
+            self.max = value
         if value <= ZERO:
             self.zeros += 1
         else:
