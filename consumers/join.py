@@ -163,6 +163,7 @@ class JoinCore:
         # A table with ``at(partition)`` (the Faust app's) is written from an explicit input
         # partition: flushes and deletions need not wait for a record of that partition.
         self._at: Callable[[int], Any] | None = getattr(table, "at", None)
+        self._pairs: dict[int, list[dict[str, Any]]] = defaultdict(list)  # to send at flush
         self._legacy: dict[int, dict[str, Any]] = defaultdict(dict)  # see recover()
         self.candidates: dict[str, set[str]] = defaultdict(set)
         for model, cands in config.candidates.items():
@@ -281,7 +282,7 @@ class JoinCore:
         except ContractError as exc:
             events = []
             self._dead_event(exc, [topic, partition, offset], key, data, out)
-        pairs: list[dict[str, Any]] = []
+        pairs = self._pairs[partition]
         for i, doc in enumerate(events):
             src = [topic, partition, offset, i] if batched else [topic, partition, offset]
             try:
@@ -295,13 +296,6 @@ class JoinCore:
             except ContractError as exc:
                 raw = orjson.dumps(doc) if batched else data
                 self._dead_event(exc, src, key, raw, out, doc)
-        if pairs:
-            if batched:
-                out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
-                                    encode_batch(pairs), record=pairs))
-            else:
-                out.extend(Outgoing("pairs", p["request_id"].encode(), orjson.dumps(p),
-                                    record=p) for p in pairs)
         self.positions[tp] = offset
         if flush:
             out.extend(self.flush())
@@ -311,6 +305,16 @@ class JoinCore:
         """Write what the records handled since the last flush changed, then close the
         windows the watermark has passed; returns what to send."""
         out: list[Outgoing] = []
+        for pairs in self._pairs.values():
+            # One record for the pairs of each input partition: a batch when there are
+            # several (a pair record costs the join as much as joining it).
+            if len(pairs) == 1:
+                out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                                    orjson.dumps(pairs[0]), record=pairs[0]))
+            elif pairs:
+                out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                                    encode_batch(pairs), record=list(pairs)))
+        self._pairs.clear()
         self._write_deltas()
         self.sweep(self.watermark, out)
         return out

@@ -13,6 +13,7 @@ import pytest
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.windows import WindowAggregate, aggregate
 from schemas import Alert, DeadLetter, DivergencePair, WindowSummary, decode
+from schemas.codec import events_of
 
 REQ, OUT = "t.requests", "t.outputs"
 WINDOW = 10_000
@@ -86,6 +87,12 @@ def traffic(n: int = 400, seed: int = 1) -> tuple[Log, dict[str, Any]]:
     return log, truth
 
 
+def pairs_in(out: list[Outgoing]) -> list[DivergencePair]:
+    """The pairs sent, whether one per record or a batch per record."""
+    return [DivergencePair.model_validate(doc) for o in out if o.role == "pairs"
+            for doc in events_of(o.value)[0]]
+
+
 def run(core: JoinCore, messages) -> list[Outgoing]:
     out: list[Outgoing] = []
     for m in messages:
@@ -121,7 +128,7 @@ def test_pairs_once_per_request_and_candidate_with_ground_truth() -> None:
     m = log.messages  # ... and two messages delivered again (replayed):
     messages = [*m[:60], m[-1], m[5], m[9], *m[60:-1]]
     out = run(core, messages) + close_all(core, log)
-    pairs = [decode(o.value, DivergencePair) for o in out if o.role == "pairs"]
+    pairs = pairs_in(out)
     first = {(p.request_id, p.candidate): p for p in pairs}
     c1 = {rid for rid, c in first if c == "c1"}
     assert len(c1) == 400 - len(truth["no_c1"])
@@ -139,7 +146,7 @@ def test_windows_conserve_and_match_ground_truth() -> None:
     out = run(core, log.messages) + close_all(core, log)
     windows = windows_of(out)
     # Exemplars: the ten most divergent pairs of each window, per candidate.
-    pairs = [decode(o.value, DivergencePair) for o in out if o.role == "pairs"]
+    pairs = pairs_in(out)
     for o in (o for o in out if o.role == "exemplars"):
         doc = orjson.loads(o.value)
         scores = sorted(((p.score, p.request_id) for p in pairs if p.score is not None
@@ -257,7 +264,8 @@ def test_records_handled_in_batches_give_the_same_numbers_with_fewer_writes(size
     table = PartitionedTable()
     core = make_core(table)
     got = run_batched(core, log.messages, size) + close_all(core, log)
-    pairs = lambda out: sorted(o.value for o in out if o.role == "pairs")  # noqa: E731
+    def pairs(out: list[Outgoing]) -> list[str]:
+        return sorted(p.model_dump_json() for p in pairs_in(out))
     assert pairs(got) == pairs(expected) and len(pairs(got)) > 500
     want = windows_of(expected)
     assert set(windows_of(got)) == set(want)
