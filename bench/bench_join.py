@@ -12,6 +12,8 @@ compressed with lz4 like the mirror does, in three shapes, each under its own to
 
 Then, in the same run:
 
+Every measurement is taken ``--rounds`` times (default 3), interleaved, and medians quoted.
+
 - references on ``single``: a bare aiokafka consumer of both topics that does nothing with the
   records (quoted as pairs/s, two records a pair), and a do-nothing Faust agent (Faust's own
   cost per record, the issue's yardstick: its records/s);
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,43 +189,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=60_000)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every measurement; medians are quoted")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="shadow-bench-join-"))
     base = Settings(state_dir=workdir / "state", topic_prefix="benchj",
                     partitions=args.partitions)
-    shapes = {shape: base.model_copy(update={"topic_prefix": f"benchj-{shape}"})
-              for shape in ("single", "clients", "foreign")}
+    # The app commits its offsets under an id of its topic prefix: each round of the app
+    # reads topics of its own.
+    shapes = {(shape, r): base.model_copy(update={"topic_prefix": f"benchj-{shape}-{r}"})
+              for shape in ("clients", "foreign") for r in range(args.rounds)}
+    shapes["single", 0] = base.model_copy(update={"topic_prefix": "benchj-single"})
     stack = Stack(base)
     try:
         bootstrap = stack.up().kafka_bootstrap
         print(f"machine: {machine()}")
-        for shape, s in shapes.items():
+        for (shape, r), s in shapes.items():
             create_topics(clients.admin(s, bootstrap), topic_specs(s))
             t0 = time.perf_counter()
             fill(s, bootstrap, args.pairs, shape)
-            print(f"{shape}: wrote {args.pairs:,} requests + {args.pairs:,} outputs in "
+            print(f"{shape} ({r}): wrote {args.pairs:,} requests + {args.pairs:,} outputs in "
                   f"{time.perf_counter() - t0:.1f} s")
-        single = shapes["single"]
-        raw = asyncio.run(raw_consume(single, bootstrap, 2 * args.pairs)) / 2
-        noop = faust_noop(single, bootstrap, 2 * args.pairs, table=False)
-        app = {shape: app_rate(shapes[shape], bootstrap, args.pairs, workdir / shape)
-               for shape in ("clients", "foreign")}
-        raw_after = asyncio.run(raw_consume(single, bootstrap, 2 * args.pairs)) / 2
-        noop_after = faust_noop(single, bootstrap, 2 * args.pairs, table=False)
-        ref, noop_records = (raw + raw_after) / 2, (noop + noop_after) / 2
-        print(f"raw aiokafka consumer (single records): {ref:,.0f} pairs/s (before {raw:,.0f}, "
-              f"after {raw_after:,.0f})")
-        print(f"Faust agent doing nothing (single records): {noop_records:,.0f} records/s "
-              f"(before {noop:,.0f}, after {noop_after:,.0f})")
-        for shape, rate in app.items():
+        single = shapes["single", 0]
+        runs: dict[str, list[float]] = {"raw": [], "noop": [], "clients": [], "foreign": []}
+        for r in range(args.rounds):  # interleaved, so that a slow spell hits every figure
+            runs["raw"].append(asyncio.run(raw_consume(single, bootstrap, 2 * args.pairs)) / 2)
+            runs["noop"].append(faust_noop(single, bootstrap, 2 * args.pairs, table=False))
+            for shape in ("clients", "foreign"):
+                runs[shape].append(app_rate(shapes[shape, r], bootstrap, args.pairs,
+                                            workdir / f"{shape}-{r}"))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in runs.items()))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        ref, noop_records = med["raw"], med["noop"]
+        print(f"medians of {args.rounds} rounds, {args.pairs:,} pairs each:")
+        print(f"raw aiokafka consumer (single records): {ref:,.0f} pairs/s")
+        print(f"Faust agent doing nothing (single records): {noop_records:,.0f} records/s")
+        for shape in ("clients", "foreign"):
+            rate = med[shape]
             print(f"join app, one worker, {shape}: {rate:,.0f} pairs/s; ratio to the do-nothing "
                   f"Faust agent's records/s {rate / noop_records:.2f}, to raw {rate / ref:.3f}")
         target = TARGETS["join"]
         print(verdict("join pairs/s per no-op record/s, clients' batches",
-                      app["clients"] / noop_records, target["ratio_to_noop_clients_min"],
+                      med["clients"] / noop_records, target["ratio_to_noop_clients_min"],
                       lower_is_better=False))
         print(verdict("join pairs/s per no-op record/s, single requests",
-                      app["foreign"] / noop_records, target["ratio_to_noop_foreign_min"],
+                      med["foreign"] / noop_records, target["ratio_to_noop_foreign_min"],
                       lower_is_better=False))
     finally:
         stack.down()

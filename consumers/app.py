@@ -39,7 +39,6 @@ from typing import Any
 
 import faust
 import orjson
-from faust.serializers import codecs
 from faust.streams import _current_event
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -55,18 +54,6 @@ __all__ = ["JoinAppConfig", "JoinStopped", "build_app", "run_app"]
 
 log = logging.getLogger("shadowstream.join")
 
-
-class _OrjsonCodec(codecs.Codec):
-    """Table keys and values as JSON, through orjson (Faust's own json is slower)."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return orjson.loads(s)
-
-
-codecs.register("orjson", _OrjsonCodec())
 
 
 @dataclass(frozen=True)
@@ -147,7 +134,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     # and its grace of entries, so small buffers and cache bound its memory.
     rocks = str(app.conf.store).startswith("rocksdb")
     table = app.Table(JOIN_TABLE, partitions=config.partitions,
-                      schema=faust.Schema(key_serializer="orjson", value_serializer="orjson"),
+                      key_type=bytes, value_type=bytes,
                       options=ROCKSDB_OPTIONS if rocks else None)
     def caught_up(topic: str, partition: int, last_read: int) -> bool:
         # Only a partition with nothing left to read may stop holding the watermark: one
@@ -263,6 +250,10 @@ class _TableView(MutableMapping[str, Any]):
     column) from the event being handled, and its RocksDB store reads only that partition.
     The core writes once per batch of records of several partitions, and reads entries of
     every partition when it closes a window.
+
+    Keys and values are JSON, encoded here once with orjson: the table holds bytes (Faust's
+    own json codec would encode a value twice, for the store and for the changelog, and
+    slowly). The bytes are those Faust's json codec writes, so either reads the other's.
     """
 
     def __init__(self, table: Any, topic: str) -> None:
@@ -282,24 +273,32 @@ class _TableView(MutableMapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         token = _current_event.set(None)
         try:
-            return self.table[key]
+            return orjson.loads(self.table[orjson.dumps(key)])
         finally:
             _current_event.reset(token)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.table[key] = value
+        self.table[orjson.dumps(key)] = orjson.dumps(value)
 
     def __delitem__(self, key: str) -> None:
-        del self.table[key]
+        del self.table[orjson.dumps(key)]
+
+    def pop(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """Delete ``key`` if present; the old value is not read (the core never needs it)."""
+        try:
+            del self.table[orjson.dumps(key)]
+        except KeyError:
+            return default
+        return None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.table)
+        return (orjson.loads(k) for k in self.table)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def items(self) -> Any:
-        return self.table.items()
+        return ((orjson.loads(k), orjson.loads(v)) for k, v in self.table.items())
 
 
 class _AtPartition:
