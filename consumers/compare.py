@@ -161,19 +161,27 @@ def _regression(kind: str) -> Any:
 
 def _probs(a: list[float], b: list[float], tol: Tolerance, *_: Any) -> Comparison:
     sa, sb = math.fsum(a), math.fsum(b)
-    p, q = [x / sa for x in a], [x / sb for x in b]
     js = tv = 0.0
-    for x, y in zip(p, q, strict=True):
+    top_p = top_q = 0
+    best_p = best_q = -math.inf
+    log2 = math.log2
+    # One pass (this runs for every pair): normalised values, JS, TV and both top-1s, the
+    # first of equal maxima as numpy's argmax.
+    for i in range(len(a)):
+        x, y = a[i] / sa, b[i] / sb
         m = 0.5 * (x + y)
         if x > 0:
-            js += 0.5 * x * math.log2(x / m)
+            js += 0.5 * x * log2(x / m)
         if y > 0:
-            js += 0.5 * y * math.log2(y / m)
+            js += 0.5 * y * log2(y / m)
         tv += abs(x - y)
+        if x > best_p:
+            best_p, top_p = x, i
+        if y > best_q:
+            best_q, top_q = y, i
     js = max(0.0, js)
-    top_p, top_q = _argmax(p), _argmax(q)
     metrics = {"top1_agree": float(top_p == top_q), "js_divergence": js,
-               "total_variation": 0.5 * tv, "confidence_delta": q[top_q] - p[top_p]}
+               "total_variation": 0.5 * tv, "confidence_delta": best_q - best_p}
     disagree = top_p != top_q or (tol.js_max is not None and js > tol.js_max)
     return Comparison("probs", js, disagree, metrics)
 
@@ -190,10 +198,6 @@ def _as_live_labels(live: Sequence[str] | None, cand: Sequence[str] | None,
         raise ComparisonError(f"labels differ: live {list(live)}, candidate {list(cand)}")
     where = {label: i for i, label in enumerate(cand)}
     return [values[where[label]] for label in live]
-
-
-def _argmax(v: list[float]) -> int:
-    return max(range(len(v)), key=v.__getitem__)  # the first of equal maxima, like numpy
 
 
 def _scores(a: list[float], b: list[float], tol: Tolerance, live: Mapping[str, Any],

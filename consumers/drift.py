@@ -51,7 +51,21 @@ def features_of(doc: Mapping[str, Any], prefix: str = "") -> dict[str, float | s
     """Flatten a JSON document to features: numbers stay numbers, strings and booleans are
     categories, lists of numbers give one feature per element (at most MAX_LIST)."""
     out: dict[str, float | str] = {}
-    _flatten(doc, prefix, out)
+    if type(doc) is not dict:
+        _flatten(doc, prefix, out)
+        return out
+    # The top level inline (this runs for every request): numbers and strings directly,
+    # anything nested through _flatten.
+    dot = f"{prefix}." if prefix else ""
+    for k, v in doc.items():
+        t = type(v)
+        if t is float:
+            if -math.inf < v < math.inf:
+                out[f"{dot}{k}"] = v
+        elif t is int or t is str:
+            out[f"{dot}{k}"] = float(v) if t is int else v
+        else:
+            _flatten(v, f"{dot}{k}", out)
     return out
 
 
