@@ -17,9 +17,11 @@ Every measurement is taken ``--rounds`` times (default 3), interleaved, and medi
 - references on ``single``: a bare aiokafka consumer of both topics that does nothing with the
   records (quoted as pairs/s, two records a pair), and a do-nothing Faust agent (Faust's own
   cost per record, the issue's yardstick: its records/s);
-- app: ``shadow join`` (one worker, memory store) on ``clients`` and on ``foreign``; the rate
-  is taken from its /metrics (shadow_join_pairs_total) between 5 and 100 percent of N, so
-  the app's start-up is not counted.
+- restart: a join killed with -9 a third of the way through ``clients`` and started again
+  at once: seconds until it pairs again (Kafka must first give its partitions back);
+- app: ``shadow join`` (one worker, its default RocksDB store) on ``clients`` and on
+  ``foreign``; the rate is taken from its /metrics (shadow_join_pairs_total) between 5 and
+  100 percent of N, so the app's start-up is not counted.
 
 Run: python -m bench.bench_join [--pairs N]
 """
@@ -145,16 +147,49 @@ def pairs_metric(port: int) -> float:
     return 0.0
 
 
-def app_rate(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float:
+def start_join(settings: Settings, bootstrap: str, workdir: Path, port: int
+               ) -> subprocess.Popen[bytes]:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": bootstrap,
            "SHADOW_TOPIC_PREFIX": settings.topic_prefix,
            "SHADOW_PARTITIONS": str(settings.partitions), "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(workdir / "join"),
            "--web-port", str(port), "--idle-close-s", "30", "--no-redis"]
+    log = (workdir / "join.log").open("ab")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def restart_s(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float:
+    """kill -9 of a join a third of the way through, then a restart at once: seconds from
+    the restart until it pairs again (its own count of new pairs leaves zero)."""
+    port = free_port()
+    first = start_join(settings, bootstrap, workdir, port)
+    try:
+        deadline = time.monotonic() + 300
+        while pairs_metric(port) < n / 3:
+            if time.monotonic() > deadline or first.poll() is not None:
+                raise RuntimeError("the join did not get a third of the way")
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait(30)
+    t0 = time.perf_counter()
+    second = start_join(settings, bootstrap, workdir, port)
+    try:
+        while pairs_metric(port) <= 0:
+            if time.perf_counter() - t0 > 300 or second.poll() is not None:
+                raise RuntimeError("the restarted join did not pair again in 5 minutes")
+            time.sleep(0.05)
+        return time.perf_counter() - t0
+    finally:
+        second.terminate()
+        second.wait(60)
+
+
+def app_rate(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float:
+    port = free_port()
     log = workdir / "join.log"
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = start_join(settings, bootstrap, workdir, port)
     try:
         t_start = None
         deadline = time.monotonic() + 600
@@ -200,6 +235,7 @@ def main() -> None:
     shapes = {(shape, r): base.model_copy(update={"topic_prefix": f"benchj-{shape}-{r}"})
               for shape in ("clients", "foreign") for r in range(args.rounds)}
     shapes["single", 0] = base.model_copy(update={"topic_prefix": "benchj-single"})
+    shapes["restart", 0] = base.model_copy(update={"topic_prefix": "benchj-restart"})
     stack = Stack(base)
     try:
         bootstrap = stack.up().kafka_bootstrap
@@ -207,7 +243,7 @@ def main() -> None:
         for (shape, r), s in shapes.items():
             create_topics(clients.admin(s, bootstrap), topic_specs(s))
             t0 = time.perf_counter()
-            fill(s, bootstrap, args.pairs, shape)
+            fill(s, bootstrap, args.pairs, "clients" if shape == "restart" else shape)
             print(f"{shape} ({r}): wrote {args.pairs:,} requests + {args.pairs:,} outputs in "
                   f"{time.perf_counter() - t0:.1f} s")
         single = shapes["single", 0]
@@ -228,6 +264,8 @@ def main() -> None:
             rate = med[shape]
             print(f"join app, one worker, {shape}: {rate:,.0f} pairs/s; ratio to the do-nothing "
                   f"Faust agent's records/s {rate / noop_records:.2f}, to raw {rate / ref:.3f}")
+        restart = restart_s(shapes["restart", 0], bootstrap, args.pairs, workdir / "restart")
+        print(f"join killed with -9 and restarted: pairs again after {restart:.1f} s")
         target = TARGETS["join"]
         print(verdict("join pairs/s per no-op record/s, clients' batches",
                       med["clients"] / noop_records, target["ratio_to_noop_clients_min"],
@@ -235,6 +273,8 @@ def main() -> None:
         print(verdict("join pairs/s per no-op record/s, single requests",
                       med["foreign"] / noop_records, target["ratio_to_noop_foreign_min"],
                       lower_is_better=False))
+        print(verdict("seconds from a restart after kill -9 to pairs again", restart,
+                      target["restart_s_max"]))
     finally:
         stack.down()
 
