@@ -10,31 +10,11 @@ from typing import Any
 from confluent_kafka import Consumer, Message
 
 from schemas.codec import events_of, from_dict
+from schemas.topics import partition_of
 
-
-def murmur2_partition(key: bytes, partitions: int) -> int:
-    """The Java client's default partitioner: toPositive(murmur2(key)) % partitions."""
-    m, r = 0x5BD1E995, 24
-    length = len(key)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(length // 4):
-        k = int.from_bytes(key[4 * i:4 * i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = key[length & ~3:]
-    if len(tail) >= 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
+# The pipeline's partitioner (the Java client's murmur2), checked against Kafka's own test
+# vectors in test_helpers and against librdkafka's choice in test_worker.
+murmur2_partition = partition_of
 
 
 def consume_all(make_consumer: Callable[[str], Consumer], topic: str, expected: int,

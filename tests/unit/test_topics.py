@@ -37,7 +37,7 @@ def test_the_partitioner_is_kafkas_murmur2_one_key_or_many() -> None:
     import random
 
     from schemas.topics import partition_of, partitions_of
-    from tests.helpers import murmur2_partition  # checked against librdkafka's by test_worker
+    from tests.helpers import murmur2_partition  # Kafka's vectors: test_helpers
 
     rnd = random.Random(7)
     for _ in range(200):
