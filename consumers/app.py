@@ -4,12 +4,14 @@ Faust here is transport and durable state only; every decision is ``JoinCore``'s
 ``consumers.join``. The shape follows the Faust pitfalls in the design:
 
 - no ``join``, ``&`` or ``combine`` (not implemented, or they lose events): one agent reads
-  both topics, ``concurrency=1``, so the join sees one event at a time;
-- the buffer is a Table keyed by request id, changelogged, on RocksDB (rocksdict) when it is
-  installed, in memory otherwise; entries are swept inside stream processing, because tables
-  cannot be written from timers, and each key is written (and deleted) only while an event of
-  its own partition is handled: Faust puts the changelog record in the current event's
-  partition, and a record in the wrong one comes back after a restart;
+  both topics, ``concurrency=1``, taking records in batches (``take_events``) that the core
+  handles one after the other and then flushes once;
+- the durable state is a Table, changelogged, on RocksDB (rocksdict) when it is installed, in
+  memory otherwise, holding per batch, input partition and window one key with the entries
+  that changed (see ``consumers.join``); it is written inside stream processing, because
+  tables cannot be written from timers, and each key to the changelog partition of the input
+  partition it names (``_TableView.at``): a record in the wrong one comes back after a
+  restart;
 - windows close in the core's own state by event-time watermark, not by Faust's windowed-table
   expiry (it never fires again for windows restored after a restart).
 
