@@ -48,9 +48,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
+from consumers.merge import MergeConfig, MergeCore
 from consumers.sinks import RedisAlertSink
 from schemas import ShadowstreamError
-from schemas.topics import JOIN_TABLE, join_app_id
+from schemas.topics import JOIN_TABLE, MERGE_TABLE, join_app_id, join_partials
 
 __all__ = ["JoinAppConfig", "JoinStopped", "build_app", "run_app"]
 
@@ -81,6 +82,10 @@ class JoinAppConfig:
     """How long the group waits for a silent member (a join killed with -9) before its
     partitions go to another or to its restart (Faust's default, 60 s, kept a restarted join
     idle for a minute)."""
+    scale_out: bool = False
+    """One of several join workers: closed windows go as parts through
+    <prefix>-join-partials to the merge stage (an agent of every worker, with its own
+    table), which emits whole windows and evaluates the alert rules (``consumers.merge``)."""
 
 
 BATCH_WAIT_S = 0.05
@@ -152,6 +157,19 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
     join_config = replace(config.join, partition_idle_s=config.idle_close_s,
                           confirm_delivery=True, keep_unsent_alerts=bool(config.redis_url))
+    merge: MergeCore | None = None
+    if config.scale_out:
+        join_config = replace(join_config, partials=True, rules=None,
+                              keep_unsent_alerts=False)
+        partials = app.topic(join_partials(prefix), partitions=config.partitions,
+                             internal=True, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+        merge_table = app.Table(MERGE_TABLE, partitions=config.partitions, key_type=bytes,
+                                value_type=bytes, options=ROCKSDB_OPTIONS if rocks else None)
+        merge = MergeCore(MergeConfig(config.join.window_ms, config.partitions,
+                                      rules=config.join.rules, confirm_delivery=True),
+                          _TableView(merge_table, join_partials(prefix)))
+        sinks["partials"] = partials
     core = JoinCore(join_config, _TableView(table, settings.topic("requests")),
                     settings.topic("requests"),
                     settings.topic("outputs"), caught_up)
@@ -163,9 +181,10 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
         client = redis.Redis.from_url(config.redis_url, socket_timeout=1.0,
                                       socket_connect_timeout=1.0)
-        sink = RedisAlertSink(client, prefix, on_done=core.alert_done)
+        sink = RedisAlertSink(client, prefix,
+                              on_done=core.alert_done if merge is None else None)
 
-    def send(outgoing: list[Outgoing]) -> None:
+    def send(outgoing: list[Outgoing], source: JoinCore | MergeCore = core) -> None:
         alerts = []
         for o in outgoing:
             if o.role == "alerts":  # for the sinks only, in order
@@ -180,8 +199,15 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                     sink.record_window(o.record)
                 callback = None
                 if o.window is not None:
-                    callback = functools.partial(_delivered, core, o.window)
-                sinks[o.role].send_soon(key=o.key, value=o.value, callback=callback)
+                    callback = functools.partial(_delivered, source, o.window)
+                if o.broadcast:  # a progress marker: a copy to every merge partition
+                    copies = _Copies(config.partitions, callback)
+                    for mp in range(config.partitions):
+                        sinks["partials"].send_soon(key=o.key, value=o.value, partition=mp,
+                                                    callback=copies.delivered)
+                    continue
+                role = "partials" if o.role == "progress" else o.role
+                sinks[role].send_soon(key=o.key, value=o.value, callback=callback)
         if alerts and sink is not None:
             sink.publish(alerts)
 
@@ -194,6 +220,20 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                      if tp.topic in inputs])
         if sink is not None:  # alerts a crash may have kept from Redis; sent once per id
             sink.publish(core.unsent_alerts())
+        if merge is not None:  # windows whole but not delivered before a restart
+            merge.recover()
+            send(merge.complete_all(), merge)
+
+    if merge is not None:
+        @app.agent(partials, concurrency=1)
+        async def merge_windows(stream: faust.StreamT) -> None:
+            try:
+                async for event in stream.events():
+                    send(merge.handle(event.message.partition, event.message.value), merge)
+            except Exception as exc:  # as the join's agent: stop with the reason
+                supervisor.fail(f"merge stage: {type(exc).__name__}: {exc}")
+
+        _ = merge_windows
 
     @app.agent(source, concurrency=1)
     async def join(stream: faust.StreamT) -> None:
@@ -214,6 +254,8 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     @app.timer(interval=1.0)
     async def idle_close() -> None:
         send(core.evaluate_delivered())
+        if merge is not None:
+            merge.finish_delivered()
         if sink is not None:
             sink.flush()  # alerts that waited for Redis
         idle_s = clock.idle_s()
@@ -233,7 +275,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         return all(core.read_to(tp.topic, tp.partition, end) for tp, end in ends.items())
 
     registry = CollectorRegistry()
-    registry.register(_JoinCollector(core, sink))
+    registry.register(_JoinCollector(core, sink, merge))
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -246,8 +288,21 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     return app, core
 
 
-def _delivered(core: JoinCore, start: int, _fut: Any) -> None:
+def _delivered(core: JoinCore | MergeCore, start: int, _fut: Any) -> None:
     core.delivered(start)
+
+
+class _Copies:
+    """Calls ``callback`` once every copy of a broadcast record was delivered."""
+
+    def __init__(self, copies: int, callback: Any) -> None:
+        self.left = copies
+        self.callback = callback
+
+    def delivered(self, fut: Any) -> None:
+        self.left -= 1
+        if self.left == 0 and self.callback is not None:
+            self.callback(fut)
 
 
 class _TableView(MutableMapping[str, Any]):
@@ -333,9 +388,12 @@ class _Clock:
 class _JoinCollector(Collector):
     """Reads the core's counters at scrape time: nothing is paid per event."""
 
-    def __init__(self, core: JoinCore, sink: RedisAlertSink | None) -> None:
+    def __init__(self, core: JoinCore, sink: RedisAlertSink | None,
+                 merge: MergeCore | None = None) -> None:
         self.core = core
         self.sink = sink
+        # Whole windows and alert states: the merge stage's when there is one.
+        self.windows: JoinCore | MergeCore = merge if merge is not None else core
 
     def collect(self) -> Iterator[Any]:
         s = self.core.stats
@@ -372,7 +430,7 @@ class _JoinCollector(Collector):
         gauges = {name: GaugeMetricFamily(f"shadow_window_{name}", help_, labels=["model",
                                                                                   "candidate"])
                   for name, help_ in _WINDOW_GAUGES.items()}
-        for (model, cand), w in sorted(self.core.latest.items()):
+        for (model, cand), w in sorted(self.windows.latest.items()):
             values = {"requests": w.requests, "pairs": w.pairs, "coverage": w.coverage,
                       "disagreement_rate": w.disagreement_rate,
                       "unmatched": w.unmatched_live + w.unmatched_shadow,
@@ -389,7 +447,7 @@ class _JoinCollector(Collector):
         yield from gauges.values()
         drift = GaugeMetricFamily("shadow_window_drift", "Drift of the last closed window",
                                   labels=["model", "candidate", "feature", "stat"])
-        for (model, cand), w in sorted(self.core.latest.items()):
+        for (model, cand), w in sorted(self.windows.latest.items()):
             for feature, stats in sorted(w.drift.items()):
                 for stat in ("psi", "js", "ks", "wasserstein", "chi2"):
                     if stat in stats:
@@ -399,7 +457,7 @@ class _JoinCollector(Collector):
     def _alerts(self) -> Iterator[Any]:
         active = GaugeMetricFamily("shadow_alert_active", "1 while an alert rule is firing",
                                    labels=["model", "candidate", "rule", "severity"])
-        machine = self.core.alerts
+        machine = self.windows.alerts
         if machine is not None:
             for key, st in sorted(machine.states.items()):
                 model, cand, rule = key.split("|", 2)

@@ -68,6 +68,8 @@ OUTBOX_KEY = "~outbox:"  # + the input partition: alerts not yet in their sink
 PROFILE_KEY = "~profile:"
 DEAD_KEY = "~dl:"
 DELTA_KEY = "~e:"  # + <partition>:<window start>:<seq>: entries one record changed
+PART_SCHEMA = "window.part/1"
+PROGRESS_SCHEMA = "window.progress/1"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,11 @@ class JoinConfig:
     keep_unsent_alerts: bool = False
     """Keep alerts in the table until ``alert_done`` says they reached their sink, so that a
     crash while the sink is down loses none (the Faust app with Redis does)."""
+    partials: bool = False
+    """One of several join workers: a closed window leaves as one part per input partition
+    (role "partials", see ``consumers.merge``) and a progress marker per partition (role
+    "progress"), for the merge stage to emit whole windows and evaluate the alert rules;
+    windows close per input partition. ``rules`` are then the merge stage's."""
 
 
 @dataclass
@@ -128,6 +135,8 @@ class Outgoing:
     record: Any = None
     """What ``value`` encodes (the record or document), for callers in this process that
     would otherwise decode it again (the alert sinks, replay)."""
+    broadcast: bool = False
+    """Send a copy to every partition of the topic (the progress markers of partials)."""
 
 
 class JoinCore:
@@ -149,6 +158,9 @@ class JoinCore:
         self._progress: dict[str, int] = {}  # "topic:partition" -> greatest ts read there
         self._last_seen: dict[str, float] = {}  # "topic:partition" -> monotonic time
         self.closed_before = 0  # windows starting before this have closed
+        # With partials, per input partition (a partition taken over from another worker
+        # may be behind this one's own).
+        self._closed_at: dict[int, int] = {}
         self.closed_offsets: dict[str, int] = {}  # "topic:partition" -> offset at close
         self.positions: dict[str, int] = {}  # "topic:partition" -> last offset handled
         self.entries: dict[str, dict[str, Any]] = {}  # entry key -> entry (see above)
@@ -199,10 +211,13 @@ class JoinCore:
         self._legacy.clear()
         self._doomed.clear()
         self._unsent.clear()
+        self._closed_at.clear()
         items = list(self.table.items())
         for key, meta in items:
             if key.startswith(META_KEY):  # one per partition; closing only moves forward
                 self.closed_before = max(self.closed_before, meta["closed_before"])
+                p = int(key.removeprefix(META_KEY))
+                self._closed_at[p] = max(self._closed_at.get(p, 0), meta["closed_before"])
                 for tp, offset in meta["offsets"].items():
                     self.closed_offsets[tp] = max(offset, self.closed_offsets.get(tp, -1))
             elif key.startswith(OUTBOX_KEY) and self.config.keep_unsent_alerts:
@@ -234,7 +249,7 @@ class JoinCore:
                 self.candidates[entry["m"]].update(entry.get("c", {}))
         for seq, partition, start, key, value in sorted(deltas):
             self._seq = max(self._seq, seq)
-            if start < self.closed_before:  # closed before its deletion was written
+            if start < self._closed_for(partition):  # closed before its deletion was written
                 self._doomed[partition].append(key)
                 continue
             self._deltas[start][partition].append(key)
@@ -456,7 +471,8 @@ class JoinCore:
     def _closed(self, ts: int, src: list[Any], request_id: str | None, model: str | None,
                 out: list[Outgoing]) -> bool:
         """True when the event's window has closed (replayed or late: not joined)."""
-        if window_start(ts, self.config.window_ms) >= self.closed_before:
+        closed_before = self._closed_for(src[1])
+        if window_start(ts, self.config.window_ms) >= closed_before:
             return False
         if src[2] <= self.closed_offsets.get(f"{src[0]}:{src[1]}", -1):
             self.stats.replayed += 1
@@ -466,8 +482,14 @@ class JoinCore:
             out.append(self._dead_letter("join", "late: its window has closed", src, None,
                                          None, request_id, model,
                                          detail=f"event time {ts}, windows before "
-                                                f"{self.closed_before} are closed"))
+                                                f"{closed_before} are closed"))
         return True
+
+    def _closed_for(self, partition: int) -> int:
+        """Windows starting before this are closed for that input partition."""
+        if self.config.partials:
+            return self._closed_at.get(partition, 0)
+        return self.closed_before
 
     # -- pairs -------------------------------------------------------------------------------
 
@@ -597,6 +619,9 @@ class JoinCore:
     def _emit(self, start: int, out: list[Outgoing]) -> None:
         if start in self._emitted:
             return
+        if self.config.partials:
+            self._emit_parts(start, out)
+            return
         entries = self._entries(start)
         summaries = self.summaries(entries)
         self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
@@ -613,6 +638,51 @@ class JoinCore:
             if summary.segment is None:
                 self.stats.unmatched["live"] += summary.unmatched_live
                 self.stats.unmatched["shadow"] += summary.unmatched_shadow
+
+    def _emit_parts(self, start: int, out: list[Outgoing]) -> None:
+        """Close a window for the input partitions it is still open in: one part per
+        partition, model and candidate (its mergeable aggregates, exemplars and drift
+        reference), then each partition's progress, to every merge partition."""
+        size = self.config.window_ms
+        by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        for key, entry in self._entries(start):
+            by_partition[entry["p"]].append((key, entry))
+        owned = self.owned_partitions() | set(by_partition)
+        sent = 0
+        for p in sorted(owned):
+            if self._closed_at.get(p, 0) > start:
+                continue  # closed here before (a partition taken over from another worker)
+            entries = by_partition.get(p, [])
+            aggs = aggregate((e for _, e in entries), self.candidates, size, self.profiles)
+            top = self.exemplars(entries)
+            parts: dict[tuple[str, str], dict[str, Any]] = {}
+            for k in sorted(aggs, key=lambda k: k.sort_key()):
+                part = parts.get((k.model, k.candidate))
+                if part is None:
+                    profile = self.profiles.get(k.model)
+                    part = parts[(k.model, k.candidate)] = {
+                        "schema": PART_SCHEMA, "window_start": start, "window_ms": size,
+                        "partition": p, "model": k.model, "candidate": k.candidate,
+                        "segments": {}, "top": top.get((k.model, k.candidate), []),
+                        "profile": profile.to_dict() if profile is not None else None}
+                part["segments"][k.segment or ""] = aggs[k].to_state()
+            for (model, cand), part in parts.items():
+                out.append(Outgoing("partials", f"{model}/{cand}".encode(),
+                                    orjson.dumps(part), start, part))
+                sent += 1
+            self._closed_at[p] = start + size
+        for p in sorted(owned):
+            marker = {"schema": PROGRESS_SCHEMA, "partition": p,
+                      "closed_before": self._closed_at.get(p, 0)}
+            out.append(Outgoing("progress", None, orjson.dumps(marker), start, marker,
+                                broadcast=True))
+            sent += 1
+        self._emitted[start] = sent if self.config.confirm_delivery else 0
+        self.closed_before = max(self.closed_before, start + size)
+
+    def owned_partitions(self) -> set[int]:
+        """The input partitions this core reads (assigned, or seen)."""
+        return {int(tp.rpartition(":")[2]) for tp in self._progress}
 
     def evaluate_delivered(self) -> list[Outgoing]:
         """Alerts of the windows whose summaries were all delivered (for a timer: the rules
@@ -651,8 +721,15 @@ class JoinCore:
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         self.closed_offsets.update(self.positions)
         p = self._partition
-        self._put(p, f"{META_KEY}{p}", {"closed_before": self.closed_before,
-                                          "offsets": self.closed_offsets})
+        if self.config.partials:  # each partition its own: another worker may take it over
+            for q in sorted(self.owned_partitions()):
+                self._put(q, f"{META_KEY}{q}", {
+                    "closed_before": self._closed_at.get(q, 0),
+                    "offsets": {tp: o for tp, o in self.closed_offsets.items()
+                                if tp.rpartition(":")[2] == str(q)}})
+        else:
+            self._put(p, f"{META_KEY}{p}", {"closed_before": self.closed_before,
+                                              "offsets": self.closed_offsets})
         if self.alerts is not None:
             self._put(p, f"{ALERTS_KEY}{p}", dict(self.alerts.states))
         if self._fresh:  # persisted with the states that produced them
@@ -710,7 +787,7 @@ class JoinCore:
                                      detail=exc.path))
         if src[0] != self.requests_topic or model is None or ts is None:
             return  # cannot be placed in a window: counted in the stats and metrics only
-        if window_start(ts, self.config.window_ms) < self.closed_before:
+        if window_start(ts, self.config.window_ms) < self._closed_for(src[1]):
             self.stats.late += 1
             return
         # Keyed by request id when there is one, so a candidate's answer to it (if any) joins

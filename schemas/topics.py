@@ -12,8 +12,9 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DEFAULT_PREFIX", "JOIN_TABLE", "PARTITIONER", "ROLES", "TopicRole", "env_prefix",
-           "join_app_id", "join_changelog", "partition_of", "partitions_of", "topic_name"]
+__all__ = ["DEFAULT_PREFIX", "JOIN_TABLE", "MERGE_TABLE", "PARTITIONER", "ROLES", "TopicRole",
+           "env_prefix", "join_app_id", "join_changelog", "join_partials", "partition_of",
+           "partitions_of", "topic_name"]
 
 PARTITIONER = "murmur2_random"
 """librdkafka's name for the Java client's partitioner, which every producer of the pipeline
@@ -48,6 +49,16 @@ def join_app_id(prefix: str) -> str:
 def join_changelog(prefix: str) -> str:
     """The changelog topic Faust keeps the join's table in."""
     return f"{join_app_id(prefix)}-{JOIN_TABLE}-changelog"
+
+
+MERGE_TABLE = "merge"
+"""The merge stage's table (``shadow join --scale-out``)."""
+
+
+def join_partials(prefix: str) -> str:
+    """The topic join workers send closed windows' parts and progress to, for the merge
+    stage (``shadow join --scale-out``); as many partitions as the inputs."""
+    return f"{join_app_id(prefix)}-partials"
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -42,6 +42,11 @@ def _port_free(host: str, port: int) -> bool:
 @click.option("--idle-close-s", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, help="With no event for this long, event time runs on "
                                       "with the clock and closes the windows it passes.")
+@click.option("--scale-out", is_flag=True,
+              help="Run as one of several join workers of this prefix (start each with it): "
+                   "windows closed by each go through <prefix>-join-partials to a merge "
+                   "stage that emits each whole window once and evaluates the alert rules "
+                   "there. Give --profile so that every worker bins drift alike.")
 @click.option("--check", is_flag=True,
               help="Check the configuration (files, topics, servers) and exit without "
                    "starting: 0 when the join would start.")
@@ -49,7 +54,7 @@ def _port_free(host: str, port: int) -> bool:
 def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: float,
             grace_s: float, reference_size: int, profile_file: Path | None,
             tolerances: Path | None, expect: tuple[str, ...], rules_file: Path | None,
-            no_redis: bool, idle_close_s: float, check: bool) -> None:
+            no_redis: bool, idle_close_s: float, scale_out: bool, check: bool) -> None:
     """Join live and shadow answers per request; emit pairs and closed windows.
 
     A Faust app with one agent over <prefix>.requests and <prefix>.outputs, with as many
@@ -62,10 +67,14 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     \b
     Example:
       shadow join --window-s 60 --grace-s 10 --expect fraud-scorer=fraud-v13 --web-port 6066
+
+    \b
+    Three workers sharing the partitions (each with its own port and store):
+      shadow join --scale-out --profile profiles.json --web-port 6066 --data-dir /tmp/j1
     """
     from consumers.app import JoinAppConfig, build_app, run_app
     from consumers.rules import RuleSet
-    from schemas.topics import join_app_id, join_changelog
+    from schemas.topics import join_app_id, join_changelog, join_partials
     from shadow import clients
     from shadow.cli.common import redis_url
     from shadow.stack import local_prometheus
@@ -97,6 +106,18 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
             f"have {partitions}: it was made for other topics"],
             "Delete this prefix's topics and the join's store (`shadow topics delete --yes`) "
             "and create them again, or use another SHADOW_TOPIC_PREFIX")
+    partials = join_partials(s.topic_prefix)
+    if partials in existing and existing[partials] != partitions:
+        raise TopicMismatchError([
+            f"{partials} (the merge stage's input) has {existing[partials]} partitions, the "
+            f"inputs have {partitions}: it was made for other topics"],
+            "Delete this prefix's topics (`shadow topics delete --yes`) and create them "
+            "again, or use another SHADOW_TOPIC_PREFIX")
+    if partials in existing and not scale_out:
+        raise ShadowstreamError(
+            f"the join of prefix {s.topic_prefix!r} runs as several workers ({partials} "
+            "exists): start this one with --scale-out too, or its windows and alerts would "
+            "be of its own partitions only")
     redis = None if no_redis else redis_url(s)
     store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
     stale = changelog not in existing and store.is_dir() and any(store.iterdir())
@@ -117,11 +138,12 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,
                                web_port=web_port, web_host=host, idle_close_s=idle_close_s,
-                               redis_url=redis)
+                               redis_url=redis, scale_out=scale_out)
     app, core = build_app(s, bootstrap, app_config)
     n = f"{partitions} partition{'s' if partitions != 1 else ''}"
+    merge = f" through the merge stage ({partials})" if scale_out else ""
     err_console.print(f"join: {s.topic('requests')} + {s.topic('outputs')} ({n}) -> pairs, "
-                      f"windows of {window_s:g} s (grace {grace_s:g} s); table in "
+                      f"windows of {window_s:g} s (grace {grace_s:g} s){merge}; table in "
                       f"{str(app.conf.store).rstrip(':/')} at {store}; metrics on "
                       f"http://{host}:{web_port}/metrics", highlight=False)
     with registered(local_prometheus(s), "join", f"{host}:{web_port}",

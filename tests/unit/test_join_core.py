@@ -41,23 +41,24 @@ def output(i: int, ts: int, cand: str, probs: list[float] | None, err: str | Non
 class Log:
     """Two topics of three partitions, offsets assigned as messages are appended."""
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int = 3) -> None:
+        self.partitions = partitions
         self.messages: list[tuple[str, int, int, bytes, bytes]] = []
         self._next: Counter[tuple[str, int]] = Counter()
 
     def append(self, topic: str, key: str, value: bytes | dict) -> None:
-        partition = sum(key.encode()) % 3
+        partition = sum(key.encode()) % self.partitions
         offset = self._next[(topic, partition)]
         self._next[(topic, partition)] += 1
         data = value if isinstance(value, bytes) else orjson.dumps(value)
         self.messages.append((topic, partition, offset, key.encode(), data))
 
 
-def traffic(n: int = 400, seed: int = 1) -> tuple[Log, dict[str, Any]]:
+def traffic(n: int = 400, seed: int = 1, partitions: int = 3) -> tuple[Log, dict[str, Any]]:
     """Requests over three windows; candidate "c1" answers all but a few, 10% of them with
     the other top class; "c2" answers half. Ground truth returned with the log."""
     rnd = random.Random(seed)
-    log = Log()
+    log = Log(partitions)
     truth = {"disagree": set(), "no_c1": set(), "c1_error": set()}
     pending: list[tuple[str, str, dict]] = []
     for i in range(n):
