@@ -421,6 +421,20 @@ class _JoinCollector(Collector):
         yield unmatched
         yield GaugeMetricFamily("shadow_join_watermark_ms", "Event-time watermark (epoch ms)",
                                 value=self.core.watermark)
+        yield GaugeMetricFamily("shadow_join_input_partitions",
+                                "Input partitions this worker reads (of each topic)",
+                                value=len(self.core.owned_partitions()))
+        if isinstance(self.windows, MergeCore):
+            m = self.windows.stats
+            yield CounterMetricFamily("shadow_merge_windows", "Whole windows the merge stage "
+                                      "emitted (per merge partition and window)",
+                                      value=m.windows)
+            parts = CounterMetricFamily("shadow_merge_parts", "Parts of windows received, "
+                                        "and those received again (ignored)",
+                                        labels=["outcome"])
+            parts.add_metric(["received"], m.parts)
+            parts.add_metric(["repeated"], m.repeated)
+            yield parts
         yield GaugeMetricFamily("shadow_join_open_entries", "Requests held in open windows",
                                 value=sum(map(len, self.core.windows.values())))
         yield from self._windows()

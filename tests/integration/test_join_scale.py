@@ -1,0 +1,116 @@
+"""Several join workers (`shadow join --scale-out`) on six partitions, against the broker.
+
+The first window's traffic is in Kafka before the workers start (the first to start reads it
+alone, and hands partitions over as the others join); the rest comes, requests in steps and
+answered as they come, once all of them share the partitions. Windows, pairs and alerts must
+be those of the traffic generator's ground truth, exactly once per window (the merge stage
+emits whole windows), also when one of three workers is killed with -9 while it holds
+requests whose answers have not come yet.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from producers.traffic import TrafficSpec
+from shadow.settings import Settings
+from shadow.stack import Endpoints
+from shadow.stack.procs import free_port
+from tests.integration.groundtruth import (
+    SPAN_MS,
+    WINDOW_MS,
+    N,
+    check_against_truth,
+    cli_env,
+    first_window_start,
+    ground_truth,
+    join_args,
+    metric,
+    poison,
+    send,
+    spawn_cli,
+    windows,
+)
+from tests.integration.test_join import _alerts, _worker
+
+PARTITIONS = 6
+
+
+def _reading(port: int) -> float | None:
+    """Input partitions the worker reads now (None until it serves its metrics)."""
+    return metric(port, "shadow_join_input_partitions")
+
+
+def _requests(port: int) -> float:
+    return metric(port, 'shadow_join_events_total{kind="request"}') or 0.0
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_n_join_workers_give_the_windows_and_alerts_of_one_even_when_one_is_killed(
+        workers: int, settings_factory, admin: AdminClient, stack: Endpoints,
+        tmp_path: Path, procs: list[subprocess.Popen]) -> None:
+    from shadow.topics import create_topics, topic_specs
+
+    s: Settings = settings_factory(partitions=PARTITIONS)
+    create_topics(admin, topic_specs(s))
+    spec = TrafficSpec(seed=0, disagree=0.1)
+    t0 = first_window_start()
+    first = N // 3  # the first window
+    send(s, stack.kafka_bootstrap, spec, t0, 0, first)
+    _worker(s, stack.kafka_bootstrap, first)
+    env = cli_env(s, stack.kafka_bootstrap, stack.redis_url)
+    profile = tmp_path / "profile.json"
+    built = subprocess.run([sys.executable, "-m", "shadow.cli", "profile", "build", "--from",
+                            "beginning", "--to", "end", "-o", str(profile)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    ports, logs = [], []
+    for w in range(workers):
+        ports.append(free_port())
+        logs.append(tmp_path / f"join{w}.log")
+        args = [*join_args(tmp_path / f"join{w}", ports[w]), "--scale-out", "--profile",
+                str(profile)]
+        procs.append(spawn_cli(args, env, logs[w]))
+    share = PARTITIONS // workers
+    deadline = time.monotonic() + 120
+    while [_reading(port) for port in ports] != [share] * workers:
+        assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+        assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+        time.sleep(0.5)
+    # The rest comes as live traffic would: requests in steps, answered as they come.
+    answering = threading.Thread(target=_worker, args=(s, stack.kafka_bootstrap, N - first + 1))
+    answering.start()
+    time.sleep(3)  # the shadow worker has joined its group
+    step = 200
+    for lo in range(first, N, step):
+        send(s, stack.kafka_bootstrap, spec, t0, lo, min(N, lo + step))
+        time.sleep(0.3)
+        if workers == 3 and lo - first == (N - first) // 2:  # mid-stream
+            # every worker has its share; this one holds entries, some still unanswered
+            assert all(_requests(port) > 0 for port in ports)
+            procs[2].send_signal(signal.SIGKILL)
+            procs[2].wait(10)
+    poison(s, stack.kafka_bootstrap, t0 + SPAN_MS - 1)  # in the last window
+    answering.join(120)
+    assert not answering.is_alive()
+    truth = ground_truth(spec, t0)
+    found = windows(s, stack.kafka_bootstrap, set(truth), timeout_s=150)
+    check_against_truth(found, truth, t0 + SPAN_MS - WINDOW_MS)
+    for (_, start, segment), copies in found.items():
+        assert len(copies) == 1, f"window {start} {segment} emitted {len(copies)} times"
+        assert segment is not None or "inputs.amount" in copies[0].drift
+    alerts = _alerts(s, stack, "disagreement", 2)  # once each, on whole windows
+    assert [(a.state, a.window_start) for a in alerts] == [("pending", min(truth)),
+                                                           ("firing", min(truth) + WINDOW_MS)]
+    for p, log in zip(procs, logs, strict=True):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0, log.read_text()[-3000:]
