@@ -52,6 +52,9 @@ class MirrorConfig(BaseModel):
     """Bound on the memory they take (KiB)."""
     max_event_bytes: int = Field(1_000_000, ge=256)
     """Larger events are dropped (reason "too_large") rather than sent."""
+    batch_events: int = Field(100, ge=1, le=100_000)
+    """Most events in one Kafka record: the shipper sends the events of one partition as a
+    ``batch/1`` record (1: one event per record, as any other producer may write them)."""
     linger_ms: int = Field(5, ge=0)
     compression: Compression = "lz4"
     message_timeout_ms: int = Field(30_000, ge=1)

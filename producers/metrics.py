@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -49,15 +49,15 @@ class MirrorCounts:
 class MirrorMetrics:
     """One mirror's counts. Thread-safe; each method takes one uncontended lock."""
 
-    def __init__(self, model: str, kafka_queue: Callable[[], int]) -> None:
+    def __init__(self, model: str) -> None:
         self.model = model
-        self._kafka_queue = kafka_queue
         self._lock = threading.Lock()
         self.attempted = 0
         self.accepted = 0  # into the hand-off buffer
         self.handled = 0  # taken out of it by the shipper (or counted unsent at close)
         self.enqueued = 0  # into librdkafka
         self.kafka_failed = 0
+        self.delivered = 0  # acknowledged by the broker
         self.never_sent = 0
         self.sampled_out = 0
         self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -76,10 +76,15 @@ class MirrorMetrics:
         with self._lock:
             self.dropped_by[reason] += 1
 
-    def failed(self) -> None:
-        """librdkafka gave up on an enqueued event."""
+    def failed(self, n: int = 1) -> None:
+        """librdkafka gave up on ``n`` enqueued events (a record)."""
         with self._lock:
-            self.kafka_failed += 1
+            self.kafka_failed += n
+
+    def acked(self, n: int) -> None:
+        """The broker has ``n`` enqueued events (a record)."""
+        with self._lock:
+            self.delivered += n
 
     def accepted_one(self, seconds: float) -> None:
         """publish()'s common case in one lock round trip: attempted, accepted, duration."""
@@ -102,20 +107,22 @@ class MirrorMetrics:
             self.handled += n
             self.never_sent += n
 
+    def never_sent_events(self, n: int) -> None:
+        """Events the shipper had taken but could not enqueue before close() stopped it."""
+        with self._lock:
+            self.never_sent += n
+
     def observe(self, seconds: float) -> None:
         with self._lock:
             self.buckets[bisect.bisect_left(PUBLISH_BUCKETS, seconds)] += 1
             self.seconds_sum += seconds
 
     def snapshot(self) -> MirrorCounts:
-        queued = self._kafka_queue()
         with self._lock:
-            # librdkafka's queue length also counts its own requests (InitProducerId while no
-            # broker answers): events in it are at most those enqueued and not yet failed.
-            in_kafka = min(queued, self.enqueued - self.kafka_failed)
+            in_kafka = self.enqueued - self.kafka_failed - self.delivered
             return MirrorCounts(
                 attempted=self.attempted,
-                published=max(0, self.enqueued - self.kafka_failed - in_kafka),
+                published=self.delivered,
                 dropped={r: n for r, n in self.dropped_by.items() if n},
                 delivery_failed=self.kafka_failed + self.never_sent,
                 sampled_out=self.sampled_out,

@@ -3,11 +3,19 @@
 ``publish()`` never raises and never waits on Kafka. Every event it accepts is counted as
 attempted and ends as exactly one of published, dropped{reason} or delivery_failed, so that
 ``attempted = published + dropped + delivery_failed`` once delivery settles.
+
+Events travel in batches: the shipper groups what it takes from the buffer by the partition
+each request id goes to (murmur2, as every producer of the pipeline partitions) and sends one
+``batch/1`` record per partition of up to ``batch_events`` events, so the join and the workers
+pay Kafka's cost per record once per batch. A batch succeeds or fails as a whole; each of its
+events is counted. Until the topic's partition count is known (no broker yet), and with
+``batch_events=1``, each event is its own record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -22,6 +30,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from producers.config import MirrorConfig, OutputKind
 from producers.metrics import MirrorMetrics, register
 from producers.sampling import sample_threshold, sampled
+from schemas.codec import join_batch
+from schemas.topics import partitions_of
 
 log = logging.getLogger("shadowstream.mirror")
 
@@ -32,6 +42,9 @@ _ALL = 2**64  # sample threshold of rate 1.0
 _BATCH = 1024  # events per shipper batch, with delivery reports served between batches
 _NAP_MIN_S, _NAP_MAX_S = 0.001, 0.05  # the shipper's nap when the buffer is empty
 _FULL_WAIT_S = 0.005  # when librdkafka's queue is full, wait this long before a retry
+_BATCH_HEADER = ("schema", b"batch/1")
+_MAX_RECORD_BYTES = 900_000  # under librdkafka's default message.max.bytes, with headroom
+_PARTITIONS_TTL_S = 30.0  # how long a topic's partition count is trusted
 
 # What publish() hands to the shipper: request_id, inputs, output, latency_ms, error, ts,
 # segment, tenant, trace_id.
@@ -97,14 +110,15 @@ class Mirror:
     def __init__(self, config: MirrorConfig, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
         # librdkafka's own log lines go to Python logging, never straight to the service's stderr.
-        # Delivery reports only for failures, through one producer-wide callback: a Python
-        # callback per acknowledged event would cost more than the rest of the work together.
+        # A delivery report per record (a batch: one Python callback per batch of events).
         self._producer = Producer({**config.producer_config(), "error_cb": self._on_error,
-                                   "on_delivery": self._on_delivery,
-                                   "delivery.report.only.error": True,
                                    "logger": logging.getLogger("shadowstream.mirror.kafka")})
         self._buffer: deque[_Pending] = deque()
-        self.metrics = MirrorMetrics(config.model, self._producer.__len__)
+        self.metrics = MirrorMetrics(config.model)
+        self._batch_events = config.batch_events
+        self._partitions: int | None = None
+        self._partitions_at = -_PARTITIONS_TTL_S
+        self._batch_headers = [_BATCH_HEADER, ("model", config.model.encode())]
         register(registry, self.metrics)
         # Hot-path settings, read once.
         self._max_buffered = config.max_queue_messages
@@ -118,6 +132,7 @@ class Mirror:
         self._threshold = sample_threshold(config.sample_rate)
         self._log = _RateLimitedLog(config.log_interval_s)
         self._paused_until = 0.0
+        self._shipping = False
         self._closed = False
         self._stop = threading.Event()
         self._shipper = threading.Thread(target=self._ship_loop, name="mirror-shipper",
@@ -204,39 +219,98 @@ class Mirror:
                 self._log.warn("internal", f"shipper: {type(exc).__name__}: {exc}")
 
     def _ship_batch(self) -> None:
-        """Serialize and produce up to _BATCH buffered events, then serve delivery reports."""
-        buffer, produce, topic = self._buffer, self._producer.produce, self.config.topic
-        encode, headers = self._encode, self._headers
-        enqueued = 0
+        """Serialize up to _BATCH buffered events and produce them, grouped by partition
+        into batch records when the topic's partition count is known; then serve delivery
+        reports."""
+        buffer, encode = self._buffer, self._encode
+        self._shipping = True
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        traces: list[str | None] = []
         handled = 0
+        while handled < _BATCH and buffer:
+            item = buffer.popleft()
+            handled += 1
+            value = encode(item)
+            if value is not None:
+                keys.append(item[0].encode())
+                values.append(value)
+                traces.append(item[8])
+        enqueued = 0
         try:
-            while handled < _BATCH and buffer:
-                item = buffer[0]
-                value = encode(item)
-                if value is not None:
-                    trace_id = item[8]
-                    key = item[0].encode()
-                    event_headers = (headers if trace_id is None
-                                     else [*headers, ("trace_id", trace_id.encode())])
-                    while True:
-                        try:
-                            produce(topic, value, key, headers=event_headers)
-                            enqueued += 1
-                            break
-                        except BufferError:
-                            # Waiting here costs the caller nothing: the buffer fills, and
-                            # publish() drops by the configured policy once it is full.
-                            self._producer.poll(_FULL_WAIT_S)
-                            if self._stop.is_set():
-                                return  # close() counts what is left as undelivered
-                        except KafkaException as exc:
-                            self._drop("produce_error", str(exc.args[0]))
-                            break
-                buffer.popleft()
-                handled += 1
+            partitions = self._partition_count() if self._batch_events > 1 else None
+            if partitions is None or len(values) == 1:
+                for key, value, trace_id in zip(keys, values, traces, strict=True):
+                    headers = (self._headers if trace_id is None
+                               else [*self._headers, ("trace_id", trace_id.encode())])
+                    enqueued += self._produce(value, key, None, headers, 1)
+            else:
+                groups: dict[int, list[int]] = {}
+                for i, p in enumerate(partitions_of(keys, partitions)):
+                    groups.setdefault(p, []).append(i)
+                for p, rows in groups.items():
+                    for chunk in self._chunks(rows, values):
+                        value = (values[chunk[0]] if len(chunk) == 1
+                                 else join_batch([values[i] for i in chunk]))
+                        headers = self._headers if len(chunk) == 1 else self._batch_headers
+                        enqueued += self._produce(value, keys[chunk[0]], p, headers, len(chunk))
         finally:
+            # Events not enqueued (close() stopped the shipper) are counted there as unsent.
             self.metrics.shipped(handled, enqueued)
+            self._shipping = False
             self._producer.poll(0)
+
+    def _chunks(self, rows: list[int], values: list[bytes]) -> list[list[int]]:
+        """Rows of one partition cut into records of at most batch_events events and
+        _MAX_RECORD_BYTES bytes."""
+        out: list[list[int]] = [[]]
+        size = 0
+        for i in rows:
+            n = len(values[i]) + 1
+            if out[-1] and (len(out[-1]) >= self._batch_events or size + n > _MAX_RECORD_BYTES):
+                out.append([])
+                size = 0
+            out[-1].append(i)
+            size += n
+        return out
+
+    def _produce(self, value: bytes, key: bytes, partition: int | None,
+                 headers: list[tuple[str, bytes]], events: int) -> int:
+        """Enqueue one record of ``events`` events; returns how many were enqueued."""
+        kwargs: dict[str, Any] = {"headers": headers,
+                                  "on_delivery": functools.partial(self._on_delivery, events)}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(self.config.topic, value, key, **kwargs)
+                return events
+            except BufferError:
+                # Waiting here costs the caller nothing: the buffer fills, and publish()
+                # drops by the configured policy once it is full.
+                self._producer.poll(_FULL_WAIT_S)
+                if self._stop.is_set():  # close() gave up waiting: delivery_failed
+                    self.metrics.never_sent_events(events)
+                    return 0
+            except KafkaException as exc:
+                for _ in range(events):
+                    self._drop("produce_error", str(exc.args[0]))
+                return 0
+
+    def _partition_count(self) -> int | None:
+        """The topic's partitions, asked of the broker at most every _PARTITIONS_TTL_S (None
+        while it cannot say: events then go one per record, partitioned by librdkafka)."""
+        now = time.monotonic()
+        if now - self._partitions_at >= _PARTITIONS_TTL_S or self._partitions is None:
+            self._partitions_at = now
+            try:
+                topic = self._producer.list_topics(self.config.topic, timeout=0.5).topics.get(
+                    self.config.topic)
+                if topic is not None and topic.error is None and topic.partitions:
+                    self._partitions = len(topic.partitions)
+            except KafkaException:
+                pass  # no broker yet: asked again after the TTL
+        return self._partitions
 
     def _encode(self, item: _Pending) -> bytes | None:
         """The event's JSON, or None when it cannot be sent (counted as dropped)."""
@@ -294,9 +368,11 @@ class Mirror:
         self.metrics.dropped(reason)
         self._log.warn(reason, message)
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:  # only failures are reported (delivery.report.only.error)
-            self.metrics.failed()
+    def _on_delivery(self, events: int, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            self.metrics.acked(events)
+        else:
+            self.metrics.failed(events)
             self._log.warn("delivery_failed", err.str())
 
     def _on_error(self, err: KafkaError) -> None:
@@ -306,11 +382,12 @@ class Mirror:
 
     def pending(self) -> int:
         """Events accepted but not yet published or failed (buffered or in librdkafka)."""
-        return len(self._buffer) + len(self._producer)
+        return self.metrics.snapshot().in_flight
 
     def _drain(self, deadline: float) -> None:
         """Wait until the shipper has emptied the buffer, or the deadline passes."""
-        while self._buffer and self._shipper.is_alive() and time.monotonic() < deadline:
+        while ((self._buffer or self._shipping) and self._shipper.is_alive()
+               and time.monotonic() < deadline):
             time.sleep(0.001)
 
     def flush(self, timeout_s: float | None = None) -> int:

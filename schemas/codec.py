@@ -139,6 +139,11 @@ def encode_batch(events: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"schema": BATCH, "events": events})
 
 
+def join_batch(encoded: list[bytes]) -> bytes:
+    """``encode_batch`` of events already encoded (each one JSON object): no second pass."""
+    return b'{"schema":"batch/1","events":[' + b",".join(encoded) + b"]}"
+
+
 _KINDS = frozenset({"scalar", "vector", "probs", "scores", "embedding"})
 _NUMBER = (int, float)
 

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from schemas import MirroredRequest, decode, encode
+from schemas import MirroredRequest, encode
+from schemas.codec import events_of, from_dict
 from shadow import clients
 from shadow.exceptions import ShadowstreamError
 from shadow.settings import Settings
@@ -87,9 +88,10 @@ def round_trip(settings: Settings, endpoints: Endpoints, count: int = 100,
             msg = cons.poll(0.5)
             if msg is None or msg.error():
                 continue
-            req = decode(msg.value(), MirroredRequest)
-            if req.request_id in wanted:
-                got[req.request_id] = req
+            for doc in events_of(msg.value())[0]:  # others may write batches there too
+                req = from_dict(doc, MirroredRequest)
+                if req.request_id in wanted:
+                    got[req.request_id] = req
     finally:
         cons.close()
     if [got.get(r.request_id) for r in sent] != sent:

@@ -11,6 +11,7 @@ import click
 from shadow.cli import options
 from shadow.cli.common import console, err_console, kafka, settings
 from shadow.cli.views import replay_table
+from shadow.exceptions import ShadowstreamError
 from shadow.settings import Settings
 
 
@@ -122,10 +123,17 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
 def _republish(s: Settings, messages: Iterable[Any], topic: str, rate: float | None) -> None:
     from producers.republish import republish
     from shadow import clients
+    from shadow.topics import existing_partitions
 
-    producer = clients.producer(s, kafka(s))
+    bootstrap = kafka(s)
+    existing = existing_partitions(clients.admin(s, bootstrap), s.kafka_timeout_s)
+    if topic not in existing:
+        raise ShadowstreamError(f"--to-topic {topic} does not exist: create it first (with the "
+                                "partitions of the pipeline's topics)")
+    producer = clients.producer(s, bootstrap)
     with err_console.status(f"re-publishing to {topic}...", spinner="dots") as status:
         sent = republish(((m.key, m.value) for m in messages), producer, topic,
-                         rate=rate, progress=lambda n: status.update(f"re-published {n}"))
-    err_console.print(f"re-published {sent} messages to {topic}"
+                         partitions=existing[topic], rate=rate,
+                         progress=lambda n: status.update(f"re-published {n}"))
+    err_console.print(f"re-published {sent} events to {topic}"
                       f"{f' at {rate:g}/s' if rate else ''}", highlight=False)

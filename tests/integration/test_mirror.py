@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from producers import AsyncMirror, Mirror, MirrorASGIMiddleware, MirrorConfig, MirrorWSGIMiddleware
 from producers import capture as capture_fn
-from schemas import MirroredRequest, decode
+from schemas import MirroredRequest
 from shadow.stack import Endpoints
-from tests.helpers import consume_all, murmur2_partition
+from tests.helpers import consume_events, murmur2_partition
 
 
 def _config(stack: Endpoints, topic: str, **kw: object) -> MirrorConfig:
@@ -21,17 +21,20 @@ def _config(stack: Endpoints, topic: str, **kw: object) -> MirrorConfig:
 
 
 def _events(consumer_factory: Callable, topic: str, n: int) -> dict[str, tuple]:
-    msgs = consume_all(consumer_factory, topic, n)
-    return {decode(m.value(), MirroredRequest).request_id:
-            (decode(m.value(), MirroredRequest), m) for m in msgs}
+    """Each event by request id, with the record it came in (alone or in a batch)."""
+    got = consume_events(consumer_factory, topic, MirroredRequest, n)
+    return {req.request_id: (req, msg) for req, msg in got}
 
 
+@pytest.mark.parametrize("batch_events", [1, 100])
 def test_published_events_arrive_intact_on_the_java_partition(
-    stack: Endpoints, topic_factory: Callable[..., str], consumer_factory: Callable
+    stack: Endpoints, topic_factory: Callable[..., str], consumer_factory: Callable,
+    batch_events: int,
 ) -> None:
     topic = topic_factory(partitions=3)
     reg = CollectorRegistry()
-    with Mirror(_config(stack, topic, output_kind="probs", compression="zstd"), reg) as m:
+    with Mirror(_config(stack, topic, output_kind="probs", compression="zstd",
+                        batch_events=batch_events), reg) as m:
         for i in range(60):
             assert m.publish(f"req-{i}", {"amount": i * 1.5, "country": "DE"}, [0.9, 0.1],
                              latency_ms=2.5, ts=1_700_000_000_000 + i, segment="eu",
@@ -41,6 +44,7 @@ def test_published_events_arrive_intact_on_the_java_partition(
 
     events = _events(consumer_factory, topic, 60)
     assert len(events) == 60
+    records = {(msg.partition(), msg.offset()) for _, msg in events.values()}
     for i in range(60):
         req, msg = events[f"req-{i}"]
         assert req.inputs == {"amount": i * 1.5, "country": "DE"}
@@ -49,11 +53,19 @@ def test_published_events_arrive_intact_on_the_java_partition(
         assert (req.live.version, req.live.latency_ms, req.ts) == ("v7", 2.5,
                                                                    1_700_000_000_000 + i)
         assert req.attrs is not None and req.attrs.segment == "eu"
+        assert req.attrs.trace_id == (f"trace-{i}" if i % 2 else None)
+        # Each event on the partition Java's partitioner gives its request id, batched or not.
+        assert msg.partition() == murmur2_partition(f"req-{i}".encode(), 3)
         headers = dict(msg.headers())
-        assert headers["schema"] == b"mirror.request/1" and headers["model"] == b"fraud"
-        assert headers.get("trace_id") == (f"trace-{i}".encode() if i % 2 else None)
-        assert msg.key() == f"req-{i}".encode()
-        assert msg.partition() == murmur2_partition(msg.key(), 3)
+        assert headers["model"] == b"fraud"
+        if batch_events == 1:
+            assert headers["schema"] == b"mirror.request/1"
+            assert headers.get("trace_id") == (f"trace-{i}".encode() if i % 2 else None)
+            assert msg.key() == f"req-{i}".encode()
+    if batch_events == 1:
+        assert len(records) == 60
+    else:  # one record per partition per shipper batch: a handful, not one per event
+        assert len(records) <= 10
 
 
 def test_async_mirror(stack: Endpoints, topic_factory: Callable[..., str],

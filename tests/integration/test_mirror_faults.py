@@ -18,11 +18,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
-from schemas import MirroredRequest, decode
+from schemas import MirroredRequest
 from shadow import clients
 from shadow.settings import Settings
 from shadow.stack import kafka, procs
-from tests.helpers import consume_all
+from tests.helpers import consume_events
 
 
 def test_broker_absent_then_killed_then_restarted(settings: Settings, tmp_path: Path) -> None:
@@ -69,9 +69,10 @@ def test_broker_absent_then_killed_then_restarted(settings: Settings, tmp_path: 
         assert counts.published == 1700, counts
         assert counts.dropped == {} and counts.delivery_failed == 0
 
-        got = consume_all(
-            lambda g: clients.consumer(Settings(), f"127.0.0.1:{port}", g), "faults", 1700, 60)
-        ids = {decode(msg.value(), MirroredRequest).request_id for msg in got}
+        got = consume_events(
+            lambda g: clients.consumer(Settings(), f"127.0.0.1:{port}", g), "faults",
+            MirroredRequest, 1700, 60)
+        ids = {r.request_id for r, _ in got}
         assert ids == set(sent)
     finally:
         m.close(timeout_s=0)

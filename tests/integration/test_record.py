@@ -150,18 +150,25 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
     # Re-published for the live pipeline, at a controlled rate, the same bytes.
     from confluent_kafka.admin import NewTopic
 
+    from schemas import MirroredRequest
+    from schemas.codec import events_of
     from shadow import clients
-    from tests.helpers import consume_all
+    from tests.helpers import consume_events, murmur2_partition
 
     target = f"{s.topic_prefix}.again"
     admin.create_topics([NewTopic(target, 3, 1)])[target].result(timeout=30)
     t0 = time.monotonic()
     again = cli("replay", "--file", str(rec), "--to-topic", target, "--rate", "1500")
-    assert again.returncode == 0 and "re-published 900 messages" in again.stderr, again.stderr
+    assert again.returncode == 0 and "re-published 900 events" in again.stderr, again.stderr
     assert time.monotonic() - t0 >= 900 / 1500
-    copied = consume_all(lambda g: clients.consumer(s, stack.kafka_bootstrap, g), target, 900,
-                         60)
-    assert sorted(m.value() for m in copied) == sorted(m.value for m in read_recording(rec))
+    copied = consume_events(lambda g: clients.consumer(s, stack.kafka_bootstrap, g), target,
+                            MirroredRequest, 900, 60)
+    recorded = [e for m in read_recording(rec) for e in events_of(m.value)[0]]
+    assert sorted(r.model_dump_json() for r, _ in copied) == sorted(
+        MirroredRequest.model_validate(e).model_dump_json() for e in recorded)
+    # Batched or not, each event is on its request id's partition of the target.
+    assert all(msg.partition() == murmur2_partition(r.request_id.encode(), 3)
+               for r, msg in copied)
     # The topic can be replayed directly too; a range with nothing in it is an error.
     direct = cli("replay", "--topic", s.topic("requests"), "--from", "beginning", "--to", "end",
                  "--candidate", "producers.traffic:build_model", "--window-s", "3",

@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from consumers.sinks import RedisAlertSink
 from producers import Mirror, MirrorConfig
-from schemas import Alert, MirroredRequest, decode
+from schemas import Alert, MirroredRequest
 from shadow import clients
 from shadow.settings import Settings
 from shadow.stack import Endpoints, Stack, secure
-from tests.helpers import consume_all
+from tests.helpers import consume_events
 from tests.integration.test_alerts import alert
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,10 +81,9 @@ def test_kafka_sasl_scram_over_tls(secured: tuple[Settings, Endpoints]) -> None:
         assert mirror.metrics.snapshot().published == 50
     assert creds.kafka_password not in repr(cfg)
     # ...the worker's and the tools' consumer reads it back...
-    got = consume_all(lambda g: clients.consumer(good, bootstrap, g), good.topic("requests"),
-                      50, 60)
-    assert {decode(m.value(), MirroredRequest).request_id for m in got} == {
-        f"s-{i}" for i in range(50)}
+    got = consume_events(lambda g: clients.consumer(good, bootstrap, g), good.topic("requests"),
+                         MirroredRequest, 50, 60)
+    assert {r.request_id for r, _ in got} == {f"s-{i}" for i in range(50)}
 
     # ...and aiokafka, the join's (Faust's) transport, writes and reads with the same options.
     async def roundtrip() -> bytes:

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from schemas import MirroredRequest, decode
+from schemas import MirroredRequest
 from shadow import clients
 from shadow.settings import Settings
 from shadow.stack import Endpoints
 from shadow.topics import create_topics, topic_specs
-from tests.helpers import consume_all
+from tests.helpers import consume_events
 
 
 def test_traffic_command_mirrors_every_request_with_its_ground_truth(
@@ -40,8 +40,8 @@ def test_traffic_command_mirrors_every_request_with_its_ground_truth(
     assert summary["disagreed"] == sum(t["disagree"] for t in truth.values())
     assert 0 < summary["shifted"] < 300
 
-    msgs = consume_all(consumer_factory, s.topic("requests"), 300)
-    events = {r.request_id: r for r in (decode(m.value(), MirroredRequest) for m in msgs)}
+    got = consume_events(consumer_factory, s.topic("requests"), MirroredRequest, 300)
+    events = {r.request_id: r for r, _ in got}
     assert set(events) == set(truth)
     for rid, req in events.items():
         probs = req.live.output.value  # type: ignore[union-attr]
