@@ -4,8 +4,9 @@ N mirrored requests and N shadow outputs (one candidate) are written to a local 
 compressed with lz4 like the mirror does, in three shapes, each under its own topic prefix:
 
 - ``single``: every request and every output a record of its own (the references run here);
-- ``clients``: as the product's own clients write them: the mirror's batches of requests and
-  the worker's batches of outputs, one record per partition and batch (``batch/1``, 100
+- ``clients``: as the product's own clients write them: requests published through the
+  mirror client (``producers.Mirror``, its default batches of up to 100 events per partition)
+  and the worker's batches of outputs, one record per partition and batch (``batch/1``, 100
   events);
 - ``foreign``: every request a record of its own, as any Kafka client would write it (the
   console producer), and the worker's batches of outputs.
@@ -82,13 +83,36 @@ def fill(settings: Settings, bootstrap: str, n: int, shape: str) -> None:
     batched = {"single": (), "clients": ("requests", "outputs"), "foreign": ("outputs",)}
     for role, docs in (("requests", requests), ("outputs", outputs)):
         topic = settings.topic(role)
-        if role in batched[shape]:
+        if role == "requests" and shape == "clients":
+            _publish(bootstrap, topic, docs)
+        elif role in batched[shape]:
             _produce_batches(producer, topic, docs, settings.partitions)
         else:
             for doc in docs:
                 _produce(producer, topic, orjson.dumps(doc), doc["request_id"].encode())
     if producer.flush(60):
         raise RuntimeError("could not write the benchmark's records")
+
+
+def _publish(bootstrap: str, topic: str, docs: list[dict[str, Any]]) -> None:
+    """The requests as a service publishes them: through the mirror client."""
+    from prometheus_client import CollectorRegistry
+
+    from producers import Mirror, MirrorConfig
+
+    config = MirrorConfig(bootstrap=bootstrap, topic=topic, model="fraud-scorer",
+                          live_version="v1", output_kind="probs",
+                          max_queue_messages=max(100_000, len(docs)))
+    with Mirror(config, CollectorRegistry()) as mirror:
+        for d in docs:
+            mirror.publish(d["request_id"], d["inputs"], d["live"]["output"],
+                           latency_ms=d["live"]["latency_ms"], ts=d["ts"],
+                           segment=d["attrs"]["segment"])
+        if mirror.flush(120):
+            raise RuntimeError("the mirror could not write the benchmark's requests")
+    counts = mirror.metrics.snapshot()
+    if counts.published != len(docs):
+        raise RuntimeError(f"the mirror published {counts.published} of {len(docs)}")
 
 
 def _produce_batches(producer: Any, topic: str, docs: list[dict[str, Any]],

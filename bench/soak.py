@@ -6,10 +6,14 @@ worker's and the join's resident memory and both consumer groups' lag; it reads 
 and takes its end-to-end latency, mirror to pair: the pair record's Kafka timestamp (when
 the join produced it) minus the request's event time (when the service mirrored it).
 
-Reported: pairs/s, latency p50/p99 after warm-up, lag over time, and memory growth from the
-end of warm-up to the end (target: flat within 10 %).
+Reported: pairs/s, latency p50/p99 after warm-up (target: p99 under 2 s), lag over time,
+and memory growth from the end of warm-up to the end (target: flat within 10 %).
 
-Run: python -m bench.soak [--rate 150] [--duration 330] [--warmup 60]
+With --curve R1,R2,... the same pipeline runs one phase per rate, --duration seconds each
+(its first quarter left out as warm-up), and prints p99 latency against rate: where the
+pipeline stops keeping up.
+
+Run: python -m bench.soak [--rate 1000] [--duration 330] [--warmup 60] [--curve 500,1000,2000]
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ def group_lag(probe: Consumer, group_offsets: Consumer, topics: list[str]) -> in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
+    parser.add_argument("--curve", default=None,
+                        help="comma-separated rates: one phase of --duration s each")
     parser.add_argument("--duration", type=float, default=330.0, help="seconds of traffic")
     parser.add_argument("--warmup", type=float, default=60.0,
                         help="seconds left out of latency and memory growth")
@@ -93,39 +99,44 @@ def main() -> None:
         join = spawn("join", "--data-dir", str(logs / "join"), "--web-port", str(free_port()),
                      "--window-s", "10", "--grace-s", "2", "--expect", "fraud-scorer=c1")
         time.sleep(8)  # both join their groups before traffic starts
-        traffic = spawn("traffic", "--rate", str(args.rate), "--duration", str(args.duration),
-                        "--disagree", "0.02", "--seed", "1")
-
+        rates = [float(r) for r in args.curve.split(",")] if args.curve else [args.rate]
         pairs = clients.consumer(s, ep.kafka_bootstrap, "soak-reader")
         pairs.subscribe([s.topic("pairs")])
         probe = clients.consumer(s, ep.kafka_bootstrap, "soak-probe")
         worker_group = clients.consumer(s, ep.kafka_bootstrap, f"{s.topic_prefix}.shadow.c1")
         join_group = clients.consumer(s, ep.kafka_bootstrap, f"{s.topic_prefix}-join")
-        t0 = time.time()
-        latencies: list[tuple[float, float]] = []  # (seconds since start, ms)
-        samples: list[tuple[float, float, float, int, int]] = []
-        next_sample = t0
-        end = t0 + args.duration + 30  # the tail drains
-        while time.time() < end:
-            for msg in pairs.consume(500, 0.2):
-                if msg.error() is None:  # one pair, or a batch of them
-                    at = msg.timestamp()[1] / 1000
-                    for pair in events_of(msg.value())[0]:
-                        latencies.append((at - t0, msg.timestamp()[1] - pair["ts"]))
-            if time.time() >= next_sample:
-                next_sample += args.every
-                samples.append((time.time() - t0, rss_mib(worker.pid), rss_mib(join.pid),
-                                group_lag(probe, worker_group, [s.topic("requests")]),
-                                group_lag(probe, join_group, [s.topic("requests"),
-                                                              s.topic("outputs")])))
-                w = samples[-1]
-                print(f"t={w[0]:5.0f}s pairs={len(latencies):7d} worker {w[1]:6.1f} MiB "
-                      f"join {w[2]:6.1f} MiB lag worker {w[3]:5d} join {w[4]:5d}", flush=True)
-            if traffic.poll() is not None and samples and samples[-1][3] == 0 and \
-                    samples[-1][4] == 0 and time.time() > t0 + args.duration:
-                break
-        sent = traffic.wait(30)
-        assert sent == 0, "the traffic generator failed"
+        phases = []
+        for seed, rate in enumerate(rates, start=1):
+            traffic = spawn("traffic", "--rate", str(rate), "--duration", str(args.duration),
+                            "--disagree", "0.02", "--seed", str(seed))
+            t0 = time.time()
+            latencies: list[tuple[float, float]] = []  # (seconds since start, ms)
+            samples: list[tuple[float, float, float, int, int]] = []
+            next_sample = t0
+            end = t0 + args.duration + 60  # the tail drains
+            while time.time() < end:
+                for msg in pairs.consume(500, 0.2):
+                    if msg.error() is None:  # one pair, or a batch of them
+                        at = msg.timestamp()[1] / 1000
+                        for pair in events_of(msg.value())[0]:
+                            latencies.append((at - t0, msg.timestamp()[1] - pair["ts"]))
+                if time.time() >= next_sample:
+                    next_sample += args.every
+                    samples.append((time.time() - t0, rss_mib(worker.pid), rss_mib(join.pid),
+                                    group_lag(probe, worker_group, [s.topic("requests")]),
+                                    group_lag(probe, join_group, [s.topic("requests"),
+                                                                  s.topic("outputs")])))
+                    w = samples[-1]
+                    print(f"rate {rate:.0f} t={w[0]:5.0f}s pairs={len(latencies):7d} worker "
+                          f"{w[1]:6.1f} MiB join {w[2]:6.1f} MiB lag worker {w[3]:5d} join "
+                          f"{w[4]:5d}", flush=True)
+                if traffic.poll() is not None and samples and samples[-1][3] == 0 and \
+                        samples[-1][4] == 0 and time.time() > t0 + args.duration:
+                    break
+            sent = traffic.wait(30)
+            assert sent == 0, "the traffic generator failed"
+            warmup = args.warmup if len(rates) == 1 else args.duration / 4
+            phases.append((rate, warmup, latencies, samples))
     finally:
         for p in children:
             p.terminate()
@@ -136,16 +147,30 @@ def main() -> None:
                 p.kill()
         stack.down()
 
-    steady = [ms for at, ms in latencies if at >= args.warmup]
-    steady.sort()
-    span = max(at for at, _ in latencies) - min(at for at, _ in latencies)
-    after = [x for x in samples if x[0] >= args.warmup]
-    base, last = after[0], after[-1]
     print(f"machine: {machine()}")
-    print(f"rate {args.rate:.0f}/s for {args.duration:.0f} s: {len(latencies)} pairs, "
+    target = TARGETS["soak"]["latency_p99_ms_max"]
+    if len(phases) > 1:
+        print("rate/s  pairs/s  p50 ms  p99 ms  max lag (join)")
+        for rate, warmup, latencies, samples in phases:
+            steady = sorted(ms for at, ms in latencies if at >= warmup)
+            span = max(at for at, _ in latencies) - min(at for at, _ in latencies)
+            after = [x for x in samples if x[0] >= warmup]
+            print(f"{rate:6.0f}  {len(latencies) / span:7.1f}  "
+                  f"{statistics.median(steady):6.0f}  {steady[int(len(steady) * 0.99)]:6.0f}  "
+                  f"{max(x[4] for x in after):6d}")
+        return
+    rate, warmup, latencies, samples = phases[0]
+    steady = sorted(ms for at, ms in latencies if at >= warmup)
+    span = max(at for at, _ in latencies) - min(at for at, _ in latencies)
+    after = [x for x in samples if x[0] >= warmup]
+    base, last = after[0], after[-1]
+    p99 = steady[int(len(steady) * 0.99)]
+    print(f"rate {rate:.0f}/s for {args.duration:.0f} s: {len(latencies)} pairs, "
           f"{len(latencies) / span:.1f} pairs/s")
     print(f"latency mirror -> pair after warm-up: p50 {statistics.median(steady):.0f} ms, "
-          f"p99 {steady[int(len(steady) * 0.99)]:.0f} ms, max {steady[-1]:.0f} ms")
+          f"p99 {p99:.0f} ms, max {steady[-1]:.0f} ms")
+    print(verdict("latency p99 ms", p99, target))
+    print(verdict("rate", rate, TARGETS["soak"]["rate_min"], lower_is_better=False))
     print(f"lag (messages) max after warm-up: worker {max(x[3] for x in after)}, "
           f"join {max(x[4] for x in after)}")
     for name, i in (("worker", 1), ("join", 2)):

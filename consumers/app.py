@@ -247,6 +247,10 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                     msg = event.message
                     send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                      flush=False))
+                for start in core.closing():
+                    # Aggregating a large window takes seconds: in a thread, so that the
+                    # event loop keeps the group's heartbeats going meanwhile.
+                    core.precomputed[start] = await asyncio.to_thread(core.prepare, start)
                 send(core.flush())
         except Exception as exc:  # Faust would restart the agent into the same error for ever
             supervisor.fail(f"{type(exc).__name__}: {exc}")

@@ -200,6 +200,8 @@ class JoinCore:
         self._fresh: dict[str, Alert] = {}
         self._unsent: dict[int, dict[str, Any]] = defaultdict(dict)
         self._outbox_dirty: set[int] = set()
+        # Closing work done ahead by the caller (``prepare``), by window start.
+        self.precomputed: dict[int, Any] = {}
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class JoinCore:
         self._doomed.clear()
         self._unsent.clear()
         self._closed_at.clear()
+        self.precomputed.clear()
         items = list(self.table.items())
         for key, meta in items:
             if key.startswith(META_KEY):  # one per partition; closing only moves forward
@@ -619,14 +622,14 @@ class JoinCore:
     def _emit(self, start: int, out: list[Outgoing]) -> None:
         if start in self._emitted:
             return
+        prepared = self.precomputed.pop(start, None) or self.prepare(start)
         if self.config.partials:
-            self._emit_parts(start, out)
+            self._emit_parts(start, prepared, out)
             return
-        entries = self._entries(start)
-        summaries = self.summaries(entries)
+        summaries, exemplars = prepared
         self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
         self._summaries[start] = summaries
-        for (model, cand), rows in sorted(self.exemplars(entries).items()):
+        for (model, cand), rows in sorted(exemplars.items()):
             doc = {"model": model, "candidate": cand, "window_start": start, "top": rows}
             out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc),
                                 record=doc))
@@ -639,22 +642,36 @@ class JoinCore:
                 self.stats.unmatched["live"] += summary.unmatched_live
                 self.stats.unmatched["shadow"] += summary.unmatched_shadow
 
-    def _emit_parts(self, start: int, out: list[Outgoing]) -> None:
+    def closing(self) -> list[int]:
+        """The windows the next ``flush`` will close (by the watermark now)."""
+        return [s for s in self.closable(self.watermark) if s not in self._emitted]
+
+    def prepare(self, start: int) -> Any:
+        """What closing window ``start`` costs in CPU (aggregates, sketches, drift binning,
+        exemplars), from its entries alone. The Faust app runs it in a thread while the agent
+        waits, so that a large window does not hold the event loop (and the group's
+        heartbeats) for seconds; it hands the result over in ``precomputed``."""
+        entries = self._entries(start)
+        if not self.config.partials:
+            return self.summaries(entries), self.exemplars(entries)
+        by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        for key, entry in entries:
+            by_partition[entry["p"]].append((key, entry))
+        return {p: (aggregate((e for _, e in rows), self.candidates, self.config.window_ms,
+                              self.profiles), self.exemplars(rows))
+                for p, rows in by_partition.items()}
+
+    def _emit_parts(self, start: int, prepared: dict[int, Any], out: list[Outgoing]) -> None:
         """Close a window for the input partitions it is still open in: one part per
         partition, model and candidate (its mergeable aggregates, exemplars and drift
         reference), then each partition's progress, to every merge partition."""
         size = self.config.window_ms
-        by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-        for key, entry in self._entries(start):
-            by_partition[entry["p"]].append((key, entry))
-        owned = self.owned_partitions() | set(by_partition)
+        owned = self.owned_partitions() | set(prepared)
         sent = 0
         for p in sorted(owned):
             if self._closed_at.get(p, 0) > start:
                 continue  # closed here before (a partition taken over from another worker)
-            entries = by_partition.get(p, [])
-            aggs = aggregate((e for _, e in entries), self.candidates, size, self.profiles)
-            top = self.exemplars(entries)
+            aggs, top = prepared.get(p, ({}, {}))
             parts: dict[tuple[str, str], dict[str, Any]] = {}
             for k in sorted(aggs, key=lambda k: k.sort_key()):
                 part = parts.get((k.model, k.candidate))

@@ -227,6 +227,7 @@ class Mirror:
         keys: list[bytes] = []
         values: list[bytes] = []
         traces: list[str | None] = []
+        times: list[int] = []
         handled = 0
         while handled < _BATCH and buffer:
             item = buffer.popleft()
@@ -236,14 +237,15 @@ class Mirror:
                 keys.append(item[0].encode())
                 values.append(value)
                 traces.append(item[8])
+                times.append(item[5])
         enqueued = 0
         try:
             partitions = self._partition_count() if self._batch_events > 1 else None
             if partitions is None or len(values) == 1:
-                for key, value, trace_id in zip(keys, values, traces, strict=True):
+                for key, value, trace_id, ts in zip(keys, values, traces, times, strict=True):
                     headers = (self._headers if trace_id is None
                                else [*self._headers, ("trace_id", trace_id.encode())])
-                    enqueued += self._produce(value, key, None, headers, 1)
+                    enqueued += self._produce(value, key, None, headers, 1, ts)
             else:
                 groups: dict[int, list[int]] = {}
                 for i, p in enumerate(partitions_of(keys, partitions)):
@@ -253,7 +255,8 @@ class Mirror:
                         value = (values[chunk[0]] if len(chunk) == 1
                                  else join_batch([values[i] for i in chunk]))
                         headers = self._headers if len(chunk) == 1 else self._batch_headers
-                        enqueued += self._produce(value, keys[chunk[0]], p, headers, len(chunk))
+                        enqueued += self._produce(value, keys[chunk[0]], p, headers, len(chunk),
+                                                  times[chunk[0]])
         finally:
             # Events not enqueued (close() stopped the shipper) are counted there as unsent.
             self.metrics.shipped(handled, enqueued)
@@ -275,9 +278,11 @@ class Mirror:
         return out
 
     def _produce(self, value: bytes, key: bytes, partition: int | None,
-                 headers: list[tuple[str, bytes]], events: int) -> int:
-        """Enqueue one record of ``events`` events; returns how many were enqueued."""
-        kwargs: dict[str, Any] = {"headers": headers,
+                 headers: list[tuple[str, bytes]], events: int, ts: int) -> int:
+        """Enqueue one record of ``events`` events, its timestamp the event time of the
+        first (what replay and ``shadow record --from @time`` order and find records by);
+        returns how many events were enqueued."""
+        kwargs: dict[str, Any] = {"headers": headers, "timestamp": ts,
                                   "on_delivery": functools.partial(self._on_delivery, events)}
         if partition is not None:
             kwargs["partition"] = partition

@@ -143,11 +143,14 @@ class _Run:
         for m in messages:
             self.messages += 1
             seen: list[dict[str, Any]] = []  # what the core decoded: the valid requests
+            # Not flushed until the answers are in: no window closes on requests alone (a
+            # record may hold a batch of them, far ahead of the last answers).
             self._collect(self.core.handle(_REQUESTS, m.partition, m.offset, m.key, m.value,
-                                           seen), {})
+                                           seen, flush=False), {})
             requests.extend((m.partition, r) for r in seen)
         self.requests += len(requests)
         if not requests:
+            self._collect(self.core.flush(), {})
             return
         inputs = [r["inputs"] for _, r in requests]
         answers: list[list[Answer]] = []
@@ -175,7 +178,8 @@ class _Run:
             self._out_offsets[partition] += 1
             self._collect(self.core.handle(_OUTPUTS, partition, offset,
                                            docs[0]["request_id"].encode(),
-                                           encode_batch(docs)), shown)
+                                           encode_batch(docs), flush=False), shown)
+        self._collect(self.core.flush(), shown)
 
     def finish(self) -> None:
         out: list[Outgoing] = []
