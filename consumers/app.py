@@ -247,11 +247,18 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                     msg = event.message
                     send(core.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                      flush=False))
+                # Written first: a rebalance while the closing work runs (below) recovers
+                # from a table that holds everything handled so far.
+                send(core.flush(close=False))
                 for start in core.closing():
-                    # Aggregating a large window takes seconds: in a thread, so that the
-                    # event loop keeps the group's heartbeats going meanwhile.
-                    core.precomputed[start] = await asyncio.to_thread(core.prepare, start)
-                send(core.flush())
+                    # Aggregating a large window takes seconds: in a thread, on the entries
+                    # taken now, so that the event loop keeps the group's heartbeats going.
+                    recoveries = core.recoveries
+                    prepared = await asyncio.to_thread(core.prepare, start,
+                                                       core.entries_of(start))
+                    if core.recoveries == recoveries:  # else stale: computed again
+                        core.precomputed[start] = prepared
+                send(core.close())
         except Exception as exc:  # Faust would restart the agent into the same error for ever
             supervisor.fail(f"{type(exc).__name__}: {exc}")
 
@@ -439,6 +446,9 @@ class _JoinCollector(Collector):
             parts.add_metric(["received"], m.parts)
             parts.add_metric(["repeated"], m.repeated)
             yield parts
+            yield CounterMetricFamily("shadow_merge_ignored", "Records of the partials topic "
+                                      "that could not be merged (a worker configured "
+                                      "otherwise)", value=m.ignored)
         yield GaugeMetricFamily("shadow_join_open_entries", "Requests held in open windows",
                                 value=sum(map(len, self.core.windows.values())))
         yield from self._windows()

@@ -202,6 +202,7 @@ class JoinCore:
         self._outbox_dirty: set[int] = set()
         # Closing work done ahead by the caller (``prepare``), by window start.
         self.precomputed: dict[int, Any] = {}
+        self.recoveries = 0  # how many times the state was rebuilt from the table
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -215,6 +216,12 @@ class JoinCore:
         self._unsent.clear()
         self._closed_at.clear()
         self.precomputed.clear()
+        self.recoveries += 1
+        if self.config.partials:
+            # Windows emitted here but not yet forgotten may now hold entries of partitions
+            # taken over from another worker: closed again (the partitions closed here
+            # before, and recorded so, are skipped; the merge stage ignores a part twice).
+            self._emitted.clear()
         items = list(self.table.items())
         for key, meta in items:
             if key.startswith(META_KEY):  # one per partition; closing only moves forward
@@ -319,9 +326,10 @@ class JoinCore:
             out.extend(self.flush())
         return out
 
-    def flush(self) -> list[Outgoing]:
-        """Write what the records handled since the last flush changed, then close the
-        windows the watermark has passed; returns what to send."""
+    def flush(self, close: bool = True) -> list[Outgoing]:
+        """Write what the records handled since the last flush changed, then (unless not
+        ``close``: see ``close``) close the windows the watermark has passed; returns what
+        to send."""
         out: list[Outgoing] = []
         for pairs in self._pairs.values():
             # One record for the pairs of each input partition: a batch when there are
@@ -334,6 +342,13 @@ class JoinCore:
                                     encode_batch(pairs), record=list(pairs)))
         self._pairs.clear()
         self._write_deltas()
+        if close:
+            self.sweep(self.watermark, out)
+        return out
+
+    def close(self) -> list[Outgoing]:
+        """Close the windows the watermark has passed (after ``flush(close=False)``)."""
+        out: list[Outgoing] = []
         self.sweep(self.watermark, out)
         return out
 
@@ -563,6 +578,10 @@ class JoinCore:
         limit = watermark - self.config.grace_ms - self.config.window_ms
         return sorted(s for s in self.windows if s <= limit)
 
+    def entries_of(self, start: int) -> list[tuple[str, dict[str, Any]]]:
+        """A window's entries as they are now (see ``prepare``)."""
+        return self._entries(start)
+
     def _entries(self, start: int) -> list[tuple[str, dict[str, Any]]]:
         """A window's entries, read from the table once. Sorted by key: float sums then add
         up in the same order after a restart (same bytes)."""
@@ -646,12 +665,15 @@ class JoinCore:
         """The windows the next ``flush`` will close (by the watermark now)."""
         return [s for s in self.closable(self.watermark) if s not in self._emitted]
 
-    def prepare(self, start: int) -> Any:
+    def prepare(self, start: int,
+                entries: list[tuple[str, dict[str, Any]]] | None = None) -> Any:
         """What closing window ``start`` costs in CPU (aggregates, sketches, drift binning,
-        exemplars), from its entries alone. The Faust app runs it in a thread while the agent
-        waits, so that a large window does not hold the event loop (and the group's
-        heartbeats) for seconds; it hands the result over in ``precomputed``."""
-        entries = self._entries(start)
+        exemplars), from its entries alone (``_entries(start)`` unless given). The Faust app
+        runs it in a thread on entries taken before, while the agent waits, so that a large
+        window does not hold the event loop (and the group's heartbeats) for seconds; it
+        hands the result over in ``precomputed`` unless a recovery came in between."""
+        if entries is None:
+            entries = self._entries(start)
         if not self.config.partials:
             return self.summaries(entries), self.exemplars(entries)
         by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
@@ -689,7 +711,7 @@ class JoinCore:
                 sent += 1
             self._closed_at[p] = start + size
         for p in sorted(owned):
-            marker = {"schema": PROGRESS_SCHEMA, "partition": p,
+            marker = {"schema": PROGRESS_SCHEMA, "partition": p, "window_ms": size,
                       "closed_before": self._closed_at.get(p, 0)}
             out.append(Outgoing("progress", None, orjson.dumps(marker), start, marker,
                                 broadcast=True))
@@ -729,12 +751,22 @@ class JoinCore:
         if that was not done yet."""
         self._evaluate(start, out)
         size = self.config.window_ms
+        kept: set[str] = set()
         for key in self.windows.pop(start, ()):
             entry = self.entries.get(key)
             if entry is not None and window_start(entry["ts"], size) == start:
-                del self.entries[key]
-        for partition, keys in self._deltas.pop(start, {}).items():
-            self._doomed[partition].extend(keys)
+                if self.config.partials and self._closed_at.get(entry["p"], 0) <= start:
+                    kept.add(key)  # of a partition taken over since: closed later
+                else:
+                    del self.entries[key]
+        deltas = self._deltas.pop(start, {})
+        if kept:
+            self.windows[start] = kept
+        for partition, keys in deltas.items():
+            if kept and self._closed_at.get(partition, 0) <= start:
+                self._deltas[start][partition] = keys
+            else:
+                self._doomed[partition].extend(keys)
         self.closed_before = max(self.closed_before, start + self.config.window_ms)
         self.closed_offsets.update(self.positions)
         p = self._partition

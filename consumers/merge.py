@@ -24,6 +24,7 @@ states (the same alert ids, which the sink delivers once).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, MutableMapping
@@ -39,7 +40,7 @@ from consumers.rules import RuleSet
 from consumers.windows import WindowAggregate, WindowKey
 from schemas import ShadowstreamError, WindowSummary, encode
 
-__all__ = ["MergeConfig", "MergeCore", "MergeError", "MergeStats"]
+__all__ = ["MergeConfig", "MergeCore", "MergeError", "MergeStats", "check_peers"]
 
 log = logging.getLogger("shadowstream.join")
 
@@ -74,6 +75,8 @@ class MergeStats:
     windows: int = 0
     """Whole windows emitted (per merge partition and window start)."""
     undefined_statistics: int = 0
+    ignored: int = 0
+    """Records that could not be merged (another worker's window size or partitions)."""
 
 
 class MergeCore:
@@ -94,6 +97,7 @@ class MergeCore:
         self._pending: dict[int, int] = {}  # window start -> summaries not yet delivered
         self._emitted_in: dict[int, set[int]] = defaultdict(set)  # start -> merge partitions
         self._at: Callable[[int], Any] | None = getattr(table, "at", None)
+        self._warned_at = -math.inf
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -129,30 +133,45 @@ class MergeCore:
 
     def handle(self, partition: int, value: bytes) -> list[Outgoing]:
         """One record of the partials topic's ``partition`` (a part or a progress marker);
-        returns what to send: the windows it completes, their exemplars and alerts."""
+        returns what to send: the windows it completes, their exemplars and alerts. A record
+        this worker cannot merge (from a worker configured otherwise: ``shadow join`` refuses
+        to start one, see ``check_peers``) is ignored, counted and logged, so that one
+        misconfigured worker cannot stop the others."""
         out: list[Outgoing] = []
         self.finish_delivered()
-        doc = orjson.loads(value)
-        schema = doc.get("schema") if isinstance(doc, dict) else None
+        try:
+            doc = orjson.loads(value)
+            schema = doc.get("schema") if isinstance(doc, dict) else None
+            if schema not in (PART_SCHEMA, PROGRESS_SCHEMA):
+                raise MergeError(f"not a part or a progress marker: schema {schema!r}")
+            self._check(doc)
+        except (orjson.JSONDecodeError, MergeError) as exc:
+            self.stats.ignored += 1
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                log.warning("merge: ignored a record of merge partition %d (%d so far): %s",
+                            partition, self.stats.ignored, exc)
+            return out
         if schema == PART_SCHEMA:
             self._on_part(partition, doc)
-        elif schema == PROGRESS_SCHEMA:
-            self._on_progress(partition, doc)
         else:
-            raise MergeError(f"not a part or a progress marker: schema {schema!r} on merge "
-                             f"partition {partition}")
+            self._on_progress(partition, doc)
         self.complete(partition, out)
         return out
 
-    def _on_part(self, mp: int, doc: dict[str, Any]) -> None:
-        start, p = doc["window_start"], doc["partition"]
-        if doc["window_ms"] != self.config.window_ms:
-            raise MergeError(f"a join worker closes windows of {doc['window_ms']} ms, this one "
+    def _check(self, doc: dict[str, Any]) -> None:
+        window_ms = doc.get("window_ms", self.config.window_ms)
+        if window_ms != self.config.window_ms:
+            raise MergeError(f"a join worker closes windows of {window_ms} ms, this one "
                              f"{self.config.window_ms} ms: start every worker with the same "
                              "--window-s")
-        if not 0 <= p < self.config.partitions:
-            raise MergeError(f"a part of input partition {p}, the inputs have "
-                             f"{self.config.partitions}: workers of other topics?")
+        p = doc.get("partition")
+        if not isinstance(p, int) or not 0 <= p < self.config.partitions:
+            raise MergeError(f"a record of input partition {p!r}, the inputs have "
+                             f"{self.config.partitions}: a worker of other topics?")
+
+    def _on_part(self, mp: int, doc: dict[str, Any]) -> None:
+        start, p = doc["window_start"], doc["partition"]
         self.stats.parts += 1
         key = (doc["model"], doc["candidate"])
         if start < self.done_before.get(mp, 0) or p in self.parts[mp][start][key]:
@@ -200,19 +219,22 @@ class MergeCore:
             parts = [by_partition[p] for p in sorted(by_partition)]
             profile, same_reference = _reference(parts)
             aggs: dict[str, WindowAggregate] = {}
+            dropped: dict[str, set[str]] = {}  # features whose drift is left out, per segment
             for part in parts:
                 for segment, state in part["segments"].items():
                     agg = WindowAggregate.from_state(state)
                     if not same_reference:  # bins of different references do not add up
+                        dropped.setdefault(segment, set()).update(agg.histograms)
                         agg.histograms = {}
                     aggs[segment] = aggs[segment].merge(agg) if segment in aggs else agg
             for segment in sorted(aggs):
                 summary = aggs[segment].summary(
                     WindowKey(model, cand, start, segment or None), self.config.window_ms,
                     profile, now)
-                if not same_reference:
+                if dropped.get(segment):
                     summary = summary.model_copy(update={
-                        "undefined_statistics": summary.undefined_statistics + 1})
+                        "undefined_statistics": summary.undefined_statistics
+                        + len(dropped[segment])})
                 summaries.append(summary)
             top = sorted((tuple(r) for part in parts for r in part["top"]),
                          key=lambda r: (-r[1], r[0]))[:self.config.exemplars]
@@ -274,6 +296,22 @@ class MergeCore:
         else:
             with self._at(mp):
                 self.table.pop(key, None)
+
+
+def check_peers(records: list[bytes], window_ms: int) -> str | None:
+    """Why a worker must not join those running (the last records of the partials topic),
+    or None: they close windows of another size."""
+    for value in records:
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        theirs = doc.get("window_ms") if isinstance(doc, dict) else None
+        if isinstance(theirs, int) and theirs != window_ms:
+            return (f"the join workers running on this prefix close windows of "
+                    f"{theirs / 1000:g} s, this one {window_ms / 1000:g} s: start it with "
+                    f"--window-s {theirs / 1000:g}")
+    return None
 
 
 def _reference(parts: list[dict[str, Any]]) -> tuple[Profile | None, bool]:

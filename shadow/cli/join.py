@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,6 +27,55 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _lock(store: Path) -> Any:
+    """Hold the store for this process: two joins on one store corrupt each other's table."""
+    import fcntl
+
+    path = store.with_name(store.name + ".lock")
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ShadowstreamError(f"the store {store} is in use by another join (pid {holder}): "
+                                "give each join worker its own --data-dir") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _last_records(s: Any, bootstrap: str, topic: str, partitions: int,
+                  timeout_s: float = 3.0) -> list[bytes]:
+    """The last record of each partition of ``topic`` (those that have one)."""
+    from confluent_kafka import TopicPartition
+
+    from shadow import clients
+
+    consumer = clients.consumer(s, bootstrap, f"shadow-join-check-{os.getpid()}")
+    try:
+        wanted = []
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                       timeout=s.kafka_timeout_s)
+            if high > low:
+                wanted.append(TopicPartition(topic, p, high - 1))
+        if not wanted:
+            return []
+        consumer.assign(wanted)
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < len(wanted) and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None and msg.value():
+                out.append(msg.value())
+        return out
+    finally:
+        consumer.close()
 
 
 @click.command("join")
@@ -69,8 +121,10 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
       shadow join --window-s 60 --grace-s 10 --expect fraud-scorer=fraud-v13 --web-port 6066
 
     \b
-    Three workers sharing the partitions (each with its own port and store):
-      shadow join --scale-out --profile profiles.json --web-port 6066 --data-dir /tmp/j1
+    Two workers sharing the partitions (each its own port and store, the same profile):
+      shadow profile build --from beginning --to end -o ref.json
+      shadow join --scale-out --profile ref.json --web-port 6066 --data-dir /tmp/j1
+      shadow join --scale-out --profile ref.json --web-port 6067 --data-dir /tmp/j2
     """
     from consumers.app import JoinAppConfig, build_app, run_app
     from consumers.rules import RuleSet
@@ -118,10 +172,24 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
             f"the join of prefix {s.topic_prefix!r} runs as several workers ({partials} "
             "exists): start this one with --scale-out too, or its windows and alerts would "
             "be of its own partitions only")
+    if scale_out and partials in existing:
+        from consumers.merge import check_peers
+
+        why = check_peers(_last_records(s, bootstrap, partials, existing[partials]),
+                          config.window_ms)
+        if why:
+            raise ShadowstreamError(why)
+    if scale_out and not profile_file:
+        err_console.print("join: warning: --scale-out without --profile: each worker learns "
+                          "its own drift reference, and drift is left out of merged windows "
+                          "(build one with `shadow profile build`)", highlight=False)
     redis = None if no_redis else redis_url(s)
     store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
     stale = changelog not in existing and store.is_dir() and any(store.iterdir())
+    store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    lock = _lock(store)
     if check:
+        lock.close()
         if stale:
             err_console.print(f"join: would remove {store}: its changelog {changelog} is gone",
                               highlight=False)
@@ -135,7 +203,6 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
         err_console.print(f"join: removing {store}: its changelog {changelog} is gone (the "
                           "topics were deleted or the broker was reset)", highlight=False)
         shutil.rmtree(store)
-    store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,
                                web_port=web_port, web_host=host, idle_close_s=idle_close_s,
                                redis_url=redis, scale_out=scale_out)
@@ -149,6 +216,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     with registered(local_prometheus(s), "join", f"{host}:{web_port}",
                     {"prefix": s.topic_prefix}):
         run_app(app, verbose=ctx.obj.get("verbose", False) if ctx.obj else False)
+    lock.close()
     st = core.stats
     err_console.print(f"join: stopped after {st.requests} requests, {st.outputs} answers, "
                       f"{st.pairs} pairs, {st.windows_closed} windows closed, "

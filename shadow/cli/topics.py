@@ -93,7 +93,9 @@ def _owned(s: Settings) -> dict[str, dict[str, int]]:
 def list_(as_json: bool) -> None:
     """The topics of this prefix (SHADOW_TOPIC_PREFIX), with partitions and messages kept.
 
-    Includes the join app's own topics (<prefix>-join-...: its table's changelog).
+    Messages are Kafka records: a batch of events (as the mirror client and the workers
+    write them) counts once. Includes the join app's own topics (<prefix>-join-...: its
+    table's changelog, and with --scale-out the merge stage's).
 
     \b
     Example:

@@ -211,9 +211,12 @@ def test_profile_build_reads_a_time_range_of_the_requests(
     from shadow.recording import Position
 
     spec = TrafficSpec(seed=2)
-    before = time.time_ns() // 1_000_000 - 1
-    send(pipeline, stack.kafka_bootstrap, spec, first_window_start(), 0, 600)
-    after = time.time_ns() // 1_000_000 + 1
+    # A range of time is of the records' timestamps: the mirror stamps each record with its
+    # (first) event's time, so the range is of event time.
+    t0 = first_window_start()
+    send(pipeline, stack.kafka_bootstrap, spec, t0, 0, 600)
+    send(pipeline, stack.kafka_bootstrap, spec, t0 + 60_000, 600, 700)  # later: left out
+    before, after = t0 - 1, t0 + 600 * SPAN_MS // N + 1
     result = build_profiles(pipeline, stack.kafka_bootstrap, Position("time", before),
                             Position("time", after), bins=20)
     assert result.requests == 600 and set(result.profiles) == {"fraud-scorer"}

@@ -110,6 +110,23 @@ def test_n_join_workers_give_the_windows_and_alerts_of_one_even_when_one_is_kill
     alerts = _alerts(s, stack, "disagreement", 2)  # once each, on whole windows
     assert [(a.state, a.window_start) for a in alerts] == [("pending", min(truth)),
                                                            ("firing", min(truth) + WINDOW_MS)]
+    if workers == 2:  # mistakes, each refused in one line while the two run
+        mistakes = {
+            "another --window-s": ([*join_args(tmp_path / "j9", free_port()), "--scale-out",
+                                    "--profile", str(profile), "--window-s", "8"],
+                                   "close windows of 4 s, this one 8 s: start it with "
+                                   "--window-s 4"),
+            "a store in use": ([*join_args(tmp_path / "join0", free_port()), "--scale-out",
+                                "--profile", str(profile)], "in use by another join"),
+            "no --scale-out": (join_args(tmp_path / "j8", free_port()),
+                               "start this one with --scale-out too"),
+        }
+        for what, (args, reason) in mistakes.items():
+            got = subprocess.run([sys.executable, "-m", "shadow.cli", *args], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert got.returncode == 1 and reason in got.stderr, (what, got.stderr)
+            assert "Traceback" not in got.stderr and len(got.stderr.strip().splitlines()) == 1
+        assert all(p.poll() is None for p in procs)  # the running workers carry on
     for p, log in zip(procs, logs, strict=True):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
