@@ -222,6 +222,9 @@ def app_rate(settings: Settings, bootstrap: str, n: int, workdir: Path) -> float
                 raise RuntimeError(f"the join app exited: {log.read_text()[-2000:]}")
             done = pairs_metric(port)
             if t_start is None and done >= 0.05 * n:
+                if done > 0.5 * n:  # it was past half-way before /metrics answered
+                    raise RuntimeError(f"{n} pairs are too few to measure this join's rate: "
+                                       "give a larger --pairs")
                 t_start, start_count = time.perf_counter(), done
             if done >= n:
                 assert t_start is not None

@@ -68,6 +68,9 @@ OUTBOX_KEY = "~outbox:"  # + the input partition: alerts not yet in their sink
 PROFILE_KEY = "~profile:"
 DEAD_KEY = "~dl:"
 DELTA_KEY = "~e:"  # + <partition>:<window start>:<seq>: entries one record changed
+RECORD_EVENTS = 500
+"""Most entries in one table delta, and pairs in one pairs record: at a few hundred bytes
+each, well under the producer's largest request (4 MiB) whatever the input rate."""
 PART_SCHEMA = "window.part/1"
 PROGRESS_SCHEMA = "window.progress/1"
 
@@ -331,15 +334,18 @@ class JoinCore:
         ``close``: see ``close``) close the windows the watermark has passed; returns what
         to send."""
         out: list[Outgoing] = []
-        for pairs in self._pairs.values():
+        for all_pairs in self._pairs.values():
             # One record for the pairs of each input partition: a batch when there are
-            # several (a pair record costs the join as much as joining it).
-            if len(pairs) == 1:
-                out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
-                                    orjson.dumps(pairs[0]), record=pairs[0]))
-            elif pairs:
-                out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
-                                    encode_batch(pairs), record=list(pairs)))
+            # several (a pair record costs the join as much as joining it), of at most
+            # RECORD_EVENTS (a Kafka record has a size limit).
+            for i in range(0, len(all_pairs), RECORD_EVENTS):
+                pairs = all_pairs[i:i + RECORD_EVENTS]
+                if len(pairs) == 1:
+                    out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                                        orjson.dumps(pairs[0]), record=pairs[0]))
+                else:
+                    out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                                        encode_batch(pairs), record=list(pairs)))
         self._pairs.clear()
         self._write_deltas()
         if close:
@@ -362,10 +368,12 @@ class JoinCore:
             for ekey, entry in dirty.items():
                 by_window[window_start(entry["ts"], size)][ekey] = entry
             for start, changed in by_window.items():
-                self._seq += 1
-                dkey = f"{DELTA_KEY}{partition}:{start}:{self._seq}"
-                self._put(partition, dkey, changed)
-                self._deltas[start][partition].append(dkey)
+                items = list(changed.items())
+                for i in range(0, len(items), RECORD_EVENTS):  # a record has a size limit
+                    self._seq += 1
+                    dkey = f"{DELTA_KEY}{partition}:{start}:{self._seq}"
+                    self._put(partition, dkey, dict(items[i:i + RECORD_EVENTS]))
+                    self._deltas[start][partition].append(dkey)
         self._dirty.clear()
 
     def _put(self, partition: int, key: str, value: Any) -> None:

@@ -310,6 +310,31 @@ def test_closing_work_prepared_ahead_gives_the_same_output(partials: bool) -> No
     assert shown(ahead) == shown(plain) and shown(plain)
 
 
+def test_a_large_batch_is_written_and_sent_in_records_of_bounded_size() -> None:
+    """At thousands of requests a second a batch holds tens of thousands of entries: the
+    deltas and the pairs records are cut (a Kafka record has a size limit), and a restart
+    from those deltas gives the same windows."""
+    from consumers.join import RECORD_EVENTS
+
+    log, _ = traffic(6000, seed=7)
+    table: dict[str, Any] = {}
+    core = make_core(table)
+    out = run_batched(core, log.messages[:8000], 8000)
+    pairs = [o for o in out if o.role == "pairs"]
+    assert max(len(events_of(o.value)[0]) for o in pairs) == RECORD_EVENTS
+    deltas = [v for k, v in table.items() if k.startswith("~e:")]
+    assert deltas and max(map(len, deltas)) == RECORD_EVENTS
+    restarted = make_core(table)
+    restarted.recover()
+    rest = run_batched(restarted, log.messages[8000:], 8000) + close_all(restarted, log)
+    whole = make_core()
+    want = windows_of(run(whole, log.messages) + close_all(whole, log))
+    got = windows_of(out + rest)
+    assert set(got) == set(want)
+    for key, w in got.items():
+        assert w.model_dump(exclude={"ts"}) == want[key].model_dump(exclude={"ts"}), key
+
+
 def test_a_crash_between_flushes_loses_nothing_committed() -> None:
     """Offsets are committed only after a flush: a crash replays from the last flush and the
     numbers come out the same."""
