@@ -599,11 +599,14 @@ def run_app(app: faust.App, verbose: bool = False) -> None:
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's, and the policy too: Faust runs its Kafka consumer in a thread of its own
+    with a loop it makes itself (asyncio's default one, before the policy was set)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - a dependency, but the join works without it
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.new_event_loop()
 
 
 def _one_line(text: str) -> str:
