@@ -283,7 +283,17 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         except Exception as exc:  # the broker is away: not idle
             log.info("join: not closing idle windows, the broker does not answer (%s)", exc)
             return False
-        return all(core.read_to(tp.topic, tp.partition, end) for tp, end in ends.items())
+        for tp, end in ends.items():
+            if core.read_to(tp.topic, tp.partition, end):
+                continue
+            if f"{tp.topic}:{tp.partition}" not in core.positions:
+                # Nothing handled from it since it was assigned (a restart, a take-over):
+                # read to the end when the consumer has nothing left to fetch there.
+                position = await app.consumer.position(tp)
+                if position is not None and position >= end:
+                    continue
+            return False
+        return True
 
     registry = CollectorRegistry()
     registry.register(_JoinCollector(core, sink, merge))

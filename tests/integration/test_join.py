@@ -204,6 +204,36 @@ def test_kill_9_mid_stream_changes_no_number(
     assert second.wait(60) == 0, log.read_text()[-3000:]
 
 
+def test_a_join_restarted_with_nothing_left_to_read_closes_its_recovered_windows(
+        pipeline: Settings, stack: Endpoints, tmp_path: Path,
+        procs: list[subprocess.Popen]) -> None:
+    """Killed after it read everything, before the idle close: the restarted join recovers
+    the last window's entries, has nothing to read, and must still close it when idle."""
+    spec = TrafficSpec(seed=1, disagree=0.1)
+    t0 = first_window_start()
+    send(pipeline, stack.kafka_bootstrap, spec, t0, 0, N)
+    _worker(pipeline, stack.kafka_bootstrap, N)
+    env = cli_env(pipeline, stack.kafka_bootstrap, stack.redis_url)
+    port, log = free_port(), tmp_path / "join.log"
+    first = spawn_cli(join_args(tmp_path / "join", port, idle_close_s=6), env, log)
+    procs.append(first)
+    deadline = time.monotonic() + 90
+    while metric(port, "shadow_join_pairs_total") != N:
+        assert time.monotonic() < deadline and first.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.1)
+    time.sleep(2)  # past a commit, not yet idle for 6 s
+    assert (metric(port, "shadow_join_windows_closed_total") or 0) < 3
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    second = spawn_cli(join_args(tmp_path / "join", port, idle_close_s=6), env, log)
+    procs.append(second)
+    truth = ground_truth(spec, t0)
+    found = windows(pipeline, stack.kafka_bootstrap, set(truth), timeout_s=60)
+    assert {k[1] for k in found if k[2] is None} == set(truth), log.read_text()[-3000:]
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(60) == 0
+
+
 def test_profile_build_reads_a_time_range_of_the_requests(
         pipeline: Settings, stack: Endpoints, tmp_path: Path) -> None:
     from consumers.drift import Profile
