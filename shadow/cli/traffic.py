@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import click
@@ -61,8 +62,17 @@ def command(rate: float, duration: float, model: str, shift_at: float | None, di
             err_console.print(f"{st.seconds:6.1f}s  sent {st.sent:8d}  {st.rate:8.0f} req/s  "
                               f"disagreed {st.disagreed}  shifted {st.shifted}", highlight=False)
 
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a supervisor, kill) stops it as Ctrl-C does: what was sent is flushed and
+    # summed up, and --truth written.
+    signal.signal(signal.SIGTERM, stop)
+    stopped = False
     try:
         service.run(rate, duration, shift_at, on_tick=show)
+    except KeyboardInterrupt:
+        stopped = True
     finally:
         left = mirror.close(timeout_s=30)
     st, counts = service.stats, mirror.metrics.snapshot()
@@ -77,6 +87,7 @@ def command(rate: float, duration: float, model: str, shift_at: float | None, di
         "first_shifted_index": st.first_shifted_index,
         "published": counts.published, "dropped": counts.dropped,
         "delivery_failed": counts.delivery_failed, "undelivered_at_close": left,
+        "stopped_early": stopped,
     }
     if as_json:
         print_json(summary)

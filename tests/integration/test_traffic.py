@@ -48,3 +48,32 @@ def test_traffic_command_mirrors_every_request_with_its_ground_truth(
         assert abs(sum(probs) - 1) < 1e-5
         assert req.model == "fraud-scorer" and req.attrs and req.attrs.segment in ("eu", "us")
         assert rid.startswith("fraud-scorer-5-")
+
+
+def test_traffic_stopped_with_sigterm_flushes_and_sums_up(
+    settings_factory: Callable[..., Settings], stack: Endpoints, consumer_factory: Callable,
+    tmp_path: Path,
+) -> None:
+    import signal
+    import time
+
+    s = settings_factory()
+    create_topics(clients.admin(s, stack.kafka_bootstrap), topic_specs(s))
+    truth_file = tmp_path / "truth.jsonl"
+    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+           "SHADOW_TOPIC_PREFIX": s.topic_prefix}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadow.cli", "traffic", "--rate", "200", "--duration", "600",
+         "--truth", str(truth_file), "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # started and sending
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_early"] and summary["sent"] > 0
+    assert summary["published"] == summary["sent"]  # nothing buffered was lost
+    assert len(truth_file.read_text().splitlines()) == summary["sent"]
+    got = consume_events(consumer_factory, s.topic("requests"), MirroredRequest,
+                         summary["sent"])
+    assert len({r.request_id for r, _ in got}) == summary["sent"]
