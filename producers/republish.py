@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from schemas.codec import BATCH, events_of, join_batch
+from schemas.codec import events_of, join_batch
 from schemas.exceptions import ContractError
 from schemas.topics import partitions_of
 
@@ -55,7 +55,7 @@ def republish(messages: Iterable[tuple[bytes | None, bytes]], producer: Any, top
             pause = due - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-        groups = _regrouped(value, partitions) if BATCH.encode() in value[:64] else None
+        groups = _regrouped(value, partitions)  # None: not a batch (JSON keys have no order)
         if groups is None:
             produce(value, key, None)
             sent += 1

@@ -40,7 +40,8 @@ def _split(spec: str) -> tuple[str, str]:
               help="Instead of judging here, re-publish the requests to this topic for the "
                    "live pipeline.")
 @click.option("--rate", type=click.FloatRange(min=0.001), default=None,
-              help="With --to-topic: messages per second (default: as fast as possible).")
+              help="With --to-topic: events per second, a batch record counting its events "
+                   "(default: as fast as possible).")
 @options.engine(max_batch=256)
 @options.windows()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -77,6 +78,11 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
         raise click.UsageError("--from and --to go with --topic; a recording is replayed whole")
     if not candidates and to_topic is None:
         raise click.UsageError("give at least one --candidate (or --to-topic)")
+    if to_topic is not None and (candidates or json_out or html_out):
+        raise click.UsageError("--to-topic re-publishes the messages and judges nothing: "
+                               "leave out --candidate, --json and --report (or --to-topic)")
+    if rate is not None and to_topic is None:
+        raise click.UsageError("--rate goes with --to-topic")
     if file_ is not None and not file_.is_file():
         raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="'--file'")
     s = settings()
