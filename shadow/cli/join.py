@@ -187,9 +187,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     store = data_dir or s.state_dir / "join" / join_app_id(s.topic_prefix)
     stale = changelog not in existing and store.is_dir() and any(store.iterdir())
     store.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-    lock = _lock(store)
-    if check:
-        lock.close()
+    if check:  # a check beside a running join is fine: it opens no store
         if stale:
             err_console.print(f"join: would remove {store}: its changelog {changelog} is gone",
                               highlight=False)
@@ -197,6 +195,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
                           f"{partitions} partition{'s' if partitions != 1 else ''})",
                           highlight=False)
         return
+    lock = _lock(store)  # before anything touches the store
     if stale:
         # The store only caches the changelog, and the broker no longer has it (the topics
         # were deleted, or the broker's data reset): Faust would refuse to start on it.
