@@ -264,7 +264,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
 
     @app.timer(interval=1.0)
     async def idle_close() -> None:
-        send(core.evaluate_delivered())
+        send(core.forget_delivered())
         if merge is not None:
             merge.finish_delivered()
         if sink is not None:

@@ -739,6 +739,27 @@ class JoinCore:
             self._evaluate(start, out)
         return out
 
+    def forget_delivered(self) -> list[Outgoing]:
+        """For a timer: forget the windows whose summaries were all delivered (alerts
+        evaluated, closing recorded, entries deleted) without waiting for another record,
+        which may not come (a stream that stopped, the last records of a batch). Needs a
+        table that places its writes (``at``, the Faust app's); else only evaluates."""
+        if self._at is None:
+            return self.evaluate_delivered()
+        out: list[Outgoing] = []
+        for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
+            del self._emitted[start]
+            self.forget(start, out)
+        for partition in list(self._doomed):
+            for key in self._doomed.pop(partition):
+                self._drop(partition, key)
+        handling = self._partition
+        for partition in sorted(self._outbox_dirty):
+            self._partition = partition
+            self._write_outbox()
+        self._partition = handling
+        return out
+
     def _evaluate(self, start: int, out: list[Outgoing]) -> None:
         """Evaluate the alert rules on a window's summaries, once. Only after they were
         delivered, and with states persisted when the window is forgotten: a window emitted

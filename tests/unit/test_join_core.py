@@ -566,3 +566,27 @@ def test_two_models_may_use_the_same_request_ids() -> None:
     assert all(w.requests == w.pairs == 20 for w in models.values())
     exemplars = [o.record for o in out if o.role == "exemplars"]
     assert all(rid.startswith("r") for doc in exemplars for rid, _ in doc["top"])
+
+
+def test_a_timer_forgets_delivered_windows_without_waiting_for_another_record() -> None:
+    """The last records of a stream close windows; no record comes after them. The app's
+    timer (``forget_delivered``) records them closed once delivered, writing each key from
+    its own partition, so a restart does not emit them again."""
+    log, _ = traffic(600, seed=8)
+    table = PartitionedTable()
+    core = make_core(table, confirm_delivery=True)
+    out = run_batched(core, log.messages, 10_000)  # one batch: no record after the flush
+    core.sweep(T0 + 100 * WINDOW, out)
+    emitted = [o for o in out if o.role == "windows"]
+    assert emitted and core.stats.windows_closed == 0
+    for o in emitted:
+        core.delivered(o.window)
+    core.forget_delivered()
+    assert core.stats.windows_closed == len({o.window for o in emitted})
+    assert not [k for k in table if k.startswith("~e:")]  # the entries are deleted
+    assert all(p is not None for p, _ in table.writes)
+    restarted = make_core(table, confirm_delivery=True)
+    restarted.recover()
+    again: list[Outgoing] = []
+    restarted.sweep(T0 + 100 * WINDOW, again)
+    assert not [o for o in again if o.role == "windows"]
