@@ -377,18 +377,10 @@ class JoinCore:
         self._dirty.clear()
 
     def _put(self, partition: int, key: str, value: Any) -> None:
-        if self._at is None:
-            self.table[key] = value
-        else:
-            with self._at(partition):
-                self.table[key] = value
+        put_at(self.table, partition, key, value)
 
     def _drop(self, partition: int, key: str) -> None:
-        if self._at is None:
-            self.table.pop(key, None)
-        else:
-            with self._at(partition):
-                self.table.pop(key, None)
+        drop_at(self.table, partition, key)
 
     def assign(self, partitions: list[tuple[str, int]]) -> None:
         """The input partitions this app reads (after a rebalance). Until one has sent an
@@ -894,6 +886,27 @@ class JoinCore:
         if data is not None:
             doc["value_b64"] = base64.b64encode(data).decode()
         return Outgoing("deadletter", key, orjson.dumps(doc), record=doc)
+
+
+def put_at(table: MutableMapping[str, Any], partition: int, key: str, value: Any) -> None:
+    """Write ``key`` from ``partition`` when the table places its writes (``at``, the Faust
+    app's: its changelog partition), else plainly."""
+    at = getattr(table, "at", None)
+    if at is None:
+        table[key] = value
+    else:
+        with at(partition):
+            table[key] = value
+
+
+def drop_at(table: MutableMapping[str, Any], partition: int, key: str) -> None:
+    """Delete ``key`` (if there) from ``partition``, as ``put_at`` writes it."""
+    at = getattr(table, "at", None)
+    if at is None:
+        table.pop(key, None)
+    else:
+        with at(partition):
+            table.pop(key, None)
 
 
 def entry_key(model: str, request_id: str) -> str:

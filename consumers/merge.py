@@ -35,7 +35,7 @@ import orjson
 
 from consumers.alerting import AlertMachine
 from consumers.drift import Profile
-from consumers.join import PART_SCHEMA, PROGRESS_SCHEMA, Outgoing
+from consumers.join import PART_SCHEMA, PROGRESS_SCHEMA, Outgoing, drop_at, put_at
 from consumers.rules import RuleSet
 from consumers.windows import WindowAggregate, WindowKey
 from schemas import ShadowstreamError, WindowSummary, encode
@@ -96,7 +96,6 @@ class MergeCore:
         self._keys: dict[int, set[tuple[str, str]]] = defaultdict(set)  # per merge partition
         self._pending: dict[int, int] = {}  # window start -> summaries not yet delivered
         self._emitted_in: dict[int, set[int]] = defaultdict(set)  # start -> merge partitions
-        self._at: Callable[[int], Any] | None = getattr(table, "at", None)
         self._warned_at = -math.inf
 
     # -- recovery ----------------------------------------------------------------------------
@@ -284,18 +283,10 @@ class MergeCore:
                                                   "alerts": states})
 
     def _put(self, mp: int, key: str, value: Any) -> None:
-        if self._at is None:
-            self.table[key] = value
-        else:
-            with self._at(mp):
-                self.table[key] = value
+        put_at(self.table, mp, key, value)
 
     def _drop(self, mp: int, key: str) -> None:
-        if self._at is None:
-            self.table.pop(key, None)
-        else:
-            with self._at(mp):
-                self.table.pop(key, None)
+        drop_at(self.table, mp, key)
 
 
 def check_peers(records: list[bytes], window_ms: int) -> str | None:
