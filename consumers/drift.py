@@ -40,7 +40,7 @@ STATISTICS = ("n", "js", "psi", "ks", "ks_bound", "wasserstein", "wasserstein_bo
 """What ``drift`` may give for a feature (a rule's ``drift.<feature>.<stat>``)."""
 
 __all__ = ["OTHER", "STATISTICS", "FeatureProfile", "Histogram", "Profile", "deciles", "drift",
-           "features_of", "psi"]
+           "feature_names", "features_of", "psi"]
 
 OTHER = "__other__"
 PSI_FLOOR = 1e-4
@@ -56,17 +56,51 @@ def features_of(doc: Mapping[str, Any], prefix: str = "") -> dict[str, float | s
         return out
     # The top level inline (this runs for every request): numbers and strings directly,
     # anything nested through _flatten.
-    dot = f"{prefix}." if prefix else ""
+    names = feature_names(prefix)
     for k, v in doc.items():
         t = type(v)
         if t is float:
             if -math.inf < v < math.inf:
-                out[f"{dot}{k}"] = v
+                out[names[k]] = v
         elif t is int or t is str:
-            out[f"{dot}{k}"] = float(v) if t is int else v
+            out[names[k]] = float(v) if t is int else v
         else:
-            _flatten(v, f"{dot}{k}", out)
+            _flatten(v, names[k], out)
     return out
+
+
+class _Names(dict[str, str]):
+    """``<prefix>.<key>`` for the top-level keys of a document, made once per key (a
+    service sends the same few keys in every request). Bounded: a service that sends a new
+    key in every request gets fresh strings, not a cache that grows for ever."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.dot = f"{prefix}." if prefix else ""
+
+    def __missing__(self, key: str) -> str:
+        name = self.dot + str(key)
+        if len(self) < _NAMES_MAX:
+            self[key] = name
+        return name
+
+
+class _Prefixes(dict[str, _Names]):
+    def __missing__(self, prefix: str) -> _Names:
+        names = _Names(prefix)
+        if len(self) < _NAMES_MAX:
+            self[prefix] = names
+        return names
+
+
+_NAMES_MAX = 4096
+_NAMES = _Prefixes()
+
+
+def feature_names(prefix: str) -> Mapping[str, str]:
+    """Feature names under ``prefix``: ``feature_names("inputs")["amount"]`` is
+    "inputs.amount" (made once, then looked up)."""
+    return _NAMES[prefix]
 
 
 def _flatten(value: Any, path: str, out: dict[str, float | str]) -> None:

@@ -152,6 +152,7 @@ class JoinCore:
         ``clock`` gives the ``ts`` of what the core writes (default: wall clock, epoch ms;
         replay passes a fixed one so that its report is the same bytes every time)."""
         self.config = config
+        self._window_ms = config.window_ms
         self.table = table
         self.requests_topic, self.outputs_topic = requests_topic, outputs_topic
         self.caught_up = caught_up
@@ -197,6 +198,7 @@ class JoinCore:
         self.latest: dict[tuple[str, str], WindowSummary] = {}  # last closed, per pair
         self.alerts = AlertMachine(config.rules) if config.rules is not None else None
         self._partition = 0  # the partition of the event being handled
+        self._open_from = 0  # windows before this are closed for that partition
         # Alerts not yet acknowledged by the sink: evaluated but not persisted (_fresh; a
         # crash re-evaluates them from the persisted states), and persisted per partition
         # with the states that produced them (_unsent; rewritten from that partition only).
@@ -311,19 +313,27 @@ class JoinCore:
             events = []
             self._dead_event(exc, [topic, partition, offset], key, data, out)
         pairs = self._pairs[partition]
+        # Per record, not per event: the windows open here, and the progress (below).
+        self._open_from = self._closed_for(partition)
+        latest = -1
         for i, doc in enumerate(events):
             src = [topic, partition, offset, i] if batched else [topic, partition, offset]
             try:
                 if is_request:
-                    request = as_request(doc)
+                    event = as_request(doc)
                     if seen is not None:
-                        seen.append(request)
-                    self._on_request(request, src, out, pairs)
+                        seen.append(event)
+                    self._on_request(event, src, out, pairs)
                 else:
-                    self._on_output(as_output(doc), src, out, pairs)
+                    event = as_output(doc)
+                    self._on_output(event, src, out, pairs)
+                if event["ts"] > latest:
+                    latest = event["ts"]
             except ContractError as exc:
                 raw = orjson.dumps(doc) if batched else data
                 self._dead_event(exc, src, key, raw, out, doc)
+        if latest >= 0:
+            self._advance(tp, latest)
         self.positions[tp] = offset
         if flush:
             out.extend(self.flush())
@@ -422,8 +432,8 @@ class JoinCore:
         """A valid request document (``as_request``)."""
         self.stats.requests += 1
         rid, model, ts = r["request_id"], r["model"], r["ts"]
-        self._advance(f"{src[0]}:{src[1]}", ts)
-        if self._closed(ts, src, rid, model, out):
+        if ts - ts % self._window_ms < self._open_from and self._closed(ts, src, rid, model,
+                                                                         out):
             return
         key = entry_key(model, rid)
         entry = self.entries.get(key) or {"m": model, "ts": ts, "p": src[1], "c": {}}
@@ -449,15 +459,16 @@ class JoinCore:
             if "r" not in cand_answer and "dl" not in cand_answer:  # it came before the request
                 self._pair(rid, entry, cand, cand_answer, out, pairs)
         self._store(key, entry)
-        self._learn_reference(model, features)
+        if model not in self.profiles:
+            self._learn_reference(model, features)
 
     def _on_output(self, o: dict[str, Any], src: list[Any], out: list[Outgoing],
                    pairs: list[dict[str, Any]]) -> None:
         """A valid output document (``as_output``)."""
         self.stats.outputs += 1
         rid, model, ts, cand = o["request_id"], o["model"], o["ts"], o["candidate"]
-        self._advance(f"{src[0]}:{src[1]}", ts)
-        if self._closed(ts, src, rid, model, out):
+        if ts - ts % self._window_ms < self._open_from and self._closed(ts, src, rid, model,
+                                                                         out):
             return
         self.candidates[model].add(cand)
         key = entry_key(model, rid)
@@ -472,8 +483,7 @@ class JoinCore:
             return
         output = o.get("output")
         answer: dict[str, Any] = {"lat": o["latency_ms"], "err": o.get("error"), "src": src,
-                                  "f": {f"candidate.{k}": v
-                                        for k, v in output_features(output).items()}}
+                                  "f": output_features(output, "candidate")}
         if output is not None:
             answer["o"] = output
         entry["c"][cand] = answer
@@ -484,7 +494,8 @@ class JoinCore:
     def _store(self, key: str, entry: dict[str, Any]) -> None:
         self.entries[key] = entry
         self._dirty[self._partition][key] = entry
-        self.windows[window_start(entry["ts"], self.config.window_ms)].add(key)
+        ts = entry["ts"]
+        self.windows[ts - ts % self._window_ms].add(key)
 
     def _closed(self, ts: int, src: list[Any], request_id: str | None, model: str | None,
                 out: list[Outgoing]) -> bool:
@@ -552,11 +563,14 @@ class JoinCore:
             "ts": entry["ts"], "candidate": cand, "disagree": bool(r and r["d"]),
             "live_latency_ms": live["lat"], "candidate_latency_ms": answer["lat"]}
         if r:
-            doc.update(kind=r["k"], score=r["s"], metrics=r["m"])
-        for name, value in (("segment", entry.get("seg")), ("live_error", live["err"]),
-                            ("candidate_error", answer.get("err"))):
-            if value is not None:
-                doc[name] = value
+            doc["kind"], doc["score"], doc["metrics"] = r["k"], r["s"], r["m"]
+        # Unrolled, as the rest: this runs for every pair.
+        if (segment := entry.get("seg")) is not None:
+            doc["segment"] = segment
+        if live["err"] is not None:
+            doc["live_error"] = live["err"]
+        if (error := answer.get("err")) is not None:
+            doc["candidate_error"] = error
         return doc
 
     # -- reference and windows ---------------------------------------------------------------

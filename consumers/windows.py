@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.drift import Histogram, Profile, drift, features_of
+from consumers.drift import Histogram, Profile, drift, feature_names, features_of
 from consumers.sketch import QuantileSketch
 from schemas import WindowSummary
 
@@ -34,33 +34,39 @@ def window_start(ts: int, size_ms: int) -> int:
     return ts - ts % size_ms
 
 
-def output_features(output: Mapping[str, Any] | None) -> dict[str, float | str]:
-    """What drift watches in an answer: one or two numbers or labels per output kind."""
+def output_features(output: Mapping[str, Any] | None,
+                    prefix: str = "") -> dict[str, float | str]:
+    """What drift watches in an answer: one or two numbers or labels per output kind, named
+    ``<prefix>.<name>`` (``prefix`` "output" for the live answer, "candidate" for a
+    candidate's)."""
     if not output:
         return {}
     kind, value = output.get("kind"), output.get("value")
+    names = feature_names(prefix)
     if kind == "scalar":
-        return {"value": float(value)}  # type: ignore[arg-type]
+        return {names["value"]: float(value)}  # type: ignore[arg-type]
     if not isinstance(value, list) or not value:
         return {}
     if kind == "probs":
-        top = max(range(len(value)), key=value.__getitem__)
+        top = value.index(max(value))  # the first of equal maxima
         labels = output.get("labels")
-        return {"confidence": float(value[top]), "top1": labels[top] if labels else str(top)}
+        return {names["confidence"]: float(value[top]),
+                names["top1"]: labels[top] if labels else str(top)}
     if kind == "scores":
-        top = max(range(len(value)), key=value.__getitem__)
+        top = value.index(max(value))  # the first of equal maxima
         items = output.get("items")
-        return {"top1": items[top] if items else str(top)}
+        return {names["top1"]: items[top] if items else str(top)}
     if kind == "embedding":
-        return {"norm": float(sum(v * v for v in value) ** 0.5)}
-    return {f"value[{i}]": float(v) for i, v in enumerate(value[:8])}  # vector
+        return {names["norm"]: float(sum(v * v for v in value) ** 0.5)}
+    return {names[f"value[{i}]"]: float(v) for i, v in enumerate(value[:8])}  # vector
 
 
 def request_features(inputs: Mapping[str, Any],
                      live_output: Mapping[str, Any] | None) -> dict[str, float | str]:
     """The features drift watches in one request: its inputs and the live answer."""
     features = features_of(inputs, "inputs")
-    features.update({f"output.{k}": v for k, v in output_features(live_output).items()})
+    if live_output:
+        features.update(output_features(live_output, "output"))
     return features
 
 
@@ -236,7 +242,7 @@ def top1_as_live(live: Mapping[str, Any], candidate: Mapping[str, Any]) -> str |
     kind, value = candidate.get("kind"), candidate.get("value")
     if kind not in ("probs", "scores") or not isinstance(value, list) or not value:
         return None
-    top = max(range(len(value)), key=value.__getitem__)
+    top = value.index(max(value))  # the first of equal maxima
     names_key = "labels" if kind == "probs" else "items"
     live_names, own = live.get(names_key), candidate.get(names_key)
     if live_names:

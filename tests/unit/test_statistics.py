@@ -14,6 +14,7 @@ from scipy.spatial import distance
 from consumers.compare import ComparisonError, Tolerance, Tolerances, compare, rbo
 from consumers.drift import Profile, drift, features_of, psi
 from consumers.sketch import QuantileSketch
+from consumers.windows import output_features, request_features, top1_as_live
 from schemas import ConfigError
 
 RNG = np.random.default_rng(7)
@@ -267,6 +268,28 @@ def test_features_of_flattens_inputs() -> None:
         "inputs.amount": 3.0, "inputs.country": "DE", "inputs.flag": "true",
         "inputs.history[0]": 0.1, "inputs.history[1]": 0.2, "inputs.user.age": 40.0,
         "inputs.user.tier": "gold"}
+
+
+def test_feature_names_are_made_once_and_their_cache_is_bounded() -> None:
+    from consumers import drift as drift_module
+
+    assert features_of({"a": 1}, "inputs") == {"inputs.a": 1.0}
+    assert features_of({"a": 1}) == {"a": 1.0}  # no prefix, no dot
+    # A service that sends a new key in every request: right names, a bounded cache.
+    for i in range(drift_module._NAMES_MAX + 50):
+        assert features_of({f"k{i}": i}, "inputs") == {f"inputs.k{i}": float(i)}
+    assert len(drift_module.feature_names("inputs")) == drift_module._NAMES_MAX
+
+
+def test_output_features_name_the_side_and_take_the_first_of_equal_maxima() -> None:
+    probs = {"kind": "probs", "value": [0.4, 0.4, 0.2], "labels": ["a", "b", "c"]}
+    assert output_features(probs, "candidate") == {"candidate.confidence": 0.4,
+                                                   "candidate.top1": "a"}
+    assert output_features({"kind": "scores", "value": [1, 3, 3]}) == {"top1": "1"}
+    assert request_features({"x": 2}, {"kind": "scalar", "value": 1}) == {
+        "inputs.x": 2.0, "output.value": 1.0}
+    assert top1_as_live({"kind": "scores", "value": [0, 0]},
+                        {"kind": "scores", "value": [5, 9, 9]}) == "1"
 
 
 def test_probs_with_labels_are_compared_by_label_and_without_by_index() -> None:
