@@ -45,12 +45,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench._common import TARGETS, machine, verdict
-from producers.traffic import TrafficSpec
 from schemas.builders import shadow_output
 from schemas.codec import encode_batch
 from schemas.topics import partitions_of
 from shadow import clients
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficSpec
 from shadow.stack import Stack
 from shadow.stack.procs import free_port
 from shadow.topics import create_topics, topic_specs

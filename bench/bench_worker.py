@@ -26,14 +26,14 @@ from torch import nn
 
 from bench._common import TARGETS, machine, verdict
 from producers import Mirror, MirrorConfig
-from producers.traffic import MODEL_CARD, N_FEATURES, TrafficSpec, featurize
 from shadow import clients
-from shadow.engine import InferenceEngine
-from shadow.models import Candidate, CardAdapter, ModelCard
+from shadow.runtime.engine import InferenceEngine
+from shadow.runtime.models import Candidate, CardAdapter, ModelCard
+from shadow.runtime.worker import ShadowWorker, WorkerConfig, WorkerStats
 from shadow.settings import Settings
+from shadow.sim.traffic import MODEL_CARD, N_FEATURES, TrafficSpec, featurize
 from shadow.stack import Stack
 from shadow.topics import create_topics, topic_specs
-from shadow.worker import ShadowWorker, WorkerConfig, WorkerStats
 
 SPEC = TrafficSpec(seed=11)
 
@@ -128,7 +128,7 @@ def worker_rows_per_s(model: nn.Module, batch: int, events: int) -> tuple[float,
             assert mirror.flush(120) == 0
         floor = passthrough_rows_per_s(settings, bootstrap, batch, events)
         engine = InferenceEngine(candidate(model), device="cpu", max_batch=batch)
-        config = WorkerConfig(candidate_id="bench", device="cpu", max_batch=batch,
+        config = WorkerConfig(candidate_id="bench", max_batch=batch,
                               max_wait_ms=5)
         worker = ShadowWorker(settings, bootstrap, config, engine)
         started: list[tuple[float, int]] = []

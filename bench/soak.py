@@ -94,7 +94,7 @@ def main() -> None:
             children.append(p)
             return p
 
-        worker = spawn("worker", "--candidate", "producers.traffic:build_model",
+        worker = spawn("worker", "--candidate", "shadow.sim.traffic:build_model",
                        "--candidate-id", "c1", "--device", "cpu", "--max-wait-ms", "20")
         join = spawn("join", "--data-dir", str(logs / "join"), "--web-port", str(free_port()),
                      "--window-s", "10", "--grace-s", "2", "--expect", "fraud-scorer=c1")

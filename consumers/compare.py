@@ -22,12 +22,11 @@ embedding  cosine_distance                                     > cosine_max     
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
+from consumers.config import FromToml
 from schemas import ShadowstreamError
 from schemas.exceptions import ConfigError, refuse_unknown
 
@@ -66,7 +65,7 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
-class Tolerances:
+class Tolerances(FromToml):
     """A default tolerance and overrides per model, from a TOML file:
 
     .. code-block:: toml
@@ -82,16 +81,6 @@ class Tolerances:
 
     def for_model(self, model: str) -> Tolerance:
         return self.models.get(model, self.default)
-
-    @classmethod
-    def from_file(cls, path: Path) -> Tolerances:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(str(path), exc.strerror or str(exc)) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"not TOML: {exc}") from None
-        return cls.from_dict(doc, source=str(path))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "tolerances") -> Tolerances:

@@ -1,7 +1,8 @@
 """The join of live and shadow answers per request, and the windows it closes. No Kafka here.
 
-``JoinCore`` is driven one Kafka record at a time by the Faust agent in ``consumers.app`` (and
-can be driven by a test or by replay with a plain dict as its table); a record carries one
+``JoinCore`` is driven one Kafka record at a time by the Faust agent in
+``consumers.faust.app`` (and can be driven by a test or by replay with a plain dict as its
+table); a record carries one
 event or a batch of events of its partition. It returns what to send; it never sends. It keeps
 one *entry* per in-flight request in memory, and its only durable state is ``table``, which
 the Faust app backs with a changelogged Table: per record, one key per window the record
@@ -10,16 +11,8 @@ events costs one changelog record, not one per event; plus a few ``~`` keys (clo
 alert states, the reference). A restarted app replays the deltas in order, finds the same
 entries and closes the same windows with the same numbers.
 
-An entry, keyed by model and request id (``entry_key``; short keys: there is one per in-flight
-request)::
-
-    {"m": model, "ts": event time, "seg": segment,
-     "live": {"lat", "err", "o": output, "f": features,
-              "src": [topic, partition, offset(, index in a batch)]},
-     "p": input partition (requests and outputs are co-partitioned by request id),
-     "c": {candidate: {"lat", "err", "f", "src", "o" (until compared),
-                       "r": {"k", "s", "d", "m"} (comparison) | "dl": reason}},
-     "dl": reason}   # the request itself could not be decoded
+An entry per in-flight request, keyed by model and request id: its format, typed and
+versioned, and the table's keys are in ``consumers.entries``.
 
 Time is event time. Each input partition's progress is the greatest ``ts`` read from it; the
 watermark is the least progress of the partitions still active (an event within the last
@@ -34,7 +27,6 @@ recorded when the window closed: ignored) or late (dead letter, counted).
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections import defaultdict
@@ -45,34 +37,44 @@ from typing import Any
 import orjson
 
 from consumers.alerting import AlertMachine
+from consumers.closing import WindowClosing
 from consumers.compare import ComparisonError, Tolerances, compare
 from consumers.drift import Profile
+from consumers.entries import (
+    ALERTS_KEY,
+    DEAD_KEY,
+    DELTA_KEY,
+    ENTRY_VERSION,
+    FORMAT_KEY,
+    META_KEY,
+    OUTBOX_KEY,
+    PROFILE_KEY,
+    Entry,
+    Outgoing,
+    Role,
+    check_format,
+    drop_at,
+    entry_key,
+    put_at,
+)
 from consumers.rules import RuleSet
 from consumers.windows import (
-    aggregate,
     output_features,
     request_features,
     top1_as_live,
     window_start,
 )
-from schemas import Alert, ContractError, DeadLetter, DivergencePair, WindowSummary, encode
+from schemas import Alert, ContractError, DivergencePair, WindowSummary
+from schemas.builders import dead_letter
 from schemas.codec import as_output, as_request, encode_batch, events_of
 
-__all__ = ["JoinConfig", "JoinCore", "JoinStats", "Outgoing"]
+__all__ = ["JoinConfig", "JoinCore", "JoinStats", "Outgoing", "Role", "entry_key"]
 
 log = logging.getLogger("shadowstream.join")
 
-META_KEY = "~meta:"  # + the input partition it is written from
-ALERTS_KEY = "~alerts:"  # + the input partition: the alert machines' states
-OUTBOX_KEY = "~outbox:"  # + the input partition: alerts not yet in their sink
-PROFILE_KEY = "~profile:"
-DEAD_KEY = "~dl:"
-DELTA_KEY = "~e:"  # + <partition>:<window start>:<seq>: entries one record changed
 RECORD_EVENTS = 500
 """Most entries in one table delta, and pairs in one pairs record: at a few hundred bytes
 each, well under the producer's largest request (4 MiB) whatever the input rate."""
-PART_SCHEMA = "window.part/1"
-PROGRESS_SCHEMA = "window.progress/1"
 
 
 @dataclass(frozen=True)
@@ -125,24 +127,7 @@ class JoinStats:
     unmatched: dict[str, int] = field(default_factory=lambda: {"live": 0, "shadow": 0})
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One record to send: topic role ("pairs", "windows", "deadletter"; "alerts" and
-    "exemplars" go to the alert sinks, not to Kafka), key and value."""
-
-    role: str
-    key: bytes | None
-    value: bytes
-    window: int | None = None
-    """For a window summary: the window's start, to report its delivery with ``delivered``."""
-    record: Any = None
-    """What ``value`` encodes (the record or document), for callers in this process that
-    would otherwise decode it again (the alert sinks, replay)."""
-    broadcast: bool = False
-    """Send a copy to every partition of the topic (the progress markers of partials)."""
-
-
-class JoinCore:
+class JoinCore(WindowClosing):
     def __init__(self, config: JoinConfig, table: MutableMapping[str, Any],
                  requests_topic: str, outputs_topic: str,
                  caught_up: Callable[[str, int, int], bool] | None = None,
@@ -167,7 +152,7 @@ class JoinCore:
         self._closed_at: dict[int, int] = {}
         self.closed_offsets: dict[str, int] = {}  # "topic:partition" -> offset at close
         self.positions: dict[str, int] = {}  # "topic:partition" -> last offset handled
-        self.entries: dict[str, dict[str, Any]] = {}  # entry key -> entry (see above)
+        self.entries: dict[str, Entry] = {}  # entry key -> entry (consumers.entries)
         self.windows: dict[int, set[str]] = defaultdict(set)  # window start -> entry keys
         # The table holds entries as deltas: what one record changed in one window, under
         # ~e:<partition>:<window start>:<seq> (see _flush). Keys per window, to delete them.
@@ -175,7 +160,8 @@ class JoinCore:
         self._seq = 0
         # Entries changed since the last flush, by the input partition of the record that
         # changed them (its deltas are written from that partition).
-        self._dirty: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._dirty: dict[int, dict[str, Entry]] = defaultdict(dict)
+        self._formatted: set[int] = set()  # partitions whose format key was written
         # A table with ``at(partition)`` (the Faust app's) is written from an explicit input
         # partition: flushes and deletions need not wait for a record of that partition.
         self._at: Callable[[int], Any] | None = getattr(table, "at", None)
@@ -235,6 +221,8 @@ class JoinCore:
                 self._closed_at[p] = max(self._closed_at.get(p, 0), meta["closed_before"])
                 for tp, offset in meta["offsets"].items():
                     self.closed_offsets[tp] = max(offset, self.closed_offsets.get(tp, -1))
+            elif key.startswith(FORMAT_KEY):
+                check_format(key, meta)
             elif key.startswith(OUTBOX_KEY) and self.config.keep_unsent_alerts:
                 self._unsent[int(key.removeprefix(OUTBOX_KEY))] = {
                     doc["alert_id"]: doc for doc in meta}
@@ -351,10 +339,10 @@ class JoinCore:
             for i in range(0, len(all_pairs), RECORD_EVENTS):
                 pairs = all_pairs[i:i + RECORD_EVENTS]
                 if len(pairs) == 1:
-                    out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                    out.append(Outgoing(Role.PAIRS, pairs[0]["request_id"].encode(),
                                         orjson.dumps(pairs[0]), record=pairs[0]))
                 else:
-                    out.append(Outgoing("pairs", pairs[0]["request_id"].encode(),
+                    out.append(Outgoing(Role.PAIRS, pairs[0]["request_id"].encode(),
                                         encode_batch(pairs), record=list(pairs)))
         self._pairs.clear()
         self._write_deltas()
@@ -374,6 +362,10 @@ class JoinCore:
         that partition under a key that names it."""
         size = self.config.window_ms
         for partition, dirty in self._dirty.items():
+            if partition not in self._formatted:  # the entries' format, before any entry
+                self._put(partition, f"{FORMAT_KEY}{partition}",
+                          {"entry_version": ENTRY_VERSION})
+                self._formatted.add(partition)
             by_window: dict[int, dict[str, Any]] = defaultdict(dict)
             for ekey, entry in dirty.items():
                 by_window[window_start(entry["ts"], size)][ekey] = entry
@@ -573,7 +565,7 @@ class JoinCore:
             doc["candidate_error"] = error
         return doc
 
-    # -- reference and windows ---------------------------------------------------------------
+    # -- the drift reference -----------------------------------------------------------------
 
     def _learn_reference(self, model: str, features: dict[str, float | str]) -> None:
         if model in self.profiles:
@@ -586,268 +578,6 @@ class JoinCore:
             self._put(self._partition, PROFILE_KEY + model, profile.to_dict())
             del self._reference[model]
             log.info("join: drift reference of %s built from %d requests", model, len(rows))
-
-    def closable(self, watermark: int) -> list[int]:
-        """Starts of the open windows that the watermark closes, oldest first."""
-        limit = watermark - self.config.grace_ms - self.config.window_ms
-        return sorted(s for s in self.windows if s <= limit)
-
-    def entries_of(self, start: int) -> list[tuple[str, dict[str, Any]]]:
-        """A window's entries as they are now (see ``prepare``)."""
-        return self._entries(start)
-
-    def _entries(self, start: int) -> list[tuple[str, dict[str, Any]]]:
-        """A window's entries, read from the table once. Sorted by key: float sums then add
-        up in the same order after a restart (same bytes)."""
-        return [(k, e) for k in sorted(self.windows.get(start, ()))
-                if (e := self.entries.get(k))]
-
-    def summaries(self, entries: list[tuple[str, dict[str, Any]]],
-                  now_ms: int | None = None) -> list[WindowSummary]:
-        """The summaries of one window, from its entries."""
-        aggs = aggregate((e for _, e in entries), self.candidates, self.config.window_ms,
-                         self.profiles)
-        now = now_ms if now_ms is not None else self.clock()
-        return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
-                for k in sorted(aggs, key=lambda k: k.sort_key())]
-
-    @staticmethod
-    def exemplars(entries: list[tuple[str, dict[str, Any]]], k: int = 10
-                  ) -> dict[tuple[str, str], list[tuple[str, float]]]:
-        """The ``k`` most divergent requests of a window per model and candidate."""
-        top: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
-        for key, entry in entries:
-            if "live" not in entry:
-                continue
-            for cand, answer in entry["c"].items():
-                if answer.get("r"):
-                    top[(entry["m"], cand)].append((request_of(key), answer["r"]["s"]))
-        return {pair: sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
-                for pair, rows in top.items()}
-
-    def sweep(self, watermark: int, out: list[Outgoing]) -> None:
-        """Close every window the watermark has passed: emit its summaries; it is forgotten
-        (entries deleted, closing recorded) once they are delivered."""
-        for start in self.closable(watermark):
-            self._emit(start, out)
-        if not self.config.confirm_delivery:
-            for start in sorted(self._emitted):
-                del self._emitted[start]
-                self.forget(start, out)
-
-    def read_to(self, topic: str, partition: int, end: int) -> bool:
-        """Whether every message before offset ``end`` of that partition was handled."""
-        return self.positions.get(f"{topic}:{partition}", -1) + 1 >= end
-
-    def close_idle(self, watermark: int) -> list[Outgoing]:
-        """Emit the windows a watermark closes without writing the table (for a timer: the
-        input is idle). They are forgotten when the next event is handled."""
-        out: list[Outgoing] = []
-        for start in self.closable(watermark):
-            self._emit(start, out)
-        return out
-
-    def delivered(self, start: int) -> None:
-        """One summary of the window starting at ``start`` reached Kafka."""
-        if start in self._emitted:
-            self._emitted[start] -= 1
-
-    def _emit(self, start: int, out: list[Outgoing]) -> None:
-        if start in self._emitted:
-            return
-        prepared = self.precomputed.pop(start, None) or self.prepare(start)
-        if self.config.partials:
-            self._emit_parts(start, prepared, out)
-            return
-        summaries, exemplars = prepared
-        self._emitted[start] = len(summaries) if self.config.confirm_delivery else 0
-        self._summaries[start] = summaries
-        for (model, cand), rows in sorted(exemplars.items()):
-            doc = {"model": model, "candidate": cand, "window_start": start, "top": rows}
-            out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc),
-                                record=doc))
-        self.closed_before = max(self.closed_before, start + self.config.window_ms)
-        for summary in summaries:
-            out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
-                                encode(summary), start, summary))
-            self.stats.undefined_statistics += summary.undefined_statistics
-            if summary.segment is None:
-                self.stats.unmatched["live"] += summary.unmatched_live
-                self.stats.unmatched["shadow"] += summary.unmatched_shadow
-
-    def closing(self) -> list[int]:
-        """The windows the next ``flush`` will close (by the watermark now)."""
-        return [s for s in self.closable(self.watermark) if s not in self._emitted]
-
-    def prepare(self, start: int,
-                entries: list[tuple[str, dict[str, Any]]] | None = None) -> Any:
-        """What closing window ``start`` costs in CPU (aggregates, sketches, drift binning,
-        exemplars), from its entries alone (``_entries(start)`` unless given). The Faust app
-        runs it in a thread on entries taken before, while the agent waits, so that a large
-        window does not hold the event loop (and the group's heartbeats) for seconds; it
-        hands the result over in ``precomputed`` unless a recovery came in between."""
-        if entries is None:
-            entries = self._entries(start)
-        if not self.config.partials:
-            return self.summaries(entries), self.exemplars(entries)
-        by_partition: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-        for key, entry in entries:
-            by_partition[entry["p"]].append((key, entry))
-        return {p: (aggregate((e for _, e in rows), self.candidates, self.config.window_ms,
-                              self.profiles), self.exemplars(rows))
-                for p, rows in by_partition.items()}
-
-    def _emit_parts(self, start: int, prepared: dict[int, Any], out: list[Outgoing]) -> None:
-        """Close a window for the input partitions it is still open in: one part per
-        partition, model and candidate (its mergeable aggregates, exemplars and drift
-        reference), then each partition's progress, to every merge partition."""
-        size = self.config.window_ms
-        owned = self.owned_partitions() | set(prepared)
-        sent = 0
-        for p in sorted(owned):
-            if self._closed_at.get(p, 0) > start:
-                continue  # closed here before (a partition taken over from another worker)
-            aggs, top = prepared.get(p, ({}, {}))
-            parts: dict[tuple[str, str], dict[str, Any]] = {}
-            for k in sorted(aggs, key=lambda k: k.sort_key()):
-                part = parts.get((k.model, k.candidate))
-                if part is None:
-                    profile = self.profiles.get(k.model)
-                    part = parts[(k.model, k.candidate)] = {
-                        "schema": PART_SCHEMA, "window_start": start, "window_ms": size,
-                        "partition": p, "model": k.model, "candidate": k.candidate,
-                        "segments": {}, "top": top.get((k.model, k.candidate), []),
-                        "profile": profile.to_dict() if profile is not None else None}
-                part["segments"][k.segment or ""] = aggs[k].to_state()
-            for (model, cand), part in parts.items():
-                out.append(Outgoing("partials", f"{model}/{cand}".encode(),
-                                    orjson.dumps(part), start, part))
-                sent += 1
-            self._closed_at[p] = start + size
-        for p in sorted(owned):
-            marker = {"schema": PROGRESS_SCHEMA, "partition": p, "window_ms": size,
-                      "closed_before": self._closed_at.get(p, 0)}
-            out.append(Outgoing("progress", None, orjson.dumps(marker), start, marker,
-                                broadcast=True))
-            sent += 1
-        self._emitted[start] = sent if self.config.confirm_delivery else 0
-        self.closed_before = max(self.closed_before, start + size)
-
-    def owned_partitions(self) -> set[int]:
-        """The input partitions this core reads (assigned, or seen)."""
-        return {int(tp.rpartition(":")[2]) for tp in self._progress}
-
-    def evaluate_delivered(self) -> list[Outgoing]:
-        """Alerts of the windows whose summaries were all delivered (for a timer: the rules
-        see the last windows of a stream that stopped without waiting for another event)."""
-        out: list[Outgoing] = []
-        for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
-            self._evaluate(start, out)
-        return out
-
-    def forget_delivered(self) -> list[Outgoing]:
-        """For a timer: forget the windows whose summaries were all delivered (alerts
-        evaluated, closing recorded, entries deleted) without waiting for another record,
-        which may not come (a stream that stopped, the last records of a batch). Needs a
-        table that places its writes (``at``, the Faust app's); else only evaluates."""
-        if self._at is None:
-            return self.evaluate_delivered()
-        out: list[Outgoing] = []
-        for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
-            del self._emitted[start]
-            self.forget(start, out)
-        for partition in list(self._doomed):
-            for key in self._doomed.pop(partition):
-                self._drop(partition, key)
-        handling = self._partition
-        for partition in sorted(self._outbox_dirty):
-            self._partition = partition
-            self._write_outbox()
-        self._partition = handling
-        return out
-
-    def _evaluate(self, start: int, out: list[Outgoing]) -> None:
-        """Evaluate the alert rules on a window's summaries, once. Only after they were
-        delivered, and with states persisted when the window is forgotten: a window emitted
-        again after a crash is evaluated from the same states (same alerts, same ids)."""
-        summaries = self._summaries.pop(start, [])
-        for summary in summaries:
-            if summary.segment is None:
-                self.latest[(summary.model, summary.candidate)] = summary
-            if self.alerts is not None:
-                for alert in self.alerts.evaluate(summary, summary.ts):
-                    if self.config.keep_unsent_alerts:
-                        self._fresh[alert.alert_id] = alert
-                    out.append(Outgoing("alerts", alert.alert_id.encode(), encode(alert),
-                                        record=alert))
-
-    def forget(self, start: int, out: list[Outgoing]) -> None:
-        """Record a closed window (in the table), doom its entries, and evaluate its alerts
-        if that was not done yet."""
-        self._evaluate(start, out)
-        size = self.config.window_ms
-        kept: set[str] = set()
-        for key in self.windows.pop(start, ()):
-            entry = self.entries.get(key)
-            if entry is not None and window_start(entry["ts"], size) == start:
-                if self.config.partials and self._closed_at.get(entry["p"], 0) <= start:
-                    kept.add(key)  # of a partition taken over since: closed later
-                else:
-                    del self.entries[key]
-        deltas = self._deltas.pop(start, {})
-        if kept:
-            self.windows[start] = kept
-        for partition, keys in deltas.items():
-            if kept and self._closed_at.get(partition, 0) <= start:
-                self._deltas[start][partition] = keys
-            else:
-                self._doomed[partition].extend(keys)
-        self.closed_before = max(self.closed_before, start + self.config.window_ms)
-        self.closed_offsets.update(self.positions)
-        p = self._partition
-        if self.config.partials:  # each partition its own: another worker may take it over
-            for q in sorted(self.owned_partitions()):
-                self._put(q, f"{META_KEY}{q}", {
-                    "closed_before": self._closed_at.get(q, 0),
-                    "offsets": {tp: o for tp, o in self.closed_offsets.items()
-                                if tp.rpartition(":")[2] == str(q)}})
-        else:
-            self._put(p, f"{META_KEY}{p}", {"closed_before": self.closed_before,
-                                              "offsets": self.closed_offsets})
-        if self.alerts is not None:
-            self._put(p, f"{ALERTS_KEY}{p}", dict(self.alerts.states))
-        if self._fresh:  # persisted with the states that produced them
-            bucket = self._unsent[self._partition]
-            for alert_id, alert in self._fresh.items():
-                bucket[alert_id] = alert.model_dump(mode="json", by_alias=True)
-            self._fresh.clear()
-            self._write_outbox()
-        self.stats.windows_closed += 1
-
-    # -- alerts on their way to the sink -------------------------------------------------------
-
-    def alert_done(self, alert_id: str) -> None:
-        """The sink has the alert (or gave up on it, counted): it need not be kept."""
-        self._fresh.pop(alert_id, None)
-        for partition, bucket in self._unsent.items():
-            if bucket.pop(alert_id, None) is not None:
-                self._outbox_dirty.add(partition)  # rewritten by that partition's next event
-
-    def unsent_alerts(self) -> list[Alert]:
-        """Alerts persisted before a restart that their sink may not have: to send again
-        (the sink delivers each alert id once)."""
-        docs = [d for bucket in self._unsent.values() for d in bucket.values()]
-        alerts = [Alert.model_validate(d) for d in docs]
-        return sorted(alerts, key=lambda a: (a.window_start, a.ts, a.alert_id))
-
-    def _write_outbox(self) -> None:
-        p = self._partition
-        self._outbox_dirty.discard(p)
-        bucket = self._unsent.get(p)
-        if bucket:
-            self._put(p, f"{OUTBOX_KEY}{p}", list(bucket.values()))
-        else:
-            self._drop(p, f"{OUTBOX_KEY}{p}")
 
     # -- dead letters ------------------------------------------------------------------------
 
@@ -866,8 +596,7 @@ class JoinCore:
         model, ts = envelope.get("model"), envelope.get("ts")
         if ts is not None:
             self._advance(f"{src[0]}:{src[1]}", ts)
-        stage = "decode" if exc.reason.startswith("malformed JSON") else "validate"
-        out.append(self._dead_letter(stage, str(exc), src, key, data, request_id, model,
+        out.append(self._dead_letter(exc.stage, str(exc), src, key, data, request_id, model,
                                      detail=exc.path))
         if src[0] != self.requests_topic or model is None or ts is None:
             return  # cannot be placed in a window: counted in the stats and metrics only
@@ -885,52 +614,9 @@ class JoinCore:
     def _dead_letter(self, stage: str, reason: str, src: list[Any], key: bytes | None,
                      data: bytes | None, request_id: str | None, model: str | None,
                      detail: str = "") -> Outgoing:
-        doc: dict[str, Any] = {
-            "schema": DeadLetter.SCHEMA, "ts": self.clock(), "stage": stage,
-            "reason": reason[:256] or "invalid", "detail": detail,
-            "source": {"topic": src[0], "partition": src[1], "offset": src[2]}}
-        if len(src) > 3:
-            doc["source"]["index"] = src[3]
-        if request_id:
-            doc["request_id"] = request_id[:256]
-        if model:
-            doc["model"] = model[:256]
-        if key is not None:
-            doc["key_b64"] = base64.b64encode(key).decode()
-        if data is not None:
-            doc["value_b64"] = base64.b64encode(data).decode()
-        return Outgoing("deadletter", key, orjson.dumps(doc), record=doc)
-
-
-def put_at(table: MutableMapping[str, Any], partition: int, key: str, value: Any) -> None:
-    """Write ``key`` from ``partition`` when the table places its writes (``at``, the Faust
-    app's: its changelog partition), else plainly."""
-    at = getattr(table, "at", None)
-    if at is None:
-        table[key] = value
-    else:
-        with at(partition):
-            table[key] = value
-
-
-def drop_at(table: MutableMapping[str, Any], partition: int, key: str) -> None:
-    """Delete ``key`` (if there) from ``partition``, as ``put_at`` writes it."""
-    at = getattr(table, "at", None)
-    if at is None:
-        table.pop(key, None)
-    else:
-        with at(partition):
-            table.pop(key, None)
-
-
-def entry_key(model: str, request_id: str) -> str:
-    """An entry's table key: request ids are unique within a model, not across models (two
-    services may both number their requests)."""
-    return f"{model}\x1f{request_id}"
-
-
-def request_of(key: str) -> str:
-    return key.partition("\x1f")[2] or key
+        doc = dead_letter(stage, reason, ts=self.clock(), source=src, key=key, value=data,
+                          request_id=request_id, model=model, detail=detail)
+        return Outgoing(Role.DEADLETTER, key, orjson.dumps(doc), record=doc)
 
 
 def _envelope(data: bytes) -> dict[str, Any]:

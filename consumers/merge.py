@@ -34,8 +34,9 @@ from typing import Any
 import orjson
 
 from consumers.alerting import AlertMachine
+from consumers.closing import PART_SCHEMA, PROGRESS_SCHEMA
 from consumers.drift import Profile
-from consumers.join import PART_SCHEMA, PROGRESS_SCHEMA, Outgoing, drop_at, put_at
+from consumers.entries import Outgoing, Role, drop_at, put_at
 from consumers.rules import RuleSet
 from consumers.windows import WindowAggregate, WindowKey
 from schemas import ShadowstreamError, WindowSummary, encode
@@ -239,10 +240,10 @@ class MergeCore:
                          key=lambda r: (-r[1], r[0]))[:self.config.exemplars]
             doc = {"model": model, "candidate": cand, "window_start": start,
                    "top": [list(r) for r in top]}
-            out.append(Outgoing("exemplars", f"{model}/{cand}".encode(), orjson.dumps(doc),
+            out.append(Outgoing(Role.EXEMPLARS, f"{model}/{cand}".encode(), orjson.dumps(doc),
                                 record=doc))
         for summary in summaries:
-            out.append(Outgoing("windows", f"{summary.model}/{summary.candidate}".encode(),
+            out.append(Outgoing(Role.WINDOWS, f"{summary.model}/{summary.candidate}".encode(),
                                 encode(summary), start, summary))
             self.stats.undefined_statistics += summary.undefined_statistics
         for summary in summaries:
@@ -250,7 +251,7 @@ class MergeCore:
                 self.latest[(summary.model, summary.candidate)] = summary
             if self.alerts is not None:
                 for alert in self.alerts.evaluate(summary, summary.ts):
-                    out.append(Outgoing("alerts", alert.alert_id.encode(), encode(alert),
+                    out.append(Outgoing(Role.ALERTS, alert.alert_id.encode(), encode(alert),
                                         record=alert))
         self.stats.windows += 1
         self._emitted_in[start].add(mp)

@@ -35,13 +35,12 @@ from __future__ import annotations
 import fnmatch
 import math
 import operator
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from consumers.compare import METRICS
+from consumers.config import FromToml
 from consumers.drift import STATISTICS
 from consumers.windows import QUANTILES
 from schemas import WindowSummary
@@ -182,7 +181,7 @@ class _Override:
 
 
 @dataclass(frozen=True)
-class RuleSet:
+class RuleSet(FromToml):
     rules: tuple[Rule, ...] = DEFAULT_RULES
     overrides: tuple[_Override, ...] = ()
 
@@ -197,16 +196,6 @@ class RuleSet:
                 rule = replace(rule, **o.changes)
             out.append(rule)
         return tuple(out)
-
-    @classmethod
-    def from_file(cls, path: Path) -> RuleSet:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(str(path), exc.strerror or str(exc)) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"not TOML: {exc}") from None
-        return cls.from_dict(doc, source=str(path))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "rules") -> RuleSet:

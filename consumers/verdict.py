@@ -14,16 +14,14 @@ side has no counterpart (disagreement, candidate errors), the candidate's mean w
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from statistics import fmean, median
 from typing import Any, Literal
 
 from scipy import stats as sps
 
-from schemas import ShadowstreamError
+from consumers.config import FromToml
 from schemas.exceptions import ConfigError, closest, refuse_unknown
 
 __all__ = ["DEFAULT_METRICS", "JudgeConfig", "MetricCheck", "Verdict", "judge"]
@@ -78,12 +76,12 @@ class MetricCheck:
     def __post_init__(self) -> None:
         if self.metric not in SOURCES:
             hint = closest(self.metric, SOURCES)
-            raise ShadowstreamError(f"verdict metric {self.metric!r} unknown "
-                                    f"(known: {sorted(SOURCES)})"
-                                    + (f"; did you mean {hint!r}?" if hint else ""))
+            raise ConfigError("verdict", f"metric {self.metric!r} unknown"
+                              + ("" if hint else f" (known: {', '.join(sorted(SOURCES))})"),
+                              key="metric", hint=hint)
         if SOURCES[self.metric][0] is None and self.limit is None:
-            raise ShadowstreamError(f"verdict metric {self.metric!r} has no live side: "
-                                    f"it needs a limit")
+            raise ConfigError("verdict", f"metric {self.metric!r} has no live side: it "
+                              "needs a limit", key="limit")
 
 
 DEFAULT_METRICS: tuple[MetricCheck, ...] = (
@@ -95,21 +93,11 @@ DEFAULT_METRICS: tuple[MetricCheck, ...] = (
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(FromToml):
     metrics: tuple[MetricCheck, ...] = DEFAULT_METRICS
     alpha: float = 0.05
     min_windows: int = 3
     min_pairs: int = 100
-
-    @classmethod
-    def from_file(cls, path: Path) -> JudgeConfig:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(str(path), exc.strerror or str(exc)) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"not TOML: {exc}") from None
-        return cls.from_dict(doc, source=str(path))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "verdict") -> JudgeConfig:
@@ -126,8 +114,8 @@ class JudgeConfig:
                 check = MetricCheck(**table)
             except TypeError as exc:
                 raise ConfigError(source, str(exc).split(") ", 1)[-1], key=where) from None
-            except ShadowstreamError as exc:
-                raise ConfigError(source, str(exc), key=where) from None
+            except ConfigError as exc:  # said again with the file and the table
+                raise ConfigError(source, exc.reason, key=where, hint=exc.hint) from None
             by_name[check.metric] = check
         top = {k: v for k, v in doc.items() if k != "metrics"}
         for key, value in top.items():

@@ -8,14 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from producers.pii import PiiPolicy
 from schemas.records import OutputKind
-from schemas.topics import env_prefix, topic_name
+from schemas.topics import PARTITIONER, env_prefix, topic_name
 
 DropPolicy = Literal["drop", "pause"]
 Compression = Literal["lz4", "zstd"]
-
-# murmur2 is the Java client's partitioner: every producer of the pipeline, whatever its
-# language or library, sends a request id to the same partition.
-PARTITIONER = "murmur2_random"
 
 
 def _secret_key(key: str) -> bool:

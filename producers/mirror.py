@@ -21,28 +21,29 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from producers.config import MirrorConfig, OutputKind
+from producers.config import MirrorConfig
 from producers.metrics import MirrorMetrics, register
 from producers.sampling import sample_threshold, sampled
 from schemas.codec import join_batch
+from schemas.records import OUTPUT_KINDS, EventBatch, MirroredRequest
 from schemas.topics import partitions_of
 
 log = logging.getLogger("shadowstream.mirror")
 
-SCHEMA = "mirror.request/1"
+SCHEMA = MirroredRequest.SCHEMA
 _SCHEMA_HEADER = ("schema", SCHEMA.encode())
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _ALL = 2**64  # sample threshold of rate 1.0
 _BATCH = 1024  # events per shipper batch, with delivery reports served between batches
 _NAP_MIN_S, _NAP_MAX_S = 0.001, 0.05  # the shipper's nap when the buffer is empty
 _FULL_WAIT_S = 0.005  # when librdkafka's queue is full, wait this long before a retry
-_BATCH_HEADER = ("schema", b"batch/1")
+_BATCH_HEADER = ("schema", EventBatch.SCHEMA.encode())
 _MAX_RECORD_BYTES = 900_000  # under librdkafka's default message.max.bytes, with headroom
 _PARTITIONS_TTL_S = 30.0  # how long a topic's partition count is trusted
 
@@ -52,16 +53,13 @@ _Pending = tuple[str, dict[str, Any], Any, float, str | None, int, str | None, s
                  str | None]
 
 
-_KINDS = frozenset(get_args(OutputKind))
-
-
 def _output_problem(out: Mapping[str, Any]) -> str | None:
     """Why an answer is not one the workers can compare (cheap checks only: this runs for
     every event), else None."""
     kind, value = out.get("kind"), out.get("value")
-    if kind not in _KINDS:
+    if kind not in OUTPUT_KINDS:
         return (f"the answer {dict(out)!r:.120} is not a model output: give a number, a "
-                f"list, or {{'kind': one of {sorted(_KINDS)}, 'value': ...}} (with a "
+                f"list, or {{'kind': one of {sorted(OUTPUT_KINDS)}, 'value': ...}} (with a "
                 "middleware, output_field names the response field that holds it)")
     if kind == "scalar":
         if isinstance(value, bool) or not isinstance(value, int | float):

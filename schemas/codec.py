@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from schemas.exceptions import ContractError
 from schemas.records import (
+    OUTPUT_KINDS,
     RECORD_TYPES,
     EventBatch,
     MirroredRequest,
@@ -20,7 +21,6 @@ from schemas.records import (
 R = TypeVar("R", bound=_Record)
 
 _BY_SCHEMA: dict[str, type[_Record]] = {t.SCHEMA: t for t in RECORD_TYPES}
-_OUTPUT_KINDS = frozenset({"scalar", "vector", "probs", "scores", "embedding"})
 
 
 def dumps(obj: Any) -> bytes:
@@ -32,7 +32,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ContractError(f"malformed JSON: {exc}") from None
+        raise ContractError(f"malformed JSON: {exc}", stage="decode") from None
 
 
 def encode(record: _Record) -> bytes:
@@ -102,7 +102,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for i, item in enumerate(loc):
         # Tagged unions add the tag to the location ("output.scalar.value"): drop it.
-        if isinstance(item, str) and item in _OUTPUT_KINDS and i > 0 and loc[i - 1] == "output":
+        if isinstance(item, str) and item in OUTPUT_KINDS and i > 0 and loc[i - 1] == "output":
             continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
@@ -139,12 +139,14 @@ def encode_batch(events: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"schema": BATCH, "events": events})
 
 
+_BATCH_OPEN = b'{"schema":"' + BATCH.encode() + b'","events":['
+
+
 def join_batch(encoded: list[bytes]) -> bytes:
     """``encode_batch`` of events already encoded (each one JSON object): no second pass."""
-    return b'{"schema":"batch/1","events":[' + b",".join(encoded) + b"]}"
+    return _BATCH_OPEN + b",".join(encoded) + b"]}"
 
 
-_KINDS = frozenset({"scalar", "vector", "probs", "scores", "embedding"})
 _NUMBER = (int, float)
 
 
@@ -210,7 +212,7 @@ def _answer(o: Any) -> bool:
     if type(o) is not dict:
         return False
     kind, value = o.get("kind"), o.get("value")
-    if type(kind) is not str or kind not in _KINDS:
+    if type(kind) is not str or kind not in OUTPUT_KINDS:
         return False
     if kind == "scalar":
         return type(value) in _NUMBER and -math.inf < value < math.inf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Literal
 
 
 class ShadowstreamError(Exception):
@@ -15,11 +16,14 @@ class ContractError(ShadowstreamError, ValueError):
 
     ``path`` is the dotted field path (``live.output.value``; empty for the whole document),
     ``reason`` says what is wrong there, and ``schema`` is the contract it was checked against
-    when known.
+    when known. ``stage`` is "decode" when the bytes are not JSON at all, "validate" when
+    the document breaks its contract (a dead letter's stage).
     """
 
-    def __init__(self, reason: str, *, path: str = "", schema: str | None = None) -> None:
+    def __init__(self, reason: str, *, path: str = "", schema: str | None = None,
+                 stage: Literal["decode", "validate"] = "validate") -> None:
         self.reason = reason
+        self.stage = stage
         self.path = path
         self.schema = schema
         where = f" at {path}" if path else ""

@@ -7,11 +7,13 @@ are what the code works with.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 OutputKind = Literal["scalar", "vector", "probs", "scores", "embedding"]
+OUTPUT_KINDS: frozenset[str] = frozenset(get_args(OutputKind))
+"""The output kinds, for checks that do not go through the typed records."""
 AlertState = Literal["ok", "pending", "firing", "resolved"]
 Severity = Literal["info", "warning", "critical"]
 

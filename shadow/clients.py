@@ -9,7 +9,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
-from producers.config import PARTITIONER
+from schemas.topics import PARTITIONER
 from shadow.exceptions import KafkaUnreachableError
 from shadow.settings import Settings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from schemas.exceptions import ShadowstreamError
@@ -16,6 +17,7 @@ __all__ = [
     "ShadowstreamError",
     "StackNotRunningError",
     "TopicMismatchError",
+    "reason_key",
 ]
 
 
@@ -86,3 +88,12 @@ class KafkaUnreachableError(ShadowstreamError):
         super().__init__(f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s{why}: "
                          "is it running? (SHADOW_KAFKA_BOOTSTRAP, SHADOW_KAFKA_TIMEOUT_S; "
                          "`shadow stack up` for a local one)")
+
+
+def reason_key(text: str) -> str:
+    """A reason to count: the message without what differs from one request to the next
+    (ids, offsets, values), so that the same failure adds up under one line."""
+    return _VARYING.sub("#", text.split("\n", 1)[0])[:160]
+
+
+_VARYING = re.compile(r"(?<![A-Za-z_\d.])\d+(?:\.\d+)?")  # numbers, not names (mat1, 8x32)

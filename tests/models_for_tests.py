@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from producers.traffic import MODEL_CARD as FRAUD_CARD
-from producers.traffic import build_model
+from shadow.sim.traffic import MODEL_CARD as FRAUD_CARD
+from shadow.sim.traffic import build_model
 
 MODEL_CARD = FRAUD_CARD
 

@@ -38,7 +38,7 @@ def list_(as_json: bool) -> None:
     Example:
       shadow alerts list --json
     """
-    from shadow.alerts_view import current_alerts, latest_windows, render
+    from shadow.cli.alerts_view import current_alerts, latest_windows, render
 
     client, prefix = _redis()
     found = current_alerts(client, prefix)
@@ -60,7 +60,7 @@ def ack(alert_id: str, by: str | None) -> None:
     """
     import getpass
 
-    from shadow.alerts_view import acknowledge
+    from shadow.cli.alerts_view import acknowledge
 
     client, prefix = _redis()
     alert = acknowledge(client, prefix, alert_id, by or getpass.getuser())
@@ -78,7 +78,7 @@ def watch(seconds: float | None) -> None:
     Example:
       shadow alerts watch --seconds 300
     """
-    from shadow.alerts_view import watch as watch_alerts
+    from shadow.cli.alerts_view import watch as watch_alerts
 
     client, prefix = _redis()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one leaves the view

@@ -39,7 +39,7 @@ def command(duration: float, rate: float, window_s: float, stop_stack: bool,
     """
     from rich.live import Live
 
-    from shadow.pipeline_demo import DemoPlan, run_demo
+    from shadow.sim.pipeline import DemoPlan, run_demo
 
     s = settings()
     plan = DemoPlan(duration_s=duration, rate=rate, window_s=window_s)

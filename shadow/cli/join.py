@@ -126,7 +126,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
       shadow join --scale-out --profile ref.json --web-port 6066 --data-dir /tmp/j1
       shadow join --scale-out --profile ref.json --web-port 6067 --data-dir /tmp/j2
     """
-    from consumers.app import JoinAppConfig, build_app, run_app
+    from consumers.faust.app import JoinAppConfig, build_app, run_app
     from consumers.rules import RuleSet
     from schemas.topics import join_app_id, join_changelog, join_partials
     from shadow import clients
@@ -205,7 +205,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
     app_config = JoinAppConfig(join=config, data_dir=store, partitions=partitions,
                                web_port=web_port, web_host=host, idle_close_s=idle_close_s,
                                redis_url=redis, scale_out=scale_out)
-    app, core = build_app(s, bootstrap, app_config)
+    app, core = build_app(s.topic_prefix, s.aiokafka_config(bootstrap), app_config)
     n = f"{partitions} partition{'s' if partitions != 1 else ''}"
     merge = f" through the merge stage ({partials})" if scale_out else ""
     err_console.print(f"join: {s.topic('requests')} + {s.topic('outputs')} ({n}) -> pairs, "

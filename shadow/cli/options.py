@@ -56,7 +56,7 @@ def model_files() -> Callable[[F], F]:
                      help="Model card (TOML or JSON): features in, output kind out. Default: "
                           "MODEL.card.toml, or MODEL_CARD beside the factory."),
         click.option("--adapter", multiple=True, metavar="[ID=]package.module:name",
-                     help="Custom pre/post-processing (shadow.models.Adapter) instead of a "
+                     help="Custom pre/post-processing (shadow.runtime.models.Adapter) instead of a "
                           "card."),
     )
 
@@ -103,7 +103,7 @@ def join_config(window_s: float, grace_s: float, reference_size: int,
     """The JoinConfig the ``windows()`` options describe; a bad file is one ConfigError."""
     from consumers.compare import Tolerances
     from consumers.join import JoinConfig
-    from shadow.profiles import load_profiles
+    from shadow.offline.profiles import load_profiles
 
     return JoinConfig(window_ms=int(window_s * 1000), grace_ms=int(grace_s * 1000),
                       reference_size=reference_size,

@@ -40,8 +40,8 @@ def build(start: str, end: str, output: Path, bins: int, as_json: bool) -> None:
     Example:
       shadow profile build --from beginning --to end -o ref.json --json
     """
-    from shadow.profiles import build_profiles
-    from shadow.recording import parse_range
+    from shadow.offline.profiles import build_profiles
+    from shadow.offline.recording import parse_range
 
     s = settings()
     lo, hi = parse_range(start, end)

@@ -34,7 +34,7 @@ def command(topic: str, start: str, end: str, partitions: str | None, output: Pa
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from shadow.recording import parse_range, record
+    from shadow.offline.recording import parse_range, record
 
     s = settings()
     try:

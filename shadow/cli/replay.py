@@ -62,13 +62,13 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
 
     \b
     Example:
-      shadow replay --file monday.jsonl.zst --candidate v13=producers.traffic:build_model \\
+      shadow replay --file monday.jsonl.zst --candidate v13=shadow.sim.traffic:build_model \\
           --window-s 60 --json report.json --report report.html
     """
-    from shadow.engine import InferenceEngine
-    from shadow.models import load_candidate
-    from shadow.recording import parse_range, read_range, read_recording
-    from shadow.replay import ReplayCandidate, replay
+    from shadow.offline.recording import parse_range, read_range, read_recording
+    from shadow.offline.replay import ReplayCandidate, replay
+    from shadow.runtime.engine import InferenceEngine
+    from shadow.runtime.models import load_candidate
 
     if (file_ is None) == (topic is None):
         raise click.UsageError("give either --file or --topic (with --from and --to)")
@@ -117,7 +117,7 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if json_out:
         json_out.write_bytes(result.json_bytes())
     if html_out:
-        from shadow.report import html_report
+        from shadow.offline.report import html_report
 
         html_out.write_text(html_report(result))
     console.print(replay_table(result))
@@ -127,8 +127,8 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
 
 
 def _republish(s: Settings, messages: Iterable[Any], topic: str, rate: float | None) -> None:
-    from producers.republish import republish
     from shadow import clients
+    from shadow.offline.republish import republish
     from shadow.topics import existing_partitions
 
     bootstrap = kafka(s)

@@ -25,7 +25,7 @@ from shadow.exceptions import ShadowstreamError
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the requests: same seed, same requests and answers (request ids "
                    "too: give each run its own seed). The live model is "
-                   "producers.traffic:build_model whatever the seed.")
+                   "shadow.sim.traffic:build_model whatever the seed.")
 @click.option("--truth", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write each request's ground truth (disagree, shifted) as JSON lines.")
 @json_output("Print the summary as JSON.")
@@ -44,7 +44,7 @@ def command(rate: float, duration: float, model: str, shift_at: float | None, di
     from prometheus_client import CollectorRegistry
 
     from producers import Mirror, MirrorConfig
-    from producers.traffic import TrafficService, TrafficSpec
+    from shadow.sim.traffic import TrafficService, TrafficSpec
 
     # One small request at a time: torch's thread pool would spin between requests and burn
     # a core that the pipeline under test needs (a 150/s generator took 80 % of one).

@@ -64,11 +64,11 @@ def command(replay_json: Path | None, live: bool, candidate: str | None,
     s = settings()  # a misspelt setting is refused here too, not ignored
     config = JudgeConfig.from_file(config_file) if config_file else JudgeConfig()
     if replay_json:
-        from shadow.replay import report_windows
+        from shadow.offline.replay import report_windows
 
         groups = report_windows(replay_json)
     else:
-        from shadow.recording import read_windows
+        from shadow.offline.windows import read_windows
 
         groups = read_windows(s, kafka(s))
     key = _pick(groups, model, candidate)

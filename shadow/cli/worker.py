@@ -63,15 +63,15 @@ def command(candidate: str, candidate_id: str, weights: tuple[str, ...],
 
     \b
     Example:
-      shadow worker --candidate producers.traffic:build_model --candidate-id fraud-v13 \\
+      shadow worker --candidate shadow.sim.traffic:build_model --candidate-id fraud-v13 \\
           --max-batch 64 --max-wait-ms 10 --threads 1
     """
-    from shadow.engine import InferenceEngine
-    from shadow.models import load_candidate
+    from shadow.runtime.engine import InferenceEngine
+    from shadow.runtime.models import load_candidate
+    from shadow.runtime.worker import ShadowWorker, WorkerConfig
     from shadow.stack import local_prometheus
     from shadow.stack.procs import free_port
     from shadow.stack.prometheus import registered
-    from shadow.worker import ShadowWorker, WorkerConfig
 
     logging.getLogger("shadowstream.worker").setLevel(logging.INFO)
     if threads is not None:
@@ -86,7 +86,7 @@ def command(candidate: str, candidate_id: str, weights: tuple[str, ...],
     prometheus = local_prometheus(s)
     if metrics_port == 0 or (metrics_port is None and prometheus is not None):
         metrics_port = free_port()
-    config = WorkerConfig(candidate_id=candidate_id, device=device, dtype=dtype,
+    config = WorkerConfig(candidate_id=candidate_id,
                           max_batch=max_batch, max_wait_ms=max_wait_ms, group=group,
                           metrics_port=metrics_port, session_timeout_ms=session_timeout_ms,
                           models=models)

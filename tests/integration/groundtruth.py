@@ -16,10 +16,10 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
-from producers.traffic import TrafficService, TrafficSpec
 from schemas import WindowSummary, decode
 from shadow import clients
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficService, TrafficSpec
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOW_MS = 4_000
@@ -43,6 +43,9 @@ def send(s: Settings, bootstrap: str, spec: TrafficSpec, t0: int, lo: int, hi: i
             service.answer([spec.event(j) for j in range(i, min(hi, i + 50))],
                            now_ms=t0 + i * SPAN_MS // N)
         assert mirror.flush(30) == 0
+    # Every event on the broker: a dropped or failed one would leave a test waiting for it.
+    counts = mirror.metrics.snapshot()
+    assert counts.published == hi - lo, f"the mirror published {counts}"
 
 
 def ground_truth(spec: TrafficSpec, t0: int) -> dict[int, Counter]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from consumers.alerting import alert_id
-from consumers.sinks import RedisAlertSink
+from consumers.faust.sinks import RedisAlertSink
 from schemas import Alert
 from shadow import clients
 from shadow.stack import procs

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from producers.traffic import TrafficSpec
 from schemas import Alert
 from shadow import clients
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficSpec
 from shadow.stack import kafka
 from shadow.stack import procs as stack_procs
 from shadow.stack import redis as redis_server
@@ -119,7 +119,7 @@ def test_broker_restart_redis_down_30s_and_join_killed_meanwhile_lose_and_repeat
     worker_log, join_log = tmp_path / "worker.log", tmp_path / "join.log"
     logs = [worker_log, join_log]
     port = stack_procs.free_port()
-    procs.append(spawn_cli(["worker", "--candidate", "producers.traffic:build_model",
+    procs.append(spawn_cli(["worker", "--candidate", "shadow.sim.traffic:build_model",
                          "--candidate-id", "c1", "--device", "cpu", "--max-wait-ms", "20",
                          "--session-timeout-ms", "6000"], env, worker_log))
     # Idle close after 8 s: shorter than the broker's absence (kill, 5 s, restart), so a

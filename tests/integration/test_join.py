@@ -12,16 +12,16 @@ from pathlib import Path
 
 import orjson
 
-from producers.traffic import TrafficSpec
 from schemas import Alert, DivergencePair, WindowSummary
 from shadow import clients
-from shadow.engine import InferenceEngine
-from shadow.models import load_candidate
+from shadow.runtime.engine import InferenceEngine
+from shadow.runtime.models import load_candidate
+from shadow.runtime.worker import ShadowWorker, WorkerConfig
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficSpec
 from shadow.stack import Endpoints, prometheus_root
 from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
-from shadow.worker import ShadowWorker, WorkerConfig
 from tests.helpers import consume_events
 from tests.integration.groundtruth import (
     REPO,
@@ -42,10 +42,12 @@ from tests.integration.groundtruth import (
 
 
 def _worker(s: Settings, bootstrap: str, until: int) -> ShadowWorker:
-    engine = InferenceEngine(load_candidate("producers.traffic:build_model"), device="cpu")
-    worker = ShadowWorker(s, bootstrap, WorkerConfig(candidate_id="c1", device="cpu",
+    engine = InferenceEngine(load_candidate("shadow.sim.traffic:build_model"), device="cpu")
+    worker = ShadowWorker(s, bootstrap, WorkerConfig(candidate_id="c1",
                                                      max_wait_ms=20), engine)
-    worker.run(until=lambda st: st.handled >= until)
+    deadline = time.monotonic() + 120  # a request that never comes fails here, not hangs
+    stats = worker.run(until=lambda st: st.handled >= until or time.monotonic() > deadline)
+    assert stats.handled >= until, f"the worker handled {stats.handled} of {until} requests"
     return worker
 
 
@@ -57,13 +59,13 @@ def _join(s: Settings, stack: Endpoints, tmp: Path, port: int, log: Path) -> sub
 def _same_as_replay(s: Settings, stack: Endpoints, tmp: Path,
                     found: dict[tuple, list[WindowSummary]]) -> None:
     from consumers.join import JoinConfig
-    from shadow.recording import Position, read_recording, record
-    from shadow.replay import ReplayCandidate, replay
+    from shadow.offline.recording import Position, read_recording, record
+    from shadow.offline.replay import ReplayCandidate, replay
 
     path = tmp / "requests.jsonl.zst"
     record(s, stack.kafka_bootstrap, s.topic("requests"), Position("beginning"),
            Position("end"), path)
-    engine = InferenceEngine(load_candidate("producers.traffic:build_model"), device="cpu")
+    engine = InferenceEngine(load_candidate("shadow.sim.traffic:build_model"), device="cpu")
     # The live join's own settings: with a grace of 1 s, windows close while the recording
     # is read, so partitions read one after the other would make the later ones late.
     result = replay(read_recording(path), [ReplayCandidate("c1", engine)],
@@ -236,8 +238,8 @@ def test_a_join_restarted_with_nothing_left_to_read_closes_its_recovered_windows
 def test_profile_build_reads_a_time_range_of_the_requests(
         pipeline: Settings, stack: Endpoints, tmp_path: Path) -> None:
     from consumers.drift import Profile
-    from shadow.profiles import build_profiles
-    from shadow.recording import Position
+    from shadow.offline.profiles import build_profiles
+    from shadow.offline.recording import Position
 
     spec = TrafficSpec(seed=2)
     # A range of time is of the records' timestamps: the mirror stamps each record with its

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from producers.traffic import TrafficSpec
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficSpec
 from shadow.stack import Endpoints
 from shadow.stack.procs import free_port
 from tests.integration.groundtruth import (

@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from producers.traffic import TrafficSpec
 from schemas.topics import join_changelog
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficSpec
 from shadow.stack import Endpoints, prometheus_root
 from shadow.stack.procs import free_port
 from tests.integration.groundtruth import REPO, cli_env, first_window_start, metric, send, spawn_cli
@@ -67,7 +67,7 @@ def test_readme_order_topics_of_3_partitions_then_join_worker_and_prometheus(
     # The join's changelog used SHADOW_PARTITIONS (6): PartitionsMismatch every 5 s, for ever.
     join = spawn_cli(["join", "--web-port", str(join_port), "--window-s", "4", "--grace-s",
                       "1", "--idle-close-s", "2"], env, join_log)
-    worker = spawn_cli(["worker", "--candidate", "producers.traffic:build_model",
+    worker = spawn_cli(["worker", "--candidate", "shadow.sim.traffic:build_model",
                         "--candidate-id", "c1", "--device", "cpu", "--threads", "1"],
                        env, worker_log)
     procs += [join, worker]

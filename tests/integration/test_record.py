@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from schemas.topics import PARTITIONER
 from shadow.exceptions import ShadowstreamError
-from shadow.recording import Position, read_recording, record
+from shadow.offline.recording import Position, read_recording, record
 from shadow.settings import Settings
 from shadow.stack import Endpoints
 
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fill(bootstrap: str, topic: str, n: int, start: int = 0) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": PARTITIONER})
     for i in range(start, start + n):
         key = None if i % 50 == 0 else f"k{i}".encode()
         producer.produce(topic, bytes([i % 256]) + f"value-{i}".encode(), key)
@@ -92,7 +93,7 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
     from prometheus_client import CollectorRegistry
 
     from producers import Mirror, MirrorConfig
-    from producers.traffic import TrafficService, TrafficSpec
+    from shadow.sim.traffic import TrafficService, TrafficSpec
     from shadow.topics import create_topics, topic_specs
 
     s = settings_factory()
@@ -118,7 +119,7 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
                "-o", str(rec)).returncode == 0
     outs = []
     for n in (1, 2):
-        run = cli("replay", "--file", str(rec), "--candidate", "producers.traffic:build_model",
+        run = cli("replay", "--file", str(rec), "--candidate", "shadow.sim.traffic:build_model",
                   "--candidate", "v2=tests.models_for_tests:fraud_seed1", "--window-s", "3",
                   "--device", "cpu", "--json", str(tmp_path / f"r{n}.json"),
                   "--report", str(tmp_path / f"r{n}.html"))
@@ -171,11 +172,11 @@ def test_record_then_replay_through_the_cli_gives_the_same_json_twice(
                for r, msg in copied)
     # The topic can be replayed directly too; a range with nothing in it is an error.
     direct = cli("replay", "--topic", s.topic("requests"), "--from", "beginning", "--to", "end",
-                 "--candidate", "producers.traffic:build_model", "--window-s", "3",
+                 "--candidate", "shadow.sim.traffic:build_model", "--window-s", "3",
                  "--device", "cpu", "--json", str(tmp_path / "d.json"))
     assert direct.returncode == 0, direct.stderr
     direct_report = orjson.loads((tmp_path / "d.json").read_bytes())
     assert direct_report["candidates"]["build_model"] == report["candidates"]["build_model"]
     empty = cli("replay", "--topic", s.topic("requests"), "--from", "@1", "--to", "@2",
-                "--candidate", "producers.traffic:build_model")
+                "--candidate", "shadow.sim.traffic:build_model")
     assert empty.returncode == 1 and "no messages" in empty.stderr

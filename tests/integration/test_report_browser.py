@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from producers.traffic import TrafficSpec, build_model
-from shadow.report import html_report
+from shadow.offline.report import html_report
+from shadow.sim.traffic import TrafficSpec, build_model
 from tests.unit.test_replay import candidate, recorded, run
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -53,7 +53,7 @@ def test_the_report_reads_in_chromium_with_labelled_charts(tmp_path: Path) -> No
 
     messages = recorded(3000, TrafficSpec(seed=3, shift_at_index=2000),
                         build_model(0))
-    result = run(messages, candidate("v13"), candidate("v14", "producers.traffic:build_retrained"),
+    result = run(messages, candidate("v13"), candidate("v14", "shadow.sim.traffic:build_retrained"),
                  candidate("broken", "tests.models_for_tests:broken"))
     page_file = tmp_path / "report.html"
     page_file.write_text(html_report(result))

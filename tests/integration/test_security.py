@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
-from consumers.sinks import RedisAlertSink
+from consumers.faust.sinks import RedisAlertSink
 from producers import Mirror, MirrorConfig
 from schemas import Alert, MirroredRequest
 from shadow import clients

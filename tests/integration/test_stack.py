@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from schemas import MirroredRequest, decode, encode
 from shadow import clients
-from shadow.demo import round_trip, sample_request
 from shadow.exceptions import ServerStartError, TopicMismatchError
 from shadow.settings import Settings
 from shadow.stack import Endpoints, Stack, procs, prometheus, redis
 from shadow.topics import create_topics, topic_specs
+from tests.integration.roundtrip import round_trip, sample_request
 
 
 def test_kafka_round_trip_with_the_project_codec(

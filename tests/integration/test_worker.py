@@ -20,16 +20,16 @@ from confluent_kafka import Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from producers import Mirror, MirrorConfig
-from producers.traffic import TrafficService, TrafficSpec, build_model, featurize
 from schemas.codec import decode, events_of
 from schemas.records import DeadLetter, ShadowOutput
 from shadow import clients
-from shadow.engine import InferenceEngine
-from shadow.models import load_candidate
+from shadow.runtime.engine import InferenceEngine
+from shadow.runtime.models import load_candidate
+from shadow.runtime.worker import ShadowWorker, WorkerConfig, WorkerStats
 from shadow.settings import Settings
+from shadow.sim.traffic import TrafficService, TrafficSpec, build_model, featurize
 from shadow.stack import Endpoints
 from shadow.stack.procs import free_port
-from shadow.worker import ShadowWorker, WorkerConfig, WorkerStats
 from tests.helpers import consume_all, consume_events, murmur2_partition
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def _start_worker(s: Settings, bootstrap: str, candidate: str, cid: str,
                   ) -> tuple[ShadowWorker, threading.Thread]:
     engine = InferenceEngine(load_candidate(candidate), device="cpu",
                              max_batch=int(kw.get("max_batch", 32)))  # type: ignore[call-overload]
-    config = WorkerConfig(candidate_id=cid, device="cpu", max_wait_ms=20, **kw)  # type: ignore[arg-type]
+    config = WorkerConfig(candidate_id=cid, max_wait_ms=20, **kw)  # type: ignore[arg-type]
     worker = ShadowWorker(s, bootstrap, config, engine)
     thread = threading.Thread(target=worker.run, kwargs={"until": until}, daemon=True)
     thread.start()
@@ -80,7 +80,7 @@ def test_outputs_match_the_models_own_answers_on_the_requests_partition(
     rows = _send(pipeline, stack.kafka_bootstrap, 500)
     port = free_port()
     worker, thread = _start_worker(pipeline, stack.kafka_bootstrap,
-                                   "producers.traffic:build_model", "cand-a",
+                                   "shadow.sim.traffic:build_model", "cand-a",
                                    lambda st: st.handled >= 500, metrics_port=port)
     thread.join(60)
     assert not thread.is_alive() and worker.stats.answered == 500
@@ -132,7 +132,7 @@ def test_poison_events_go_to_dead_letter_while_the_rest_flows(
     producer.flush(10)
     rows += _send(pipeline, stack.kafka_bootstrap, 100, start=100)
     worker, thread = _start_worker(pipeline, stack.kafka_bootstrap,
-                                   "producers.traffic:build_model", "cand-p",
+                                   "shadow.sim.traffic:build_model", "cand-p",
                                    lambda st: st.handled >= 204, models=("fraud-scorer",))
     thread.join(60)
     assert (worker.stats.answered, worker.stats.errors, worker.stats.dead_lettered) == (200, 1, 3)
@@ -173,7 +173,7 @@ def test_two_candidates_each_answer_every_request_and_workers_split_partitions(
     group_a: list[ShadowWorker] = []
     threads = []
     for _ in range(2):
-        w, t = _start_worker(pipeline, stack.kafka_bootstrap, "producers.traffic:build_model",
+        w, t = _start_worker(pipeline, stack.kafka_bootstrap, "shadow.sim.traffic:build_model",
                              "cand-a", lambda st: sum(x.stats.answered for x in group_a) >= 300)
         group_a.append(w)
         threads.append(t)
@@ -204,7 +204,7 @@ def _cli_worker(s: Settings, bootstrap: str, cid: str, log: Path) -> subprocess.
            "SHADOW_REDIS_URL": "redis://127.0.0.1:1/0", "SHADOW_TOPIC_PREFIX": s.topic_prefix,
            "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "shadow.cli", "worker",
-           "--candidate", "producers.traffic:build_model", "--candidate-id", cid,
+           "--candidate", "shadow.sim.traffic:build_model", "--candidate-id", cid,
            "--device", "cpu", "--max-batch", "16", "--max-wait-ms", "5",
            "--session-timeout-ms", "6000"]
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,

@@ -113,7 +113,7 @@ def test_every_help_shows_an_example(path: tuple[str, ...]) -> None:
 
 
 def _report(tmp_path: Path) -> Path:
-    from producers.traffic import TrafficSpec, build_model
+    from shadow.sim.traffic import TrafficSpec, build_model
     from tests.unit.test_replay import candidate, recorded, run
 
     result = run(recorded(900, TrafficSpec(seed=2), build_model(0)), candidate("c"))
@@ -170,9 +170,9 @@ UNREACHABLE = {"SHADOW_KAFKA_BOOTSTRAP": "127.0.0.1:1", "SHADOW_KAFKA_TIMEOUT_S"
     ("record", "--topic", "t", "--from", "beginning", "--to", "end", "-o", "{tmp}/r.zst"),
     ("profile", "build", "--from", "beginning", "--to", "end", "-o", "{tmp}/p.json"),
     ("replay", "--topic", "t", "--from", "beginning", "--to", "end", "--candidate",
-     "producers.traffic:build_model"),
+     "shadow.sim.traffic:build_model"),
     ("verdict", "--live"),
-    ("worker", "--candidate", "producers.traffic:build_model", "--candidate-id", "c"),
+    ("worker", "--candidate", "shadow.sim.traffic:build_model", "--candidate-id", "c"),
     ("join", "--web-port", "0"),
     ("traffic", "--rate", "10", "--duration", "1"),
 ], ids=lambda a: " ".join(a[:2]))
@@ -213,7 +213,7 @@ def test_ranges_are_checked_before_anything_is_read(tmp_path: Path) -> None:
         (("profile", "build", "--from", "500", "--to", "100", "-o", "p.json"),
          "error: --to (offset 100) must be after --from (offset 500)"),
         (("replay", "--topic", "t", "--from", "end", "--to", "beginning", "--candidate",
-          "producers.traffic:build_model"), "error: --from end --to beginning is empty"),
+          "shadow.sim.traffic:build_model"), "error: --from end --to beginning is empty"),
     ]:
         run = _cli(*args, env=UNREACHABLE, cwd=tmp_path)
         assert run.returncode == 1 and run.stderr.strip().startswith(message), run.stderr
@@ -221,14 +221,14 @@ def test_ranges_are_checked_before_anything_is_read(tmp_path: Path) -> None:
 
 
 def test_replay_output_piped_is_full_width_without_escapes(tmp_path: Path) -> None:
-    from producers.traffic import TrafficSpec, build_model
+    from shadow.sim.traffic import TrafficSpec, build_model
     from tests.unit.test_recording import _write
     from tests.unit.test_replay import recorded
 
     path = tmp_path / "rec.jsonl.zst"
     _write(path, recorded(600, TrafficSpec(seed=1), build_model(0)))
     run = _cli("replay", "--file", str(path), "--candidate",
-               "a-long-candidate-name=producers.traffic:build_model",
+               "a-long-candidate-name=shadow.sim.traffic:build_model",
                "--candidate", "broken=tests.models_for_tests:broken", "--device", "cpu",
                "--window-s", "5", cwd=tmp_path, env={"COLUMNS": "80"})
     assert run.returncode == 0, run.stderr
@@ -243,7 +243,7 @@ def test_replay_takes_the_workers_model_options_and_bad_files_are_one_line(
         tmp_path: Path) -> None:
     import torch
 
-    from producers.traffic import TrafficSpec, build_model
+    from shadow.sim.traffic import TrafficSpec, build_model
     from tests.unit.test_recording import _write
     from tests.unit.test_replay import recorded
 
@@ -252,7 +252,7 @@ def test_replay_takes_the_workers_model_options_and_bad_files_are_one_line(
     weights = tmp_path / "seed1.pt"
     torch.save(build_model(1).state_dict(), weights)
     out = {}
-    for name, args in (("factory", ["--candidate", "v=producers.traffic:build_model",
+    for name, args in (("factory", ["--candidate", "v=shadow.sim.traffic:build_model",
                                     "--weights", f"v={weights}"]),
                        ("reference", ["--candidate", "v=tests.models_for_tests:fraud_seed1"])):
         run = _cli("replay", "--file", str(path), *args, "--device", "cpu", "--json",
@@ -263,7 +263,7 @@ def test_replay_takes_the_workers_model_options_and_bad_files_are_one_line(
     bad = tmp_path / "tol.toml"
     bad.write_text("[default]\nrtol = -1\n")
     for command in (["replay", "--file", str(path), "--candidate",
-                     "producers.traffic:build_model"], ["join"]):
+                     "shadow.sim.traffic:build_model"], ["join"]):
         run = _cli(*command, "--tolerances", str(bad), env=UNREACHABLE, cwd=tmp_path)
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.strip().splitlines() == [

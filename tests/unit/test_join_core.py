@@ -590,3 +590,30 @@ def test_a_timer_forgets_delivered_windows_without_waiting_for_another_record() 
     again: list[Outgoing] = []
     restarted.sweep(T0 + 100 * WINDOW, again)
     assert not [o for o in again if o.role == "windows"]
+
+
+def test_the_table_records_its_entry_format_and_a_newer_one_is_refused() -> None:
+    from consumers.entries import ENTRY_VERSION, FORMAT_KEY, FormatError, Role
+
+    log, _ = traffic(60)
+    table: dict[str, Any] = {}
+    core = JoinCore(JoinConfig(window_ms=WINDOW), table, REQ, OUT)
+    out = run(core, log.messages)
+    assert {o.role for o in out} <= set(Role) and Role.PAIRS == "pairs"
+    formats = {k: v for k, v in table.items() if k.startswith(FORMAT_KEY)}
+    assert formats and all(v == {"entry_version": ENTRY_VERSION} for v in formats.values())
+    mine = JoinCore(JoinConfig(window_ms=WINDOW), dict(table), REQ, OUT)
+    mine.recover()  # reads its own
+    assert mine.entries == core.entries and mine.entries
+    # A table written by a newer release: refused in one line, before any entry is read.
+    newer = dict(table)
+    key = next(iter(formats))
+    newer[key] = {"entry_version": ENTRY_VERSION + 1}
+    with pytest.raises(FormatError, match=f"entry format {ENTRY_VERSION + 1}; this version "
+                                          f"reads up to {ENTRY_VERSION}"):
+        JoinCore(JoinConfig(window_ms=WINDOW), newer, REQ, OUT).recover()
+    # A table of the release before the format key (no ~format: keys) is read as version 1.
+    older = JoinCore(JoinConfig(window_ms=WINDOW),
+                     {k: v for k, v in table.items() if not k.startswith(FORMAT_KEY)}, REQ, OUT)
+    older.recover()
+    assert older.entries == core.entries

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from producers.traffic import MODEL_CARD, TrafficSpec, build_model, featurize
-from shadow.engine import DeviceError, InferenceEngine, resolve_device
 from shadow.exceptions import ModelLoadError
-from shadow.models import CardAdapter, ModelCard, load_candidate
+from shadow.runtime.engine import DeviceError, InferenceEngine, resolve_device
+from shadow.runtime.models import CardAdapter, ModelCard, load_candidate
+from shadow.sim.traffic import MODEL_CARD, TrafficSpec, build_model, featurize
 
 ROWS = [TrafficSpec(seed=3).event(i).inputs for i in range(40)]
 
@@ -57,7 +57,7 @@ def test_factory_torchscript_and_export_load_to_the_same_answers(tmp_path: Path)
                                           dynamic_shapes=({0: torch.export.Dim("batch")},)),
                       exported)
     candidates = [
-        load_candidate("producers.traffic:build_model"),
+        load_candidate("shadow.sim.traffic:build_model"),
         load_candidate(str(scripted), card=card),
         load_candidate(str(exported), card=card),
     ]
@@ -80,7 +80,7 @@ def test_factory_with_weights_without_pickle(tmp_path: Path, fmt: str) -> None:
         from safetensors.torch import save_file
 
         save_file(other.state_dict(), str(weights))
-    cand = load_candidate("producers.traffic:build_model", weights=weights)
+    cand = load_candidate("shadow.sim.traffic:build_model", weights=weights)
     answers = InferenceEngine(cand, device="cpu").infer(ROWS[:5])
     for a, e in zip(answers, _own_answers(other, ROWS[:5]), strict=True):
         assert a.output is not None and _close(a.output["value"], e, 1e-5)
@@ -90,13 +90,13 @@ def test_a_pickled_object_is_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pt"
     torch.save({"net.0.weight": object()}, evil)  # needs pickle to load: weights_only refuses
     with pytest.raises(ModelLoadError, match=r"evil\.pt: cannot load weights"):
-        load_candidate("producers.traffic:build_model", weights=evil)
+        load_candidate("shadow.sim.traffic:build_model", weights=evil)
 
 
 @pytest.mark.parametrize(("spec", "match"), [
     ("missing.pt", "missing.pt: no such file"),
     ("nowhere.module:factory", "cannot import the factory"),
-    ("producers.traffic:nope", "cannot import the factory"),
+    ("shadow.sim.traffic:nope", "cannot import the factory"),
     ("tests.models_for_tests:not_a_module", "returned str, not a torch.nn.Module"),
     ("torch", "must look like package.module:name"),
 ])
@@ -155,7 +155,7 @@ def test_out_of_memory_halves_the_batch_for_good() -> None:
 
 
 def test_map_overlaps_and_keeps_order_and_bf16_runs_on_cpu() -> None:
-    cand = load_candidate("producers.traffic:build_model")
+    cand = load_candidate("shadow.sim.traffic:build_model")
     engine = InferenceEngine(cand, device="cpu", dtype="bf16", max_batch=8)
     batches = [ROWS[i:i + 8] for i in range(0, 40, 8)]
     results = list(engine.map(batches))
@@ -200,7 +200,7 @@ def test_a_card_that_does_not_fit_its_model_is_refused_at_load(tmp_path: Path, c
     path = tmp_path / "card.toml"
     path.write_text(card)
     with pytest.raises(ModelLoadError, match=message) as info:
-        load_candidate("producers.traffic:build_model", card=path)
+        load_candidate("shadow.sim.traffic:build_model", card=path)
     assert "\n" not in str(info.value)
     path.write_text('output = "probs"\nlabels = ["legit", "fraud"]\n' + _FRAUD_FEATURES)
-    assert load_candidate("producers.traffic:build_model", card=path) is not None
+    assert load_candidate("shadow.sim.traffic:build_model", card=path) is not None

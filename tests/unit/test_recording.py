@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from shadow.exceptions import RangeError, ShadowstreamError
-from shadow.recording import (
+from shadow.offline.recording import (
     Position,
     RecordedMessage,
     parse_position,

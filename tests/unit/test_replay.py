@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from consumers.join import JoinConfig
-from producers.traffic import TrafficSpec, build_model, featurize
-from shadow.engine import InferenceEngine
 from shadow.exceptions import ShadowstreamError
-from shadow.models import load_candidate
-from shadow.recording import RecordedMessage
-from shadow.replay import ReplayCandidate, replay
+from shadow.offline.recordfile import RecordedMessage
+from shadow.offline.replay import ReplayCandidate, replay
+from shadow.runtime.engine import InferenceEngine
+from shadow.runtime.models import load_candidate
+from shadow.sim.traffic import TrafficSpec, build_model, featurize
 
 WINDOW = 10_000
 T0 = 1_800_000_000_000
@@ -40,7 +40,7 @@ def recorded(n: int, spec: TrafficSpec, model: torch.nn.Module) -> list[Recorded
     return out
 
 
-def candidate(cid: str, spec: str = "producers.traffic:build_model") -> ReplayCandidate:
+def candidate(cid: str, spec: str = "shadow.sim.traffic:build_model") -> ReplayCandidate:
     return ReplayCandidate(cid, InferenceEngine(load_candidate(spec), device="cpu"))
 
 
@@ -91,7 +91,7 @@ def test_nothing_to_replay_and_bad_candidates_are_errors() -> None:
 
 
 def test_html_report_is_self_contained() -> None:
-    from shadow.report import html_report
+    from shadow.offline.report import html_report
 
     result = run(recorded(600, TrafficSpec(seed=3, disagree=0.05), build_model(0)),
                  candidate("a"))
@@ -138,7 +138,7 @@ def _as_old_recording(path: Any, messages: list[RecordedMessage]) -> None:
 
 def test_a_recording_of_several_partitions_gives_the_pairs_and_windows_of_the_live_order(
         tmp_path: Any) -> None:
-    from shadow.recording import read_recording
+    from shadow.offline.recording import read_recording
 
     # 3,000 requests over 60 s on 3 partitions, windows of 10 s with 1 s of grace: read
     # partition after partition, the later partitions' events would come after their
@@ -167,7 +167,7 @@ def test_a_card_with_labels_is_judged_against_live_answers_without_them(
                     '[[features]]\nfield = "country"\none_hot = ["DE", "FR", "US"]\n'
                     '[[features]]\nfield = "history"\nsize = 3\n')
     labelled = ReplayCandidate("labelled", InferenceEngine(load_candidate(
-        "producers.traffic:build_model", card=card), device="cpu"))
+        "shadow.sim.traffic:build_model", card=card), device="cpu"))
     messages = recorded(1500, TrafficSpec(seed=6, disagree=0.1), build_model(0))
     report = run(messages, labelled, candidate("plain")).report
     models = {c: report["candidates"][c]["models"]["fraud-scorer"]["overall"]
@@ -203,13 +203,13 @@ def test_several_candidates_close_no_window_on_each_other() -> None:
     # handled before the next one's, the first closed windows on the second's answers
     # (dead-lettered as late, counted unmatched).
     messages = recorded(3000, TrafficSpec(seed=3, disagree=0.03), build_model(0))
-    result = run(messages, candidate("a"), candidate("b", "producers.traffic:build_retrained"),
+    result = run(messages, candidate("a"), candidate("b", "shadow.sim.traffic:build_retrained"),
                  candidate("c", "tests.models_for_tests:broken"))
     assert result.report["dead_lettered"] == 0
     for cid in ("a", "b", "c"):
         overall = result.report["candidates"][cid]["models"]["fraud-scorer"]["overall"]
         assert overall["pairs"] == 3000 and overall["unmatched_shadow"] == 0, cid
-    alone = run(messages, candidate("b", "producers.traffic:build_retrained")).report
+    alone = run(messages, candidate("b", "shadow.sim.traffic:build_retrained")).report
     assert alone["candidates"]["b"] == result.report["candidates"]["b"]
 
 
@@ -221,7 +221,7 @@ def test_request_ids_seen_twice_replay_without_error() -> None:
                              m.key, orjson.dumps({**orjson.loads(m.value),
                                                   "ts": orjson.loads(m.value)["ts"] + 600_000}))
              for m in first]
-    report = run(first + later, candidate("v14", "producers.traffic:build_retrained")).report
+    report = run(first + later, candidate("v14", "shadow.sim.traffic:build_retrained")).report
     overall = report["candidates"]["v14"]["models"]["fraud-scorer"]["overall"]
     assert overall["pairs"] == 1200 and report["dead_lettered"] == 0
     assert len(report["candidates"]["v14"]["top"]) == 20

@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from producers.republish import republish
 from schemas.codec import events_of, join_batch
 from schemas.topics import partition_of
+from shadow.offline.republish import republish
 
 
 class _Producer:

@@ -285,3 +285,29 @@ def test_the_fast_output_check_accepts_exactly_what_the_record_accepts(doc: dict
     assert (typed is None) == (fast is None), doc
     if typed is not None:
         assert ShadowOutput.model_validate(fast) == typed
+
+
+def test_contract_errors_say_whether_the_bytes_decoded() -> None:
+    with pytest.raises(ContractError) as broken:
+        decode_event(b'{"schema": ')
+    assert broken.value.stage == "decode"
+    with pytest.raises(ContractError) as invalid:
+        decode_event(b'{"schema": "mirror.request/1"}')
+    assert invalid.value.stage == "validate"
+
+
+def test_dead_letters_are_built_one_way_and_satisfy_their_contract() -> None:
+    from schemas.builders import dead_letter
+
+    long = "r" * 300
+    doc = dead_letter("validate", "", ts=5, source=("t", 1, 7, 3), key=long.encode(),
+                      value=b"\x00raw", model="m" * 300, detail="inputs")
+    _validator("deadletter/1").validate(doc)
+    decode(json.dumps(doc).encode(), schemas.DeadLetter)  # the typed record agrees
+    assert doc["reason"] == "invalid" and doc["source"]["index"] == 3
+    assert doc["request_id"] == long[:256] and len(doc["model"]) == 256  # cut, not refused
+    # No key: no request id unless given; no index for a record of one event.
+    bare = dead_letter("join", "late", ts=1, source=("t", 0, 2), request_id="r1")
+    _validator("deadletter/1").validate(bare)
+    assert bare["request_id"] == "r1" and "index" not in bare["source"]
+    assert "key_b64" not in bare and "value_b64" not in bare

@@ -101,3 +101,28 @@ def test_unknown_keys_and_variables_are_refused_with_the_closest_name(
     monkeypatch.setenv("SHADOW_PARTITIONS", "0")
     with pytest.raises(ConfigError, match=r"SHADOW_PARTITIONS: partitions: .*greater than"):
         load_settings()
+
+
+@pytest.mark.parametrize("shape", ["Tolerances", "RuleSet", "JudgeConfig"])
+def test_every_config_file_fails_the_same_way(tmp_path: Path, shape: str) -> None:
+    """One house rule: a file that is missing, not TOML or not text is one ConfigError
+    naming the file, whatever it configures."""
+    import consumers
+    from consumers.verdict import JudgeConfig
+    from schemas import ConfigError
+
+    load = {"Tolerances": consumers.Tolerances, "RuleSet": consumers.RuleSet,
+            "JudgeConfig": JudgeConfig}[shape].from_file
+    bad = {"missing.toml": None, "syntax.toml": b"[default\n", "binary.toml": b"\xff\xfe\x00"}
+    for name, content in bad.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ConfigError) as caught:
+            load(path)
+        assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("defualt = {}\n" if shape == "Tolerances" else "rulez = []\n"
+                    if shape == "RuleSet" else "alpah = 0.1\n")
+    with pytest.raises(ConfigError, match=r"did you mean|known:"):
+        load(typo)

@@ -4,7 +4,7 @@ from typing import Any
 
 import torch
 
-from producers.traffic import TrafficService, TrafficSpec, build_model, featurize
+from shadow.sim.traffic import TrafficService, TrafficSpec, build_model, featurize
 
 
 class Recorder:

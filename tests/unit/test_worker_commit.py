@@ -7,10 +7,10 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
-from shadow.engine import InferenceEngine
-from shadow.models import load_candidate
+from shadow.runtime.engine import InferenceEngine
+from shadow.runtime.models import load_candidate
+from shadow.runtime.worker import ShadowWorker, WorkerConfig, WorkerError
 from shadow.settings import Settings
-from shadow.worker import ShadowWorker, WorkerConfig, WorkerError
 
 
 class Consumer:
@@ -26,7 +26,7 @@ class Consumer:
 
 @pytest.fixture
 def worker() -> ShadowWorker:
-    engine = InferenceEngine(load_candidate("producers.traffic:build_model"), device="cpu")
+    engine = InferenceEngine(load_candidate("shadow.sim.traffic:build_model"), device="cpu")
     w = ShadowWorker(Settings(), "127.0.0.1:1", WorkerConfig(candidate_id="c"), engine,
                      CollectorRegistry())
     w._consumer.close()

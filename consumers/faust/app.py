@@ -34,7 +34,7 @@ import importlib.util
 import logging
 import time
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from consumers.faust.sinks import RedisAlertSink
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.merge import MergeConfig, MergeCore
-from consumers.sinks import RedisAlertSink
 from schemas import ShadowstreamError
-from schemas.topics import JOIN_TABLE, MERGE_TABLE, join_app_id, join_partials
+from schemas.topics import JOIN_TABLE, MERGE_TABLE, join_app_id, join_partials, topic_name
 
 __all__ = ["JoinAppConfig", "JoinStopped", "build_app", "run_app"]
 
@@ -99,17 +99,23 @@ def default_store() -> str:
     return "rocksdb://" if importlib.util.find_spec("rocksdict") else "memory://"
 
 
-def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[faust.App, JoinCore]:
-    """The Faust app and the core it drives (``settings`` is ``shadow.settings.Settings``)."""
-    prefix = settings.topic_prefix
+def build_app(prefix: str, kafka: Mapping[str, Any], config: JoinAppConfig
+              ) -> tuple[faust.App, JoinCore]:
+    """The Faust app and the core it drives, for the topics of ``prefix``. ``kafka``: the
+    aiokafka client's arguments (``Settings.aiokafka_config``: bootstrap servers, security
+    protocol, SASL, SSL context)."""
+
+    def topic(role: str) -> str:
+        return topic_name(prefix, role)
+
     # The app binds the current event loop as it is built: uvloop's when installed (Faust's
     # cost per record is mostly event-loop work), a fresh one for each app.
     asyncio.set_event_loop(_new_loop())
     supervisor = _Supervisor()
     app = faust.App(
         join_app_id(prefix),
-        broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
-        broker_credentials=_credentials(settings),
+        broker=[f"kafka://{b.strip()}" for b in kafka["bootstrap_servers"].split(",")],
+        broker_credentials=_credentials(kafka),
         store=config.store or default_store(),
         datadir=str(config.data_dir),
         web_enabled=True,
@@ -136,10 +142,10 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
     # Faust stalls the agent whenever more than max_messages table writes wait to be produced;
     # at 100 (its default) that is every few events.
     app.producer.buffer.max_messages = 20_000
-    topics = {role: settings.topic(role) for role in ("pairs", "windows", "deadletter")}
+    topics = {role: topic(role) for role in ("pairs", "windows", "deadletter")}
     sinks = {role: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw") for role, name in topics.items()}
-    source = app.topic(settings.topic("requests"), settings.topic("outputs"),
+    source = app.topic(topic("requests"), topic("outputs"),
                        key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
     # RocksDB's defaults (64 MiB x 3 write buffers, a 2 GiB block cache) let the process
@@ -170,9 +176,8 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
                                       rules=config.join.rules, confirm_delivery=True),
                           _TableView(merge_table, join_partials(prefix)))
         sinks["partials"] = partials
-    core = JoinCore(join_config, _TableView(table, settings.topic("requests")),
-                    settings.topic("requests"),
-                    settings.topic("outputs"), caught_up)
+    core = JoinCore(join_config, _TableView(table, topic("requests")), topic("requests"),
+                    topic("outputs"), caught_up)
     clock = _Clock()
 
     sink = None
@@ -211,7 +216,7 @@ def build_app(settings: Any, bootstrap: str, config: JoinAppConfig) -> tuple[fau
         if alerts and sink is not None:
             sink.publish(alerts)
 
-    inputs = {settings.topic("requests"), settings.topic("outputs")}
+    inputs = {topic("requests"), topic("outputs")}
 
     @table.on_recover
     async def recovered() -> None:
@@ -528,18 +533,17 @@ _WINDOW_GAUGES = {
 }
 
 
-def _credentials(settings: Any) -> Any:
-    protocol = settings.kafka_security_protocol
+def _credentials(kafka: Mapping[str, Any]) -> Any:
+    """Faust's broker credentials from the aiokafka arguments (None for PLAINTEXT)."""
+    protocol = kafka.get("security_protocol", "PLAINTEXT")
     if protocol == "PLAINTEXT":
         return None
-    ssl_context = settings.ssl_context() if protocol.endswith("SSL") else None
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password.get_secret_value()
-            if settings.kafka_sasl_password else None,
-            mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
-    return faust.SSLCredentials(ssl_context)
+            username=kafka.get("sasl_plain_username"),
+            password=kafka.get("sasl_plain_password"),
+            mechanism=kafka.get("sasl_mechanism"), ssl_context=kafka.get("ssl_context"))
+    return faust.SSLCredentials(kafka["ssl_context"])
 
 
 class JoinStopped(ShadowstreamError):

@@ -15,7 +15,7 @@ from consumers.windows import request_features
 from schemas import ConfigError, ContractError
 from schemas.codec import as_request, events_of
 from shadow.exceptions import EmptyRangeError
-from shadow.recording import Position, read_range
+from shadow.offline.recording import Position, read_range
 from shadow.settings import Settings
 
 __all__ = ["ProfileSet", "build_profiles", "load_profiles"]

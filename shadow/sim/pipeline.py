@@ -31,18 +31,18 @@ from prometheus_client import CollectorRegistry
 from torch import nn
 
 from producers import Mirror, MirrorConfig
-from producers.traffic import MODEL_CARD, TrafficService, TrafficSpec, build_model
 from schemas import Alert
 from shadow import clients
-from shadow.engine import InferenceEngine
 from shadow.exceptions import ShadowstreamError
-from shadow.models import Candidate, CardAdapter, ModelCard
+from shadow.runtime.engine import InferenceEngine
+from shadow.runtime.models import Candidate, CardAdapter, ModelCard
+from shadow.runtime.worker import ShadowWorker, WorkerConfig
 from shadow.settings import Settings, redact_url
+from shadow.sim.traffic import MODEL_CARD, TrafficService, TrafficSpec, build_model
 from shadow.stack import Endpoints, Stack, prometheus_root
 from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
 from shadow.topics import create_topics, topic_specs
-from shadow.worker import ShadowWorker, WorkerConfig
 
 __all__ = ["DemoPlan", "DemoSummary", "run_demo"]
 

@@ -20,10 +20,8 @@ that fails for good stops the worker without committing, for the same reason.
 
 from __future__ import annotations
 
-import base64
 import collections
 import logging
-import re
 import signal
 import threading
 import time
@@ -37,13 +35,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.builders import shadow_output
+from schemas.builders import dead_letter, shadow_output
 from schemas.codec import as_request, encode_batch, events_of
 from schemas.exceptions import ContractError
-from schemas.records import DeadLetter
 from shadow import clients
-from shadow.engine import Answer, Dtype, ErrorKind, InferenceEngine, Prepared
-from shadow.exceptions import KafkaUnreachableError, ShadowstreamError, TopicMismatchError
+from shadow.exceptions import (
+    KafkaUnreachableError,
+    ShadowstreamError,
+    TopicMismatchError,
+    reason_key,
+)
+from shadow.runtime.engine import Answer, ErrorKind, InferenceEngine, Prepared
 from shadow.settings import Settings
 
 log = logging.getLogger("shadowstream.worker")
@@ -58,12 +60,10 @@ class WorkerError(ShadowstreamError):
 class WorkerConfig(BaseModel):
     """How one worker runs one candidate."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     candidate_id: str = Field(min_length=1, max_length=256)
     """The name the candidate's answers carry; also names its consumer group."""
-    device: str = "auto"
-    dtype: Dtype = "fp32"
     max_batch: int = Field(64, ge=1, le=65536)
     max_wait_ms: float = Field(10.0, ge=0)
     """A batch goes to the model when it is full or when this long has passed."""
@@ -128,19 +128,6 @@ class _Batch:
     ends: dict[int, int]  # partition -> next offset once this batch is out (incl. dead letters)
     prepared: Prepared | None = None
     answers: Future[list[Answer]] | None = None
-
-
-def reason_key(text: str) -> str:
-    """A reason to count: the message without what differs from one request to the next
-    (ids, offsets, values), so that the same failure adds up under one line."""
-    return _VARYING.sub("#", text.split("\n", 1)[0])[:160]
-
-
-_VARYING = re.compile(r"(?<![A-Za-z_\d.])\d+(?:\.\d+)?")  # numbers, not names (mat1, 8x32)
-
-
-def _stage(exc: ContractError) -> str:
-    return "decode" if exc.reason.startswith("malformed JSON") else "validate"
 
 
 @dataclass
@@ -286,14 +273,14 @@ class ShadowWorker:
             try:
                 events, batched = events_of(msg.value() or b"")
             except ContractError as exc:
-                self._dead_letter(msg, None, None, _stage(exc), str(exc), exc.path, "decode")
+                self._dead_letter(msg, None, None, exc.stage, str(exc), exc.path, "decode")
                 continue
             for i, doc in enumerate(events):
                 index = i if batched else None
                 try:
                     request = as_request(doc)
                 except ContractError as exc:
-                    self._dead_letter(msg, index, doc, _stage(exc), str(exc), exc.path,
+                    self._dead_letter(msg, index, doc, exc.stage, str(exc), exc.path,
                                       "decode")
                     continue
                 if self._models and request["model"] not in self._models:
@@ -367,18 +354,11 @@ class ShadowWorker:
             value = orjson.dumps(event)
             rid = event.get("request_id") if isinstance(event, dict) else None
             key = rid.encode() if isinstance(rid, str) else None
-        source: dict[str, Any] = {"topic": msg.topic(), "partition": msg.partition(),
-                                  "offset": msg.offset()}
+        source = [msg.topic(), msg.partition(), msg.offset()]
         if index is not None:
-            source["index"] = index
-        record = {
-            "schema": DeadLetter.SCHEMA, "ts": time.time_ns() // 1_000_000, "stage": stage,
-            "reason": reason[:256] or "invalid", "detail": detail, "source": source,
-            "value_b64": base64.b64encode(value).decode(),
-        }
-        if key is not None:
-            record["key_b64"] = base64.b64encode(key).decode()
-            record["request_id"] = key.decode("utf-8", "replace")
+            source.append(index)
+        record = dead_letter(stage, reason, ts=time.time_ns() // 1_000_000, source=source,
+                             key=key, value=value, detail=detail)
         self._produce(self._producer.produce, self.deadletter_topic, orjson.dumps(record), key)
         self.stats.dead_letters += 1
         self.metrics.dead_letters.labels(self.config.candidate_id, stage).inc()

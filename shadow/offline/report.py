@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from consumers.verdict import JudgeConfig, judge
-from shadow.charts import PALETTE, bars, hbars, lines
+from shadow.offline.charts import PALETTE, bars, hbars, lines
 
 __all__ = ["html_report"]
 

@@ -30,10 +30,9 @@ from consumers.windows import WindowAggregate, WindowKey
 from schemas import ConfigError, DivergencePair, WindowSummary
 from schemas.builders import shadow_output
 from schemas.codec import encode_batch
-from shadow.engine import Answer, InferenceEngine
-from shadow.exceptions import ShadowstreamError
-from shadow.recording import RecordedMessage
-from shadow.worker import reason_key
+from shadow.exceptions import ShadowstreamError, reason_key
+from shadow.offline.recordfile import RecordedMessage
+from shadow.runtime.engine import Answer, InferenceEngine
 
 __all__ = ["ReplayCandidate", "ReplayResult", "replay", "report_windows"]
 

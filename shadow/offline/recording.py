@@ -1,16 +1,6 @@
-"""``shadow record``: a time or offset range of a topic into a zstd JSON-lines file.
-
-The first line names the format and the order; each further line is one message, exact to
-the byte::
-
-    {"recording": "shadow.recording/2", "order": "time", "topic": ...}
-    {"topic": ..., "partition": 0, "offset": 42, "timestamp": 1763798400000,
-     "key_b64": "...", "value_b64": "..."}
-
-Messages are in ``time_order`` across partitions (each partition in offset order), which is
-the order replay needs: windows close by event time, so a file written partition after
-partition would make the later partitions' events arrive after their windows closed. Files
-without the header (older recordings) are merged into that order when read.
+"""``shadow record``: a time or offset range of a topic into a recording file
+(``shadow.offline.recordfile``: zstd JSON lines, in ``time_order`` across partitions), and
+the ranges (``--from``/``--to``) every command reads.
 
 The file is a sequence of zstd frames. Every ``checkpoint_every`` messages a frame is closed,
 the file synced and ``FILE.progress.json`` rewritten with the next offset of each partition and
@@ -22,17 +12,13 @@ progress file is removed when the recording is complete.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import heapq
-import io
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 import zstandard
@@ -45,13 +31,18 @@ from shadow.exceptions import (
     RangeError,
     ShadowstreamError,
 )
+from shadow.offline.recordfile import (
+    RecordedMessage,
+    encode_line,
+    header,
+    read_recording,
+    time_order,
+)
 from shadow.settings import Settings
 
 __all__ = ["Position", "RecordedMessage", "RecordingStats", "parse_position", "parse_range",
-           "parse_time", "read_range", "read_recording", "read_windows", "record",
-           "time_order"]
+           "parse_time", "read_range", "read_recording", "record", "time_order"]
 
-FORMAT = "shadow.recording/2"
 _MAX_WAITING = 10_000  # messages held per partition while the others catch up
 
 
@@ -116,16 +107,6 @@ def parse_range(start: str, end: str) -> tuple[Position, Position]:
     if lo.kind == hi.kind and lo.kind in ("offset", "time") and hi.value <= lo.value:
         raise RangeError(f"--to ({hi}) must be after --from ({lo})")
     return lo, hi
-
-
-@dataclass(frozen=True)
-class RecordedMessage:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes
 
 
 @dataclass
@@ -225,8 +206,7 @@ def _copy(consumer: Consumer, topic: str, nexts: dict[int, int],
     with path.open("ab") as f:
         writer = cctx.stream_writer(f, closefd=False)
         if f.tell() == 0:
-            writer.write(orjson.dumps({"recording": FORMAT, "order": "time",
-                                       "topic": topic}) + b"\n")
+            writer.write(header(topic))
 
         def checkpoint(final: bool = False) -> None:
             writer.flush(zstandard.FLUSH_FRAME)
@@ -242,11 +222,7 @@ def _copy(consumer: Consumer, topic: str, nexts: dict[int, int],
             tmp.replace(progress_path)
 
         for m in _fetch(consumer, topic, nexts, ranges):
-            writer.write(orjson.dumps({
-                "topic": topic, "partition": m.partition, "offset": m.offset,
-                "timestamp": m.timestamp,
-                "key_b64": None if m.key is None else base64.b64encode(m.key).decode(),
-                "value_b64": base64.b64encode(m.value).decode()}) + b"\n")
+            writer.write(encode_line(m))
             stats.records += 1
             since_checkpoint += 1
             if since_checkpoint >= checkpoint_every:
@@ -260,13 +236,6 @@ def _copy(consumer: Consumer, topic: str, nexts: dict[int, int],
         checkpoint(final=True)
         if progress:
             progress(stats.records, stats.total)
-
-
-def time_order(m: RecordedMessage) -> tuple[int, int, int]:
-    """The order in which replay reads the partitions of a topic: the next message of the
-    partition whose next message is oldest goes first (as Kafka Streams picks the record with
-    the lowest timestamp), ties by partition. Each partition stays in offset order."""
-    return (m.timestamp, m.partition, m.offset)
 
 
 def _fetch(consumer: Consumer, topic: str, nexts: dict[int, int],
@@ -346,113 +315,3 @@ def read_range(settings: Settings, bootstrap: str, topic: str, start: Position,
     return messages()
 
 
-def read_recording(path: Path) -> Iterator[RecordedMessage]:
-    """The messages of a recording in ``time_order``.
-
-    Recordings made by ``record`` are written in that order (their first line says so) and
-    are read straight through. Others (older recordings, written partition after partition)
-    are split by partition into temporary files first and merged from there, so that memory
-    stays bounded whatever the file's size.
-    """
-    if _header(path).get("order") == "time":
-        yield from _file_order(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="shadow-replay-") as tmp:
-        spills: dict[tuple[str, int], Any] = {}
-        try:
-            for m in _file_order(path):
-                fh = spills.get((m.topic, m.partition))
-                if fh is None:
-                    fh = spills[(m.topic, m.partition)] = open(  # noqa: SIM115
-                        Path(tmp) / f"{len(spills)}.jsonl", "w+b")
-                fh.write(_line(m))
-            for fh in spills.values():
-                fh.seek(0)
-            yield from heapq.merge(*(_spilled(fh) for fh in spills.values()), key=time_order)
-        finally:
-            for fh in spills.values():
-                fh.close()
-
-
-def _line(m: RecordedMessage) -> bytes:
-    return orjson.dumps({
-        "topic": m.topic, "partition": m.partition, "offset": m.offset,
-        "timestamp": m.timestamp,
-        "key_b64": None if m.key is None else base64.b64encode(m.key).decode(),
-        "value_b64": base64.b64encode(m.value).decode()}) + b"\n"
-
-
-def _spilled(fh: Any) -> Iterator[RecordedMessage]:
-    for line in fh:
-        yield _message(orjson.loads(line))
-
-
-def _header(path: Path) -> dict[str, Any]:
-    """The recording's first line when it is a header (``{"recording": ...}``), else {}."""
-    for doc in _documents(path):
-        return doc if "recording" in doc else {}
-    return {}
-
-
-def _file_order(path: Path) -> Iterator[RecordedMessage]:
-    """The messages of a recording in the order they were written."""
-    n = 0
-    for n, doc in enumerate(_documents(path), 1):
-        if "recording" in doc:
-            continue
-        try:
-            message = _message(doc)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ShadowstreamError(f"{path}: line {n} is not a recorded message "
-                                    f"({exc})") from None
-        yield message
-
-
-def _documents(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise ShadowstreamError(f"{path}: {exc.strerror}") from None
-    with fh:
-        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-        lines = io.BufferedReader(reader)
-        n = 0
-        try:
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                doc = orjson.loads(line)
-                if not isinstance(doc, dict):
-                    raise ShadowstreamError(f"{path}: line {n} is not a recorded message")
-                yield doc
-        except zstandard.ZstdError as exc:
-            raise ShadowstreamError(f"{path}: not a zstd recording ({exc})") from None
-        except orjson.JSONDecodeError as exc:
-            raise ShadowstreamError(f"{path}: line {n + 1} is not a recorded message "
-                                    f"({exc})") from None
-
-
-def _message(doc: dict[str, Any]) -> RecordedMessage:
-    return RecordedMessage(
-        doc["topic"], doc["partition"], doc["offset"], doc["timestamp"],
-        None if doc["key_b64"] is None else base64.b64decode(doc["key_b64"]),
-        base64.b64decode(doc["value_b64"]))
-
-
-def read_windows(settings: Settings, bootstrap: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The closed windows on ``<prefix>.windows`` of each model and candidate (overall, not
-    per segment), oldest first; a window emitted twice (after a restart: the same numbers)
-    counts once. What ``shadow verdict --live`` judges."""
-    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
-    topic = settings.topic("windows")
-    for m in read_range(settings, bootstrap, topic, Position("beginning"), Position("end")):
-        try:
-            w = orjson.loads(m.value)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(w, dict) and w.get("segment") is None and "window_start" in w:
-            latest[(w["model"], w["candidate"], w["window_start"])] = w
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for (model, cand, _), w in sorted(latest.items()):
-        groups.setdefault((model, cand), []).append(w)
-    return groups
