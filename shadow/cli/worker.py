@@ -9,6 +9,10 @@ import click
 
 from shadow.cli import options
 from shadow.cli.common import err_console, kafka, settings
+from shadow.runtime.config import WorkerConfig
+
+# The options' defaults are the settings object's: stated once.
+_DEFAULTS = {name: f.default for name, f in WorkerConfig.model_fields.items()}
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -28,8 +32,9 @@ def _id(value: str) -> str:
               help="Name of the candidate in its answers (letters, digits, '.', '_', '-'); "
                    "also names its consumer group.")
 @options.model_files()
-@options.engine(max_batch=64)
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@options.engine(max_batch=_DEFAULTS["max_batch"])
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=_DEFAULTS["max_wait_ms"],
+              show_default=True,
               help="A batch goes to the model when it has --max-batch requests or when this "
                    "long has passed since the first.")
 @click.option("--group", default=None,
@@ -38,7 +43,8 @@ def _id(value: str) -> str:
               help="Serve Prometheus metrics on this port (0: a free one). Default: a free "
                    "port when the local stack runs Prometheus (the worker registers with it), "
                    "else none.")
-@click.option("--session-timeout-ms", type=click.IntRange(1000), default=10_000,
+@click.option("--session-timeout-ms", type=click.IntRange(1000),
+              default=_DEFAULTS["session_timeout_ms"],
               show_default=True, help="How soon the group hands a dead worker's partitions "
                                       "to the others.")
 @click.option("--model", "models", multiple=True, metavar="NAME",
@@ -68,7 +74,7 @@ def command(candidate: str, candidate_id: str, weights: tuple[str, ...],
     """
     from shadow.runtime.engine import InferenceEngine
     from shadow.runtime.models import load_candidate
-    from shadow.runtime.worker import ShadowWorker, WorkerConfig
+    from shadow.runtime.worker import ShadowWorker
     from shadow.stack import local_prometheus
     from shadow.stack.procs import free_port
     from shadow.stack.prometheus import registered

@@ -33,7 +33,6 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.builders import dead_letter, shadow_output
 from schemas.codec import as_request, encode_batch, events_of
@@ -45,6 +44,7 @@ from shadow.exceptions import (
     TopicMismatchError,
     reason_key,
 )
+from shadow.runtime.config import WorkerConfig
 from shadow.runtime.engine import Answer, ErrorKind, InferenceEngine, Prepared
 from shadow.settings import Settings
 
@@ -55,31 +55,6 @@ _PROGRESS_EVERY_S = 10.0
 
 class WorkerError(ShadowstreamError):
     """The worker cannot go on (a delivery failed for good, a fatal Kafka error)."""
-
-
-class WorkerConfig(BaseModel):
-    """How one worker runs one candidate."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    candidate_id: str = Field(min_length=1, max_length=256)
-    """The name the candidate's answers carry; also names its consumer group."""
-    max_batch: int = Field(64, ge=1, le=65536)
-    max_wait_ms: float = Field(10.0, ge=0)
-    """A batch goes to the model when it is full or when this long has passed."""
-    group: str | None = None
-    """Consumer group; default ``<prefix>.shadow.<candidate_id>``, one per candidate."""
-    models: tuple[str, ...] = ()
-    """The models this candidate shadows; requests of any other model are dead-lettered as
-    unknown. Empty: every request on the topic."""
-    commit_interval_s: float = Field(1.0, gt=0)
-    session_timeout_ms: int = Field(10_000, ge=1000)
-    """How soon the group notices a dead worker and hands its partitions to the others."""
-    flush_timeout_s: float = Field(60.0, gt=0)
-    metrics_port: int | None = None
-
-    def group_id(self, settings: Settings) -> str:
-        return self.group or f"{settings.topic_prefix}.shadow.{self.candidate_id}"
 
 
 class WorkerMetrics:
