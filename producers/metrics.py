@@ -3,8 +3,8 @@
 publish() takes a few microseconds, so its counts are plain integers under one lock, and the
 metrics are rendered from them at scrape time by a collector (prometheus-client's own
 counters and histograms lock per update and would double the cost of a call). Delivery is
-reported by librdkafka only for failures, so ``published`` is derived:
-``enqueued - failed in Kafka - in librdkafka's queue``, exact once delivery settles.
+reported per record (a batch of events): ``published`` counts the events the broker has
+acknowledged, ``delivery_failed`` those librdkafka gave up on.
 
 An event's path: publish() accepts it into the hand-off buffer (attempted), the shipper
 handles it (enqueued into librdkafka, or dropped for serialization/size), librdkafka
@@ -15,7 +15,9 @@ count as delivery_failed too.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,3 +186,26 @@ def register(registry: CollectorRegistry, metrics: MirrorMetrics) -> None:
             collector = _collectors[registry] = _MirrorCollector()
             registry.register(collector)
         collector.mirrors.add(metrics)
+
+
+class RateLimitedLog:
+    """One line per reason per interval, saying how many were suppressed since."""
+
+    def __init__(self, log: logging.Logger, interval_s: float) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(reason)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+                return
+            self._last[reason] = now
+            n = self._suppressed.pop(reason, 0)
+        more = f" ({n} more since the last report)" if n else ""
+        self.log.warning("mirror %s: %s%s", reason, message, more)

@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from producers.config import MirrorConfig
-from producers.metrics import MirrorMetrics, register
+from producers.metrics import MirrorMetrics, RateLimitedLog, register
 from producers.sampling import sample_threshold, sampled
 from schemas.codec import join_batch
 from schemas.records import OUTPUT_KINDS, EventBatch, MirroredRequest
@@ -71,28 +71,6 @@ def _output_problem(out: Mapping[str, Any]) -> str | None:
     return None
 
 
-class _RateLimitedLog:
-    """One line per reason per interval, saying how many were suppressed since."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def warn(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(reason)
-            if last is not None and now - last < self.interval_s:
-                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-                return
-            self._last[reason] = now
-            n = self._suppressed.pop(reason, 0)
-        more = f" ({n} more since the last report)" if n else ""
-        log.warning("mirror %s: %s%s", reason, message, more)
-
-
 class Mirror:
     """Thread-safe synchronous mirror client. Use as a context manager or call close().
 
@@ -128,7 +106,7 @@ class Mirror:
         # Shared by every event without a trace id (librdkafka copies headers on produce).
         self._headers = [_SCHEMA_HEADER, ("model", config.model.encode())]
         self._threshold = sample_threshold(config.sample_rate)
-        self._log = _RateLimitedLog(config.log_interval_s)
+        self._log = RateLimitedLog(log, config.log_interval_s)
         self._paused_until = 0.0
         self._shipping = False
         self._closed = False

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.builders import dead_letter, shadow_output
 from schemas.codec import as_request, encode_batch, events_of
@@ -45,7 +45,8 @@ from shadow.exceptions import (
     reason_key,
 )
 from shadow.runtime.config import WorkerConfig
-from shadow.runtime.engine import Answer, ErrorKind, InferenceEngine, Prepared
+from shadow.runtime.engine import Answer, InferenceEngine, Prepared
+from shadow.runtime.metrics import WorkerMetrics
 from shadow.settings import Settings
 
 log = logging.getLogger("shadowstream.worker")
@@ -55,43 +56,6 @@ _PROGRESS_EVERY_S = 10.0
 
 class WorkerError(ShadowstreamError):
     """The worker cannot go on (a delivery failed for good, a fatal Kafka error)."""
-
-
-class WorkerMetrics:
-    """The worker's Prometheus metrics, labelled by candidate; also the engine's Observer."""
-
-    def __init__(self, candidate: str, registry: CollectorRegistry) -> None:
-        self.candidate = candidate
-        self.batch_size = Histogram(
-            "shadow_worker_batch_size", "Rows per inference batch", ["candidate"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=registry,
-        ).labels(candidate)
-        self.inference = Histogram(
-            "shadow_worker_inference_seconds", "Inference time per batch", ["candidate"],
-            buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-            registry=registry,
-        ).labels(candidate)
-        self.events = Counter("shadow_worker_events", "Requests handled, by outcome",
-                              ["candidate", "outcome"], registry=registry)
-        self.errors = Counter("shadow_worker_errors", "Errors by kind (rows affected)",
-                              ["candidate", "kind"], registry=registry)
-        self.rate_value = 0.0
-        self.rate = Gauge("shadow_worker_events_per_second",
-                          "Requests handled per second over the last commit interval",
-                          ["candidate"], registry=registry).labels(candidate)
-        self.dead_letters = Counter(
-            "shadow_worker_dead_letters", "Dead-letter records written, by stage (every one "
-            "of them, including answered requests kept for a look)", ["candidate", "stage"],
-            registry=registry)
-        self.lag = Gauge("shadow_worker_consumer_lag", "Messages behind the end, by partition",
-                         ["candidate", "partition"], registry=registry)
-
-    def batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference.observe(seconds)
-
-    def error(self, kind: ErrorKind | str, rows: int) -> None:
-        self.errors.labels(self.candidate, kind).inc(rows)
 
 
 @dataclass
