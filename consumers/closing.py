@@ -3,26 +3,22 @@ exemplars, or with several workers one part per input partition), then, once del
 forgotten (alert rules evaluated, the closing recorded in the table, entries deleted), and
 alerts kept until their sink has them. No Kafka here.
 
-A mixin, so that the join's state stays one object (``consumers.join`` holds the events,
-pairs and recovery, and every attribute named below).
+The join is one object in three layers: ``consumers.state.JoinState`` (what it remembers,
+durable writes, recovery), this one (what happens as event time passes) and
+``consumers.join.JoinCore`` (what happens when an event arrives).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from consumers.alerting import AlertMachine
-from consumers.drift import Profile
-from consumers.entries import ALERTS_KEY, META_KEY, OUTBOX_KEY, Entry, Outgoing, Role, request_of
+from consumers.entries import ALERTS_KEY, META_KEY, OUTBOX_KEY, Outgoing, Role, request_of
+from consumers.state import JoinState
 from consumers.windows import aggregate, window_start
 from schemas import Alert, WindowSummary, encode
-
-if TYPE_CHECKING:
-    from consumers.join import JoinConfig, JoinStats
 
 __all__ = ["PART_SCHEMA", "PROGRESS_SCHEMA", "WindowClosing"]
 
@@ -30,39 +26,8 @@ PART_SCHEMA = "window.part/1"
 PROGRESS_SCHEMA = "window.progress/1"
 
 
-class WindowClosing:
-    """Closing windows, for ``JoinCore`` (which sets every attribute below)."""
-
-    config: JoinConfig
-    table: MutableMapping[str, Any]
-    stats: JoinStats
-    alerts: AlertMachine | None
-    entries: dict[str, Entry]
-    windows: dict[int, set[str]]
-    candidates: dict[str, set[str]]
-    profiles: dict[str, Profile]
-    positions: dict[str, int]
-    closed_before: int
-    closed_offsets: dict[str, int]
-    latest: dict[tuple[str, str], WindowSummary]
-    precomputed: dict[int, Any]
-    _closed_at: dict[int, int]
-    _emitted: dict[int, int]
-    _summaries: dict[int, list[WindowSummary]]
-    _deltas: dict[int, dict[int, list[str]]]
-    _doomed: dict[int, list[str]]
-    _fresh: dict[str, Alert]
-    _unsent: dict[int, dict[str, Any]]
-    _outbox_dirty: set[int]
-    _partition: int
-    _at: Any
-    _progress: dict[str, int]
-
-    if TYPE_CHECKING:
-        @property
-        def watermark(self) -> int: ...
-        def _put(self, partition: int, key: str, value: Any) -> None: ...
-        def _drop(self, partition: int, key: str) -> None: ...
+class WindowClosing(JoinState):
+    """Closing windows (see the module docstring); ``JoinCore`` is the class to use."""
 
     def closable(self, watermark: int) -> list[int]:
         """Starts of the open windows that the watermark closes, oldest first."""
