@@ -91,7 +91,7 @@ class AlertMachine:
 
     def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int) -> Alert | None:
         st.last_window = s.window_start
-        value = metric_value(s, rule.metric)
+        value = metric_value(s, rule.metric, rule)
         if value is None and rule.metric.startswith("drift.") and s.drift:
             self._warn_unmatched(rule, s)
         if value is None or samples(s, rule.metric) < rule.min_samples:
@@ -109,7 +109,7 @@ class AlertMachine:
             return None
         threshold = rule.clear_level if st.state == "resolved" else rule.threshold
         clears = f", clears at {rule.clear_level:g}" if st.state == "resolved" else ""
-        feature = metric_feature(s, rule.metric)
+        feature = metric_feature(s, rule.metric, rule)
         on = f" on {feature}" if feature and feature not in rule.metric else ""
         return Alert.model_validate({
             "schema": Alert.SCHEMA,

@@ -20,27 +20,43 @@ Statistics, each checked against numpy/scipy in the unit tests:
   values the bin holds on either side; within ``wasserstein_bound`` = sum over bins of half the
   bin's value range times the mass both sides have there (moving mass inside a bin by at most
   half its range moves W1 by at most that much).
-- categorical ``js`` and ``chi2`` (Pearson's statistic of the window's counts against the
-  reference proportions, scipy.stats.chisquare) with its ``chi2_p`` p-value.
+- ``ks_p``: the two-sample KS test's p-value for ``ks`` with both sample sizes (the
+  asymptotic distribution at n_ref * n_win / (n_ref + n_win), as scipy's ``ks_2samp`` with
+  ``method="asymp"``). ``ks`` is a lower bound of the true statistic, so ``ks_p`` is an upper
+  bound of the true p-value: binning can only make the test quieter, never louder.
+- categorical ``js`` and ``chi2``: Pearson's two-sample statistic of the reference's and the
+  window's counts (a 2 x k contingency table, scipy.stats.chi2_contingency without
+  continuity correction), which counts the reference's own sampling error, with its
+  ``chi2_p`` p-value.
+- ``t``, ``t_p``: Welch's two-sample t-test of the means (scipy.stats.ttest_ind_from_stats,
+  from each side's exact mean and variance, kept beside the bins), and ``mean_shift``: the
+  difference of the means in reference standard deviations.
+- ``p``: the feature's test p-value (for a numeric feature the smaller of ``ks_p`` and
+  ``t_p``, doubled for the two tests; ``chi2_p`` for a categorical one) and ``effect``: how far the
+  distributions are apart in probability (``ks`` for a numeric feature, the total variation
+  distance for a categorical one), for an effect-size floor: a huge window detects trivial
+  shifts. ``adjust`` corrects the p-values of the features of a model for testing many at
+  once (Benjamini-Hochberg or Bonferroni).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as sps
 
-STATISTICS = ("n", "js", "psi", "ks", "ks_bound", "wasserstein", "wasserstein_bound", "chi2",
-              "chi2_p")
+STATISTICS = ("n", "js", "psi", "ks", "ks_bound", "ks_p", "t", "t_p", "mean_shift",
+              "wasserstein", "wasserstein_bound", "chi2", "chi2_p", "p", "effect")
 """What ``drift`` may give for a feature (a rule's ``drift.<feature>.<stat>``)."""
+Correction = Literal["bh", "bonferroni", "none"]
 
-__all__ = ["OTHER", "STATISTICS", "FeatureProfile", "Histogram", "Profile", "deciles", "drift",
-           "feature_names", "features_of", "psi"]
+__all__ = ["OTHER", "STATISTICS", "Correction", "FeatureProfile", "Histogram", "Profile", "adjust",
+           "deciles", "drift", "feature_names", "features_of", "ks_pvalue", "psi"]
 
 OTHER = "__other__"
 PSI_FLOOR = 1e-4
@@ -167,17 +183,23 @@ class FeatureProfile:
 
 @dataclass
 class Histogram:
-    """Counts on a feature's bins; numeric bins also keep the range of what they hold."""
+    """Counts on a feature's bins; numeric bins also keep the range of what they hold, and
+    a numeric histogram the mean and the sum of squared deviations of its values (merged as
+    Chan et al.'s parallel variance; None when unknown: a histogram of an older version)."""
 
     kind: str
     counts: list[int]
     lo: list[float] = field(default_factory=list)
     hi: list[float] = field(default_factory=list)
+    mean: float | None = None
+    m2: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "numeric" and not self.lo:
             self.lo = [math.inf] * len(self.counts)
             self.hi = [-math.inf] * len(self.counts)
+        if self.kind == "numeric" and self.mean is None and not any(self.counts):
+            self.mean, self.m2 = 0.0, 0.0
 
     @property
     def total(self) -> int:
@@ -191,6 +213,7 @@ class Histogram:
                 self.lo[b] = v
             if v > self.hi[b]:
                 self.hi[b] = v
+            self._moments(1, v, 0.0)
 
     def add_many(self, bins: np.ndarray, values: np.ndarray) -> None:
         """Numeric values with their bins (``searchsorted`` of the edges, side left)."""
@@ -201,21 +224,50 @@ class Histogram:
         np.minimum.at(lo, bins, values)
         np.maximum.at(hi, bins, values)
         self.lo, self.hi = lo.tolist(), hi.tolist()
+        if len(values):
+            mean = float(values.mean())
+            self._moments(len(values), mean, float(((values - mean) ** 2).sum()))
+
+    def _moments(self, n: int, mean: float, m2: float) -> None:
+        """Fold in ``n`` values of that mean and sum of squared deviations (the counts
+        already include them)."""
+        if self.mean is None or self.m2 is None:
+            return
+        before = self.total - n
+        total = before + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * before * n / total
 
     def merge(self, other: Histogram) -> Histogram:
         if len(other.counts) != len(self.counts) or other.kind != self.kind:
             raise ValueError("histograms on different bins cannot merge")
+        n = other.total
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         if self.kind == "numeric":
             self.lo = [min(a, b) for a, b in zip(self.lo, other.lo, strict=True)]
             self.hi = [max(a, b) for a, b in zip(self.hi, other.hi, strict=True)]
+            if other.mean is None or other.m2 is None:
+                self.mean = self.m2 = None
+            elif n:
+                self._moments(n, other.mean, other.m2)
         return self
+
+    @property
+    def sd(self) -> float | None:
+        """The sample standard deviation of a numeric histogram's values (None: unknown)."""
+        n = self.total
+        if self.m2 is None or n < 2:
+            return None
+        return math.sqrt(max(0.0, self.m2) / (n - 1))
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "counts": self.counts}
         if self.kind == "numeric":  # JSON has no infinity: empty bins are null
             doc["lo"] = [v if math.isfinite(v) else None for v in self.lo]
             doc["hi"] = [v if math.isfinite(v) else None for v in self.hi]
+            if self.mean is not None:
+                doc["mean"], doc["m2"] = self.mean, self.m2
         return doc
 
     @classmethod
@@ -224,7 +276,10 @@ class Histogram:
             return cls(doc["kind"], list(doc["counts"]))
         lo = [math.inf if v is None else v for v in doc["lo"]]
         hi = [-math.inf if v is None else v for v in doc["hi"]]
-        return cls("numeric", list(doc["counts"]), lo, hi)
+        h = cls("numeric", list(doc["counts"]), lo, hi, doc.get("mean"), doc.get("m2"))
+        if "mean" not in doc and any(h.counts):  # written before moments were kept
+            h.mean = h.m2 = None
+        return h
 
 
 @dataclass(frozen=True)
@@ -351,25 +406,54 @@ def drift(reference: Histogram, window: Histogram,
         out["ks"] = float(gaps.max())
         out["ks_bound"] = float(np.maximum(p, q).max())
         out["wasserstein"], out["wasserstein_bound"] = _wasserstein(reference, window, p, q)
+        out["ks_p"] = out["p"] = ks_pvalue(out["ks"], n_ref, n_win)
+        out["effect"] = out["ks"]
+        ref_sd, win_sd = reference.sd, window.sd
+        if ref_sd and win_sd is not None and reference.mean is not None \
+                and window.mean is not None:
+            # Welch's t-test on the means: a shift of the location is what KS sees least
+            # well; the feature's p is the smaller of the two, Bonferroni for two tests.
+            t = sps.ttest_ind_from_stats(window.mean, win_sd, n_win, reference.mean, ref_sd,
+                                         n_ref, equal_var=False)
+            out["t"], out["t_p"] = float(t.statistic), float(t.pvalue)
+            out["mean_shift"] = (window.mean - reference.mean) / ref_sd
+            out["p"] = min(1.0, 2 * min(out["ks_p"], out["t_p"]))
     else:
-        expected = p * n_win
-        seen = expected > 0
-        # Categories the reference never had cannot be tested by chi-square: they are pooled
-        # in OTHER by the binning and show up in JS instead.
-        obs = np.asarray(window.counts, float)[seen]
-        if seen.sum() >= 2 and obs.sum() > 0:
-            exp = expected[seen] * obs.sum() / expected[seen].sum()
-            res = sps.chisquare(obs, exp)
+        out["effect"] = float(0.5 * np.abs(p - q).sum())
+        table = np.vstack([reference.counts, window.counts]).astype(float)
+        table = table[:, table.sum(axis=0) > 0]  # categories neither side has: no column
+        if table.shape[1] >= 2:
+            res = sps.chi2_contingency(table, correction=False)
             out["chi2"], out["chi2_p"] = float(res.statistic), float(res.pvalue)
-        elif seen.sum() >= 2 and undefined is not None:
-            # Every value of the window is one the reference never had: no test possible.
-            undefined += ["chi2", "chi2_p"]
+            out["p"] = out["chi2_p"]
+        elif undefined is not None:
+            # One category on both sides together: nothing to test.
+            undefined += ["chi2", "chi2_p", "p"]
     bad = [k for k, v in out.items() if not math.isfinite(v)]
     for k in bad:
         del out[k]
     if undefined is not None:
         undefined += bad
     return out
+
+
+def ks_pvalue(d: float, n_ref: int, n_win: int) -> float:
+    """The two-sample KS test's p-value (two-sided, asymptotic), as scipy's ``ks_2samp``
+    with ``method="asymp"`` gives it for a statistic ``d`` of samples of these sizes."""
+    n = round(n_ref * n_win / (n_ref + n_win))
+    return float(min(1.0, max(0.0, sps.kstwo.sf(d, max(1, n)))))
+
+
+def adjust(pvalues: Sequence[float], method: Correction = "bh") -> list[float]:
+    """P-values corrected for testing ``len(pvalues)`` features at once: Benjamini-Hochberg
+    (false discovery rate, scipy.stats.false_discovery_control), Bonferroni (family-wise
+    error rate), or none."""
+    ps = [min(1.0, max(0.0, float(x))) for x in pvalues]
+    if not ps or method == "none":
+        return ps
+    if method == "bonferroni":
+        return [min(1.0, x * len(ps)) for x in ps]
+    return [float(x) for x in sps.false_discovery_control(ps, method="bh")]
 
 
 def deciles(p: np.ndarray) -> np.ndarray:

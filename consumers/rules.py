@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from consumers.compare import METRICS
 from consumers.config import FromToml
-from consumers.drift import STATISTICS
+from consumers.drift import STATISTICS, Correction, adjust
 from consumers.windows import QUANTILES
 from schemas import WindowSummary
 from schemas.exceptions import ConfigError, closest, refuse_unknown
@@ -80,6 +80,13 @@ class Rule:
     """Least pairs a window needs to be evaluated (requests for the rates of requests)."""
     direction: Direction | None = None
     severity: str = "warning"
+    correction: Correction = "bh"
+    """For ``drift.<pattern>.p``: how the p-values of the features that match are corrected
+    for testing them at once (``bh``: Benjamini-Hochberg, ``bonferroni``, ``none``)."""
+    min_effect: float = 0.0
+    """For ``drift.<pattern>.p``: a feature whose ``effect`` is below this cannot move
+    (it still counts in the correction), so that a huge window does not alert on a trivial
+    shift."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -102,6 +109,13 @@ class Rule:
         if not isinstance(self.min_samples, int) or self.min_samples < 0:
             raise RuleError(self.name, f"min_samples must be an integer >= 0, "
                                        f"got {self.min_samples!r}")
+        if self.correction not in ("bh", "bonferroni", "none"):
+            raise RuleError(self.name, f"correction must be bh, bonferroni or none, "
+                                       f"got {self.correction!r}")
+        if isinstance(self.min_effect, bool) or not isinstance(self.min_effect, int | float) \
+                or not 0 <= self.min_effect <= 1:
+            raise RuleError(self.name, f"min_effect must be a number in [0, 1], "
+                                       f"got {self.min_effect!r}")
         rising = self.comparison in (">", ">=")
         direction = self.direction or ("up" if rising else "down")
         if direction not in ("up", "down", "both"):
@@ -254,8 +268,10 @@ def _keep_hysteresis(rule: Rule, changes: dict[str, Any]) -> dict[str, Any]:
     return {**changes, "clear_threshold": new * ratio}
 
 
-def metric_value(summary: WindowSummary, metric: str) -> float | None:
-    """The value of a rule's metric in a summary; None when the window has none."""
+def metric_value(summary: WindowSummary, metric: str, rule: Rule | None = None
+                 ) -> float | None:
+    """The value of a rule's metric in a summary; None when the window has none. ``rule``
+    gives the correction and effect floor of a ``drift.<pattern>.p`` metric."""
     s = summary
     if metric == "unmatched_rate":
         return (s.unmatched_live + s.unmatched_shadow) / s.requests if s.requests else None
@@ -271,16 +287,43 @@ def metric_value(summary: WindowSummary, metric: str) -> float | None:
         return s.divergence.get(rest)
     if head == "latency":
         return getattr(s.latency, rest, None)
+    if rest.endswith(".p"):
+        tested = drift_tests(s, rest, rule)
+        return min(t[1] for t in tested) if tested else None
     found = _drift_max(s, rest)
     return found[1] if found else None
 
 
-def metric_feature(summary: WindowSummary, metric: str) -> str | None:
-    """For a drift metric, the feature its value comes from (the largest, with wildcards)."""
+def metric_feature(summary: WindowSummary, metric: str, rule: Rule | None = None
+                   ) -> str | None:
+    """For a drift metric, the feature its value comes from (the largest, with wildcards);
+    for ``drift.<pattern>.p``, every feature that moved (corrected p-value at or below the
+    rule's threshold) with its statistics, most significant first."""
     if not metric.startswith("drift."):
         return None
-    found = _drift_max(summary, metric.removeprefix("drift."))
+    rest = metric.removeprefix("drift.")
+    if rest.endswith(".p"):
+        limit = rule.threshold if rule is not None else 0.05
+        moved = [t for t in drift_tests(summary, rest, rule) if t[1] <= limit]
+        return ", ".join(f"{f} (p {p:.2g}, effect {e:.3g})" for f, p, e in moved) or None
+    found = _drift_max(summary, rest)
     return found[0] if found else None
+
+
+def drift_tests(s: WindowSummary, rest: str, rule: Rule | None = None
+                ) -> list[tuple[str, float, float]]:
+    """``(feature, corrected p-value, effect)`` of the features ``<pattern>.p`` matches,
+    most significant first: a feature under the rule's effect floor counts in the
+    correction with p = 1."""
+    pattern = rest.rpartition(".")[0]
+    floor = rule.min_effect if rule is not None else 0.0
+    method: Correction = rule.correction if rule is not None else "bh"
+    rows = [(f, d["p"] if d.get("effect", 0.0) >= floor else 1.0, d.get("effect", 0.0))
+            for f, d in sorted(s.drift.items())
+            if "p" in d and fnmatch.fnmatchcase(f, pattern)]
+    corrected = adjust([p for _, p, _ in rows], method)
+    return sorted(((f, q, e) for (f, _, e), q in zip(rows, corrected, strict=True)),
+                  key=lambda t: (t[1], -t[2], t[0]))
 
 
 def _drift_max(s: WindowSummary, rest: str) -> tuple[str, float] | None:

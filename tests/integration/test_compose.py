@@ -43,8 +43,8 @@ def test_prometheus_compose_config_and_grafana_dashboard() -> None:
     dash = json.loads((ROOT / "grafana" / "dashboards" / "shadowstream.json").read_text())
     assert dash["uid"] == "shadowstream" and len(dash["panels"]) >= 8
     # Every metric the dashboard plots is one the code exports.
-    code = "".join(p.read_text() for p in (ROOT / "consumers").glob("*.py")) + \
-        (ROOT / "shadow" / "worker.py").read_text()
+    code = "".join(p.read_text() for where in ("consumers", "shadow/runtime")
+                   for p in (ROOT / where).rglob("*.py"))
     for panel in dash["panels"]:
         for name in re.findall(r"shadow_[a-z0-9_]+", panel["targets"][0]["expr"]):
             base = name.removesuffix("_total")

@@ -251,3 +251,39 @@ def test_a_drift_rule_on_a_feature_the_model_lacks_is_reported_once(
     warned = [r.message for r in caplog.records if "matches no feature" in r.message]
     assert warned == ["rule 'amount': drift.amount.psi matches no feature of m (its "
                       "features: inputs.amount, inputs.hour)"]
+
+
+def test_drift_as_a_test_corrects_for_the_features_and_names_those_that_moved() -> None:
+    import scipy.stats as sps
+
+    drift = {"inputs.a": {"p": 0.001, "effect": 0.20}, "inputs.b": {"p": 0.004, "effect": 0.10},
+             "inputs.c": {"p": 0.30, "effect": 0.02}, "inputs.d": {"p": 0.0001, "effect": 0.01},
+             "candidate.confidence": {"p": 1e-9, "effect": 0.5}}
+    w = window(0).model_copy(update={"drift": drift})
+    bh = Rule("input_drift", "drift.inputs.*.p", 0.01, comparison="<=", clear_threshold=0.05,
+              min_samples=0)
+    # Benjamini-Hochberg over the four inputs (not the candidate's own answers), as scipy.
+    want = sps.false_discovery_control([0.001, 0.004, 0.30, 0.0001])
+    assert metric_value(w, bh.metric, bh) == pytest.approx(min(want))
+    # An effect floor: inputs.d's tiny effect cannot move, yet it still counts in the
+    # correction (m = 4): BH gives inputs.a 4 x 0.001 / 1 and inputs.b 4 x 0.004 / 2,
+    # Bonferroni 4 x 0.001 and 4 x 0.004.
+    floor = Rule("f", "drift.inputs.*.p", 0.01, comparison="<=", min_effect=0.05)
+    assert metric_value(w, floor.metric, floor) == pytest.approx(0.004)
+    bonf = Rule("f", "drift.inputs.*.p", 0.01, comparison="<=", min_effect=0.05,
+                correction="bonferroni")
+    assert metric_value(w, bonf.metric, bonf) == pytest.approx(0.004)
+    assert metric_feature(w, bonf.metric, bonf) == "inputs.a (p 0.004, effect 0.2)"
+    assert metric_feature(w, floor.metric, floor) == (
+        "inputs.a (p 0.004, effect 0.2), inputs.b (p 0.008, effect 0.1)")
+    [alert] = AlertMachine(RuleSet((floor,))).evaluate(w, 0)
+    assert alert.state == "firing" and "on inputs.a (p 0.004, effect 0.2), inputs.b" in \
+        alert.message
+    # Nothing below the threshold: the value is still the smallest corrected p, no name.
+    calm = window(1).model_copy(update={"drift": {"inputs.a": {"p": 0.5, "effect": 0.3}}})
+    assert metric_value(calm, floor.metric, floor) == 0.5
+    assert metric_feature(calm, floor.metric, floor) is None
+    with pytest.raises(ConfigError, match="correction must be"):
+        Rule("x", "drift.*.p", 0.01, comparison="<=", correction="holm")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="min_effect"):
+        Rule("x", "drift.*.p", 0.01, comparison="<=", min_effect=2)

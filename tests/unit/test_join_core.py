@@ -374,6 +374,12 @@ def test_window_aggregates_merge_exactly() -> None:
             assert abs(got[name]["s"] - want[name]["s"]) < 1e-6
             got.pop(name), want.pop(name)
         assert got.pop("metric_sums").keys() == want.pop("metric_sums").keys()
+        for name, hist in want["histograms"].items():  # float moments: merged in any order
+            other = got["histograms"][name]
+            for moment in ("mean", "m2"):
+                if moment in hist:
+                    assert other.pop(moment) == pytest.approx(hist.pop(moment), rel=1e-9,
+                                                              abs=1e-12)
         assert got == want
 
 

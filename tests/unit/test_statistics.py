@@ -12,7 +12,7 @@ from scipy import stats as sps
 from scipy.spatial import distance
 
 from consumers.compare import ComparisonError, Tolerance, Tolerances, compare, rbo
-from consumers.drift import Profile, drift, features_of, psi
+from consumers.drift import Profile, adjust, drift, features_of, ks_pvalue, psi
 from consumers.sketch import QuantileSketch
 from consumers.windows import output_features, request_features, top1_as_live
 from schemas import ConfigError
@@ -218,6 +218,19 @@ def test_numeric_drift_equals_numpy_scipy_within_stated_bounds(shift: float,
     w1 = sps.wasserstein_distance(ref, win)
     assert abs(out["wasserstein"] - w1) <= out["wasserstein_bound"] + 1e-12
     assert out["n"] == win.size
+    # The KS test with both sample sizes: scipy's asymptotic p-value for our statistic, and
+    # never below the p-value of the exact statistic (binning only makes it quieter).
+    exact = sps.ks_2samp(ref, win, method="asymp")
+    assert out["effect"] == out["ks"]
+    # Welch's t-test from the moments kept beside the bins equals scipy's on the values.
+    welch = sps.ttest_ind(win, ref, equal_var=False)
+    assert out["t"] == pytest.approx(welch.statistic, rel=1e-9)
+    assert out["t_p"] == pytest.approx(welch.pvalue, rel=1e-6, abs=1e-300)
+    assert out["mean_shift"] == pytest.approx((win.mean() - ref.mean()) / ref.std(ddof=1))
+    assert out["p"] == min(1.0, 2 * min(out["ks_p"], out["t_p"]))
+    assert out["ks_p"] >= exact.pvalue - 1e-12
+    assert ks_pvalue(exact.statistic, ref.size, win.size) == pytest.approx(exact.pvalue,
+                                                                          rel=1e-9, abs=1e-300)
 
 
 def test_psi_orders_shifts() -> None:
@@ -243,11 +256,12 @@ def test_categorical_drift_equals_scipy() -> None:
     assert hists["c"].counts == win_counts.tolist()
     assert out["js"] == pytest.approx(distance.jensenshannon(
         ref_counts / ref_counts.sum(), win_counts / win_counts.sum(), base=2), abs=1e-9)
-    obs = win_counts[:3]
-    exp = ref_counts[:3] / ref_counts[:3].sum() * obs.sum()
-    expected = sps.chisquare(obs, exp)
+    # Two samples: the reference's counts are a sample too (a 2 x k table).
+    expected = sps.chi2_contingency(np.vstack([ref_counts, win_counts]), correction=False)
     assert out["chi2"] == pytest.approx(expected.statistic)
-    assert out["chi2_p"] == pytest.approx(expected.pvalue)
+    assert out["chi2_p"] == pytest.approx(expected.pvalue) and out["p"] == out["chi2_p"]
+    assert out["effect"] == pytest.approx(0.5 * np.abs(
+        ref_counts / ref_counts.sum() - win_counts / win_counts.sum()).sum())
 
 
 def test_histograms_merge_by_addition_and_round_trip() -> None:
@@ -320,11 +334,46 @@ def test_top1_is_named_as_the_live_answer_names_it() -> None:
 def test_a_statistic_that_cannot_be_computed_is_left_out_and_counted() -> None:
     from consumers.drift import Histogram, drift
 
-    # The reference knows "0" and "1"; every value of the window is one it never had.
-    reference = Histogram("categorical", [60, 40, 0])
-    window = Histogram("categorical", [0, 0, 25])
+    # One category on both sides: nothing to test, and nothing moved.
+    reference = Histogram("categorical", [60, 0, 0])
+    window = Histogram("categorical", [25, 0, 0])
     undefined: list[str] = []
     stats = drift(reference, window, undefined)
-    assert "chi2" not in stats and "chi2_p" not in stats and stats["js"] == 1.0
-    assert undefined == ["chi2", "chi2_p"]
+    assert "chi2" not in stats and "p" not in stats and stats["js"] == 0.0
+    assert undefined == ["chi2", "chi2_p", "p"] and stats["effect"] == 0.0
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_corrections_equal_scipy_and_bonferroni() -> None:
+    ps = [0.001, 0.02, 0.04, 0.3, 0.9, 0.0002]
+    assert adjust(ps, "bh") == pytest.approx(list(sps.false_discovery_control(ps)))
+    assert adjust(ps, "bonferroni") == pytest.approx([min(1, p * 6) for p in ps])
+    assert adjust(ps, "none") == ps and adjust([], "bh") == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(20, 3000), st.integers(20, 3000), st.floats(0.0, 1.0))
+def test_ks_pvalue_is_scipys_asymptotic_one(n_ref: int, n_win: int, d: float) -> None:
+    n = round(n_ref * n_win / (n_ref + n_win))
+    assert ks_pvalue(d, n_ref, n_win) == pytest.approx(float(sps.kstwo.sf(d, n)), abs=1e-12)
+
+
+def test_moments_merge_exactly_and_old_histograms_have_none() -> None:
+    from consumers.drift import Histogram
+
+    _, win, fp, whole = numeric_case(0.2)
+    a, b = fp.empty(), fp.empty()
+    for i, v in enumerate(win):
+        (a if i % 3 else b).add(fp.bin_of(float(v)), float(v))
+    merged = a.merge(b)
+    assert merged.mean == pytest.approx(win.mean()) and merged.sd == pytest.approx(
+        win.std(ddof=1))
+    assert whole.mean == pytest.approx(win.mean())
+    back = Histogram.from_dict(merged.to_dict())
+    assert back.mean == merged.mean and back.m2 == merged.m2
+    old = merged.to_dict()
+    del old["mean"], old["m2"]  # a state written before moments were kept
+    stale = Histogram.from_dict(old)
+    assert stale.mean is None and stale.sd is None
+    assert "t_p" not in drift(fp.reference, stale) and "ks_p" in drift(fp.reference, stale)
+    assert fp.empty().merge(stale).mean is None  # unknown stays unknown
