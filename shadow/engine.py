@@ -5,5 +5,7 @@ import warnings
 
 from shadow.runtime.engine import *  # noqa: F403
 
+# FutureWarning, not DeprecationWarning: Python shows it by default, and whoever typed the
+# old path (in a command or a card) is the one running it.
 warnings.warn("shadow.engine moved to shadow.runtime.engine"
-              "; the old path goes in the next release", DeprecationWarning, stacklevel=2)
+              "; the old path goes in the next release", FutureWarning, stacklevel=2)

@@ -31,6 +31,22 @@ def json_output(help: str = "Print the result as JSON (for scripts and CI).") ->
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
+def pipeline_topic(_ctx: click.Context, _param: click.Parameter, value: str | None
+                   ) -> str | None:
+    """``--topic``: a topic's name, or a role of the pipeline (``requests``, ``outputs``,
+    ``pairs``, ``windows``, ``deadletter``) for that topic of SHADOW_TOPIC_PREFIX."""
+    from schemas.topics import ROLES
+    from shadow.cli.common import settings
+
+    if value in ROLES:
+        return settings().topic(value)
+    return value
+
+
+TOPIC_HELP = ("a topic, or a role of the pipeline (requests, outputs, pairs, windows, "
+              "deadletter: that topic of SHADOW_TOPIC_PREFIX)")
+
+
 def time_range(required: bool = True) -> Callable[[F], F]:
     """``--from`` and ``--to``: the same positions and messages for every command."""
     return _stack(

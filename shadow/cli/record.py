@@ -11,7 +11,8 @@ from shadow.cli.common import err_console, kafka, print_json, settings
 
 
 @click.command("record")
-@click.option("--topic", required=True, help="The topic to record (any topic).")
+@click.option("--topic", required=True, callback=options.pipeline_topic,
+              help=f"The topic to record: {options.TOPIC_HELP}.")
 @options.time_range()
 @click.option("--partitions", default=None, metavar="P,P,...",
               help="Only these partitions (default: all).")
@@ -29,7 +30,7 @@ def command(topic: str, start: str, end: str, partitions: str | None, output: Pa
 
     \b
     Example:
-      shadow record --topic shadow.requests --from 2026-11-22T10:00:00Z \\
+      shadow record --topic requests --from 2026-11-22T10:00:00Z \\
           --to 2026-11-22T11:00:00Z -o monday.jsonl.zst
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

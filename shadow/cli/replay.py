@@ -30,7 +30,8 @@ def _split(spec: str) -> tuple[str, str]:
 @click.command("replay")
 @click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="A recording made by `shadow record`.")
-@click.option("--topic", default=None, help="Or read this topic directly (with --from/--to).")
+@click.option("--topic", default=None, callback=options.pipeline_topic,
+              help=f"Or read a topic directly (with --from/--to): {options.TOPIC_HELP}.")
 @options.time_range(required=False)
 @click.option("--candidate", "candidates", multiple=True,
               metavar="[ID=]MODEL", help="A candidate (repeatable): TorchScript, .pt2 or "

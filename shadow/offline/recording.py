@@ -24,6 +24,7 @@ import orjson
 import zstandard
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from schemas.topics import ROLES
 from shadow import clients
 from shadow.exceptions import (
     EmptyRangeError,
@@ -163,7 +164,10 @@ def _ranges(consumer: Consumer, bootstrap: str, topic: str, start: Position, end
     except KafkaException as exc:
         raise KafkaUnreachableError(bootstrap, timeout_s, exc.args[0].str()) from None
     if meta is None or meta.error is not None or not meta.partitions:
-        raise ShadowstreamError(f"topic {topic} does not exist")
+        role = topic.rpartition(".")[2]
+        hint = (f" (--topic {role} names the {role} topic of SHADOW_TOPIC_PREFIX)"
+                if role in ROLES else "")
+        raise ShadowstreamError(f"topic {topic} does not exist{hint}")
     wanted = sorted(meta.partitions) if partitions is None else partitions
     unknown = set(wanted) - set(meta.partitions)
     if unknown:

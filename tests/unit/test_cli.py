@@ -286,3 +286,14 @@ def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
         assert run.returncode == 2 and run.stderr.strip().splitlines()[0].startswith(start), \
             run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_a_topic_option_takes_a_role_of_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shadow.cli.options import pipeline_topic
+
+    monkeypatch.setenv("SHADOW_TOPIC_PREFIX", "walk7")
+    assert pipeline_topic(None, None, "requests") == "walk7.requests"  # type: ignore[arg-type]
+    assert pipeline_topic(None, None, "deadletter") == "walk7.deadletter"  # type: ignore[arg-type]
+    # Any other name is a topic's own, even one that looks like another prefix's.
+    assert pipeline_topic(None, None, "shadow.requests") == "shadow.requests"  # type: ignore[arg-type]
+    assert pipeline_topic(None, None, None) is None  # type: ignore[arg-type]
