@@ -22,7 +22,15 @@ from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from consumers.rules import Rule, RuleSet, metric_feature, metric_value, samples
+from consumers.rules import (
+    Rule,
+    RuleSet,
+    counts,
+    evidence_step,
+    metric_feature,
+    metric_value,
+    samples,
+)
 from schemas import Alert, WindowSummary
 
 __all__ = ["AlertMachine", "RuleState", "alert_id"]
@@ -36,10 +44,20 @@ class RuleState:
     calm: str = "ok"  # where a pending breach that stops goes back to: ok, or resolved
     breaches: int = 0
     last_window: int = -1
+    evidence: float = 0.0  # a cusum rule's accumulated evidence (nats)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RuleState:
         return cls(**doc)
+
+
+def _measured(rule: Rule, value: float, s: WindowSummary) -> str:
+    """What the alert says was measured: the metric's value, or a cusum rule's evidence."""
+    if rule.test != "cusum":
+        return f"{rule.metric} = {value:.4g}"
+    k, n = counts(s, rule.metric) or (0, 0)
+    return (f"{rule.metric}: evidence {value:.3g} nats that it is {rule.target:g} rather than "
+            f"{rule.baseline:g} (this window {k}/{n})")
 
 
 def alert_id(model: str, candidate: str, rule: str, window_start: int, state: str) -> str:
@@ -67,6 +85,18 @@ class AlertMachine:
         log.warning("rule %r: %s matches no feature of %s (its features: %s)", rule.name,
                     rule.metric, s.model, ", ".join(sorted(s.drift)))
 
+    @staticmethod
+    def _evidence(rule: Rule, st: RuleState, s: WindowSummary) -> float | None:
+        """Page's CUSUM: the evidence so far plus this window's, floored at 0 (a window too
+        small, or without the counts, adds nothing and is not evaluated)."""
+        found = counts(s, rule.metric)
+        if found is None or found[1] < rule.min_samples or found[1] == 0:
+            return None
+        k, n = found
+        assert rule.baseline is not None and rule.target is not None  # checked by Rule
+        st.evidence = max(0.0, st.evidence + evidence_step(k, n, rule.baseline, rule.target))
+        return st.evidence
+
     def severity(self, model: str, candidate: str, rule: str) -> str:
         for r in self.rules.for_pair(model, candidate):
             if r.name == rule:
@@ -92,6 +122,8 @@ class AlertMachine:
     def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int) -> Alert | None:
         st.last_window = s.window_start
         value = metric_value(s, rule.metric, rule)
+        if rule.test == "cusum":
+            value = self._evidence(rule, st, s)
         if value is None and rule.metric.startswith("drift.") and s.drift:
             self._warn_unmatched(rule, s)
         if value is None or samples(s, rule.metric) < rule.min_samples:
@@ -118,5 +150,6 @@ class AlertMachine:
             "severity": rule.severity, "state": st.state, "previous_state": before,
             "metric": rule.metric, "value": value, "threshold": threshold,
             "window_start": s.window_start, "window_end": s.window_end,
-            "message": f"{rule.metric} = {value:.4g}{on} ({rule.comparison} {rule.threshold:g}"
-                       f"{clears}) for {s.model}/{s.candidate}: {before} -> {st.state}"})
+            "message": f"{_measured(rule, value, s)}{on} ({rule.comparison} "
+                       f"{rule.threshold:g}{clears}) for {s.model}/{s.candidate}: {before} "
+                       f"-> {st.state}"})

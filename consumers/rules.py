@@ -47,7 +47,8 @@ from schemas import WindowSummary
 from schemas.exceptions import ConfigError, closest, refuse_unknown
 from schemas.records import LatencySummary
 
-__all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "metric_feature", "metric_value"]
+__all__ = ["COUNTED", "DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "counts", "evidence_step",
+           "metric_feature", "metric_value"]
 
 Comparison = Literal[">", ">=", "<", "<="]
 Direction = Literal["up", "down", "both"]
@@ -87,6 +88,16 @@ class Rule:
     """For ``drift.<pattern>.p``: a feature whose ``effect`` is below this cannot move
     (it still counts in the correction), so that a huge window does not alert on a trivial
     shift."""
+    test: Literal["threshold", "cusum"] = "threshold"
+    """``cusum`` (for the rates of counts: disagreement_rate, candidate_error_rate): evidence
+    accumulated across windows that the rate is at ``target`` rather than ``baseline`` (the
+    binomial log-likelihood ratio, in nats, summed and floored at 0 after each window, as
+    Page's CUSUM); ``threshold`` and ``clear_threshold`` are then evidence levels, and a rate
+    that stays near ``baseline`` keeps it at 0 whatever the window's size."""
+    baseline: float | None = None
+    """With ``cusum``: the rate that is fine (what live traffic shows when nothing is wrong)."""
+    target: float | None = None
+    """With ``cusum``: the rate to catch (above ``baseline``)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -109,6 +120,22 @@ class Rule:
         if not isinstance(self.min_samples, int) or self.min_samples < 0:
             raise RuleError(self.name, f"min_samples must be an integer >= 0, "
                                        f"got {self.min_samples!r}")
+        if self.test not in ("threshold", "cusum"):
+            raise RuleError(self.name, f"test must be threshold or cusum, got {self.test!r}")
+        if self.test == "cusum":
+            if self.metric not in COUNTED:
+                raise RuleError(self.name, f"test = cusum needs a rate of counts "
+                                           f"({', '.join(COUNTED)}), not {self.metric!r}")
+            if not (isinstance(self.baseline, int | float) and isinstance(self.target,
+                                                                          int | float)
+                    and 0 < self.baseline < self.target < 1):
+                raise RuleError(self.name, "test = cusum needs 0 < baseline < target < 1, "
+                                           f"got baseline {self.baseline!r}, target "
+                                           f"{self.target!r}")
+            if self.comparison not in (">", ">="):
+                raise RuleError(self.name, "test = cusum compares evidence: comparison >=")
+        elif self.baseline is not None or self.target is not None:
+            raise RuleError(self.name, "baseline and target go with test = cusum")
         if self.correction not in ("bh", "bonferroni", "none"):
             raise RuleError(self.name, f"correction must be bh, bonferroni or none, "
                                        f"got {self.correction!r}")
@@ -337,6 +364,31 @@ def _drift_max(s: WindowSummary, rest: str) -> tuple[str, float] | None:
         return None
     v, f = max(values, key=lambda t: (t[0], t[1]))
     return f, v
+
+
+COUNTED = ("disagreement_rate", "candidate_error_rate")
+"""The rates a ``cusum`` rule may watch: each window gives (events, trials)."""
+
+
+def counts(summary: WindowSummary, metric: str) -> tuple[int, int] | None:
+    """(events, trials) of a counted rate in a window: disagreements of the comparisons,
+    candidate errors of the pairs; None when the window does not carry them."""
+    state = summary.state or {}
+    if metric == "disagreement_rate":
+        n, k = state.get("compared"), state.get("disagreements")
+        if n is None or k is None:
+            return None
+        return int(k), int(n)
+    if metric == "candidate_error_rate":
+        return summary.candidate_errors, summary.pairs
+    return None
+
+
+def evidence_step(k: int, n: int, baseline: float, target: float) -> float:
+    """The binomial log-likelihood ratio of ``k`` events in ``n`` trials, rate ``target``
+    against ``baseline`` (nats): what one window adds to a CUSUM."""
+    return (k * math.log(target / baseline)
+            + (n - k) * math.log((1 - target) / (1 - baseline)))
 
 
 def samples(summary: WindowSummary, metric: str) -> int:

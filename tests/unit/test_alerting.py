@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,45 @@ def test_drift_as_a_test_corrects_for_the_features_and_names_those_that_moved() 
         Rule("x", "drift.*.p", 0.01, comparison="<=", correction="holm")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="min_effect"):
         Rule("x", "drift.*.p", 0.01, comparison="<=", min_effect=2)
+
+
+def _counted(i: int, compared: int, disagreements: int) -> WindowSummary:
+    return window(i, rate=disagreements / compared).model_copy(update={"state": {
+        "compared": compared, "disagreements": disagreements}})
+
+
+def test_a_cusum_rule_accumulates_evidence_across_windows() -> None:
+    import math
+
+    from consumers.rules import evidence_step
+
+    rule = Rule("disagreement", "disagreement_rate", 7.0, clear_threshold=1.0, test="cusum",
+                baseline=0.002, target=0.01, min_samples=100)
+    m = AlertMachine(RuleSet((rule,)))
+    # 1 % of 500 a window: each adds 5 ln 5 + 495 ln(0.99/0.998); no single window reaches 7.
+    step = 5 * math.log(5) + 495 * math.log(0.99 / 0.998)
+    assert evidence_step(5, 500, 0.002, 0.01) == pytest.approx(step) and 0 < step < 7
+    states = [[a.state for a in m.evaluate(_counted(i, 500, 5), i)] for i in range(3)]
+    assert states == [[], ["firing"], []]  # evidence 4.1, then 8.1 >= 7, then 12.2
+    assert m.evaluate(_counted(3, 500, 0), 3) == []  # a clean window: 8.2, above 1
+    assert m.evaluate(_counted(3, 500, 50), 4) == []  # the same window again: not counted
+    key = "m|c|disagreement"
+    assert m.states[key]["evidence"] == pytest.approx(max(0.0, 3 * step + evidence_step(
+        0, 500, 0.002, 0.01)))
+    later = [[a.state for a in m.evaluate(_counted(i, 500, 0), i)] for i in range(4, 7)]
+    assert later == [[], ["resolved"], []]  # 4.2, then 0.2 < 1: resolved; floored at 0
+    [alert] = AlertMachine(RuleSet((replace(rule, for_windows=1),))).evaluate(
+        _counted(0, 500, 25), 0)  # 5 %: 25 ln 5 - 475 x 0.008 = 36.4 nats in one window
+    assert alert.state == "firing" and "evidence 36.4 nats that it is 0.01 rather than " \
+        "0.002 (this window 25/500)" in alert.message
+
+
+def test_cusum_rules_are_checked() -> None:
+    with pytest.raises(ConfigError, match="needs 0 < baseline < target < 1"):
+        Rule("d", "disagreement_rate", 7.0, test="cusum", baseline=0.02, target=0.01)
+    with pytest.raises(ConfigError, match="needs a rate of counts"):
+        Rule("d", "coverage", 7.0, test="cusum", baseline=0.1, target=0.2)
+    with pytest.raises(ConfigError, match="go with test = cusum"):
+        Rule("d", "disagreement_rate", 0.05, baseline=0.01)
+    with pytest.raises(ConfigError, match="test must be"):
+        Rule("d", "disagreement_rate", 0.05, test="sprt")  # type: ignore[arg-type]
