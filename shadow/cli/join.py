@@ -88,8 +88,7 @@ def _last_records(s: Any, bootstrap: str, topic: str, partitions: int,
 @click.option("--expect", multiple=True, metavar="MODEL=CANDIDATE",
               help="A candidate expected to answer a model's requests (repeatable); a request "
                    "it never answers counts as unmatched even before it sent anything.")
-@click.option("--rules", "rules_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="TOML file of alert rules (default: the shipped rules).")
+@options.rules()
 @click.option("--no-redis", is_flag=True, help="Do not send alerts to Redis.")
 @click.option("--idle-close-s", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, help="With no event for this long, event time runs on "
@@ -127,7 +126,6 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
       shadow join --scale-out --profile ref.json --web-port 6067 --data-dir /tmp/j2
     """
     from consumers.faust.app import JoinAppConfig, build_app, run_app
-    from consumers.rules import RuleSet
     from schemas.topics import join_app_id, join_changelog, join_partials
     from shadow import clients
     from shadow.cli.common import redis_url
@@ -143,7 +141,7 @@ def command(ctx: click.Context, data_dir: Path | None, web_port: int, window_s: 
         if not (sep and model and cand):
             raise click.BadParameter(f"{item!r}: expected MODEL=CANDIDATE", param_hint="'--expect'")
         candidates[model] = (*candidates.get(model, ()), cand)
-    rules = RuleSet.from_file(rules_file) if rules_file else RuleSet()
+    rules = options.rule_set(rules_file)
     config = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances,
                                  candidates=candidates, rules=rules)
     host = "127.0.0.1"

@@ -47,6 +47,22 @@ TOPIC_HELP = ("a topic, or a role of the pipeline (requests, outputs, pairs, win
               "deadletter: that topic of SHADOW_TOPIC_PREFIX)")
 
 
+def rules() -> Callable[[F], F]:
+    """``--rules``: the alert rules the join evaluates, and replay with it."""
+    return click.option("--rules", "rules_file", type=click.Path(dir_okay=False,
+                                                                   path_type=Path),
+                        default=None, help="TOML file of alert rules (default: the shipped "
+                                           "rules).")
+
+
+def rule_set(rules_file: Path | None) -> Any:
+    """The RuleSet of ``--rules`` (the shipped rules without it); a bad file is one
+    ConfigError."""
+    from consumers.rules import RuleSet
+
+    return RuleSet.from_file(rules_file) if rules_file else RuleSet()
+
+
 def time_range(required: bool = True) -> Callable[[F], F]:
     """``--from`` and ``--to``: the same positions and messages for every command."""
     return _stack(

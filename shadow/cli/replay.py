@@ -45,6 +45,7 @@ def _split(spec: str) -> tuple[str, str]:
                    "(default: as fast as possible).")
 @options.engine(max_batch=256)
 @options.windows()
+@options.rules()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the report as JSON (same bytes for the same input).")
 @click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -53,8 +54,8 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
             candidates: tuple[str, ...], weights: tuple[str, ...], card: tuple[str, ...],
             adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
             dtype: str, max_batch: int, window_s: float, grace_s: float, reference_size: int,
-            profile_file: Path | None, tolerances: Path | None, json_out: Path | None,
-            html_out: Path | None) -> None:
+            profile_file: Path | None, tolerances: Path | None, rules_file: Path | None,
+            json_out: Path | None, html_out: Path | None) -> None:
     """Replay recorded requests through candidates and judge them like the live pipeline.
 
     Runs in-process with the worker's inference engine and the join's comparators, windows
@@ -93,7 +94,8 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
         raise click.BadParameter(f"candidate ids must differ: {ids} (name them ID=MODEL)",
                                  param_hint="'--candidate'")
     files = options.files_by_candidate(ids, weights, card, adapter) if ids else {}
-    join = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances)
+    join = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances,
+                               rules=options.rule_set(rules_file))
     loaded = []
     for cid, model in specs:
         f = files[cid]

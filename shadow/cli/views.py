@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Group
@@ -30,6 +31,14 @@ def replay_table(result: Any) -> Group:
                           fmt(o["divergence"].get("p50")), fmt(o["divergence"].get("p99")),
                           fmt(psi), str(o["candidate_errors"]), str(o["dead_lettered"]),
                           f"{timing['ms_per_request']:.3f}")
+            fired = {}
+            for a in rep.get("alerts", []):
+                if a["state"] == "firing":
+                    fired.setdefault(a["rule"], a["window_start"])
+            if fired:
+                notes.append(Text(f"{cid} on {model}: alerts firing: " + ", ".join(
+                    f"{rule} (from the window of {_hms(start)} UTC)"
+                    for rule, start in fired.items())))
         errors = cand.get("errors", {})
         if errors.get("count"):
             notes.append(Text(f"{cid}: {errors['count']} requests answered with an error: "
@@ -39,6 +48,10 @@ def replay_table(result: Any) -> Group:
         notes.append(Text(f"dead letters ({result.report['dead_lettered']}): "
                           f"{_reasons(reasons)}"))
     return Group(table, *notes)
+
+
+def _hms(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
 
 
 def _reasons(counts: dict[str, int], n: int = 3) -> str:

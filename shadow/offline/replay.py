@@ -27,7 +27,7 @@ import orjson
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.windows import WindowAggregate, WindowKey
-from schemas import ConfigError, DivergencePair, WindowSummary
+from schemas import Alert, ConfigError, DivergencePair, WindowSummary
 from schemas.builders import shadow_output
 from schemas.codec import encode_batch
 from shadow.exceptions import ShadowstreamError, reason_key
@@ -135,6 +135,7 @@ class _Run:
         self.engine_s: dict[str, float] = defaultdict(float)
         self.errors: dict[str, Counter[str]] = {c.candidate_id: Counter() for c in candidates}
         self.dead_letter_reasons: Counter[str] = Counter()
+        self.alerts: list[Alert] = []
         self._out_offsets: dict[int, int] = defaultdict(int)
 
     def batch(self, messages: list[RecordedMessage]) -> None:
@@ -190,6 +191,8 @@ class _Run:
         for o in out:
             if o.role == "windows":
                 self.windows.append(o.record)
+            elif o.role == "alerts":  # the join's rules on each window, as live
+                self.alerts.append(o.record)
             elif o.role == "deadletter":
                 self.dead_lettered += 1
                 self.dead_letter_reasons[reason_key(o.record["reason"])] += 1
@@ -249,7 +252,13 @@ class _Run:
             "overall": _deterministic(summary.model_dump(exclude=drop, exclude_none=True)),
             "windows": [_deterministic(w.model_dump(exclude=drop, exclude_none=True))
                         for w in sorted(windows, key=lambda w: (w.window_start,
-                                                                w.segment or ""))]}
+                                                                w.segment or ""))],
+            # Every transition of every rule, in window order (as the live join sends them).
+            "alerts": [a.model_dump(mode="json", by_alias=True,
+                                    include={"rule", "severity", "state", "previous_state",
+                                             "metric", "value", "threshold", "window_start",
+                                             "window_end", "message"})
+                       for a in self.alerts if a.model == model and a.candidate == cid]}
 
 
 def _top(counts: Counter[str], n: int = 10) -> dict[str, int]:

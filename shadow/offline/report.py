@@ -101,7 +101,7 @@ def html_report(result: Any, verdict: JudgeConfig | None = None) -> str:
              f"{r['requests']:,} requests, {r['dead_lettered']:,} dead-lettered, windows of "
              f"{r['window_ms'] / 1000:g} s, replayed in {result.timing['seconds']:.1f} s. "
              f"Candidates: {_e(', '.join(cids))}.</p>",
-             _verdicts(r, models, config)]
+             _verdicts(r, models, config), _alerts(r)]
     for model in models:
         present = [c for c in cids if model in r["candidates"][c]["models"]]
         parts.append(_model_section(r, model, present, colours, result.timing))
@@ -109,6 +109,27 @@ def html_report(result: Any, verdict: JudgeConfig | None = None) -> str:
     parts.append(_top_requests(r, cids))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _alerts(r: dict[str, Any]) -> str:
+    """Every transition of the alert rules, as the live join would have raised them."""
+    rows = [(a["window_start"], cid, model, a) for cid, cand in r["candidates"].items()
+            for model, rep in cand["models"].items() for a in rep.get("alerts", [])]
+    if not rows:
+        return ("<h2 id='alerts'>Alerts</h2><p>None: no alert rule left ok on any window "
+                "(the join's rules: the shipped ones, or <code>--rules</code>).</p>")
+    body = "".join(
+        f"<tr><td class=l>{_e(_clock(start))}</td><td class=l><b>{_e(cid)}</b></td>"
+        f"<td class=l>{_e(model)}</td><td class=l>{_e(a['rule'])}</td>"
+        f"<td class=l>{_e(a['previous_state'])} &rarr; <b>{_e(a['state'])}</b></td>"
+        f"<td class=l>{_e(a['message'])}</td></tr>"
+        for start, cid, model, a in sorted(rows, key=lambda t: (t[0], t[1], t[2],
+                                                                t[3]["rule"])))
+    return ("<h2 id='alerts'>Alerts</h2><table><tr><th class=l>window (UTC)</th>"
+            "<th class=l>candidate</th><th class=l>model</th><th class=l>rule</th>"
+            f"<th class=l>transition</th><th class=l>what</th></tr>{body}</table>"
+            "<p class='note'>The join's alert rules evaluated on each closed window, exactly "
+            "as the live join evaluates them.</p>")
 
 
 def _verdicts(r: dict[str, Any], models: list[str], config: JudgeConfig) -> str:

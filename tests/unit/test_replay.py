@@ -225,3 +225,35 @@ def test_request_ids_seen_twice_replay_without_error() -> None:
     overall = report["candidates"]["v14"]["models"]["fraud-scorer"]["overall"]
     assert overall["pairs"] == 1200 and report["dead_lettered"] == 0
     assert len(report["candidates"]["v14"]["top"]) == 20
+
+
+def test_replay_evaluates_the_joins_alert_rules_into_its_report() -> None:
+    import itertools
+
+    from rich.console import Console
+
+    from consumers import RuleSet
+    from shadow.cli.views import replay_table
+    from shadow.offline.report import html_report
+
+    messages = recorded(1500, TrafficSpec(seed=0, disagree=0.0), build_model(0))
+    join = JoinConfig(window_ms=WINDOW, grace_ms=1000, reference_size=100, rules=RuleSet())
+
+    def judged() -> Any:
+        return replay(messages, [candidate("same"), candidate(
+            "other", "tests.models_for_tests:fraud_seed1")], join=join, batch=64)
+
+    result = judged()
+    models = {cid: c["models"]["fraud-scorer"] for cid, c in result.report["candidates"].items()}
+    # Another model disagrees on many requests: the shipped disagreement rule goes pending
+    # then firing, a window at a time, as the live join raises it; the same model does not.
+    other = [a for a in models["other"]["alerts"] if a["rule"] == "disagreement"]
+    assert [a["state"] for a in other][:2] == ["pending", "firing"]
+    assert all(a["window_start"] < b["window_start"] for a, b in itertools.pairwise(other))
+    assert not [a for a in models["same"]["alerts"] if a["rule"] == "disagreement"]
+    assert judged().json_bytes() == result.json_bytes()  # alerts too: the same bytes
+    page = html_report(result)
+    assert "id='alerts'" in page and "pending &rarr; <b>firing</b>" in page
+    console = Console(record=True, width=200)
+    console.print(replay_table(result))
+    assert "other on fraud-scorer: alerts firing: disagreement" in console.export_text()
