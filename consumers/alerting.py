@@ -121,9 +121,8 @@ class AlertMachine:
 
     def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int) -> Alert | None:
         st.last_window = s.window_start
-        value = metric_value(s, rule.metric, rule)
-        if rule.test == "cusum":
-            value = self._evidence(rule, st, s)
+        value = (self._evidence(rule, st, s) if rule.test == "cusum"
+                 else metric_value(s, rule.metric, rule))
         if value is None and rule.metric.startswith("drift.") and s.drift:
             self._warn_unmatched(rule, s)
         if value is None or samples(s, rule.metric) < rule.min_samples:
