@@ -7,11 +7,12 @@
     pending --no breach--> back to ok / resolved
 
 Each window closes once per model and candidate (the overall summary, segment None) and moves
-each rule's machine at most one step; every change of state is one ``Alert``. Windows with
-fewer than the rule's ``min_samples`` or without the metric change nothing. The alert id is
-derived from model, candidate, rule, window and new state, and a machine never evaluates a
-window at or before the last one it saw, so reprocessing windows after a restart (the join may
-emit a window twice) repeats no alert.
+each rule's machine at most one step (a ``scope = "model"`` rule has one machine per model,
+moved by the first candidate's summary of each window); every change of state is one
+``Alert``. Windows with fewer than the rule's ``min_samples`` or without the metric change
+nothing. The alert id is derived from model, candidate, rule, window and new state, and a
+machine never evaluates a window at or before the last one it saw, so reprocessing windows
+after a restart (the join may emit a window twice) repeats no alert.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from consumers.rules import (
+    ALL_CANDIDATES,
     Rule,
     RuleSet,
     counts,
@@ -108,18 +110,22 @@ class AlertMachine:
             return []
         alerts = []
         for rule in self.rules.for_pair(summary.model, summary.candidate):
-            key = f"{summary.model}|{summary.candidate}|{rule.name}"
+            # A model's rule is judged on the first candidate's summary of a window; the
+            # other candidates' summaries of that window are then "seen before".
+            candidate = ALL_CANDIDATES if rule.scope == "model" else summary.candidate
+            key = f"{summary.model}|{candidate}|{rule.name}"
             doc = self.states.get(key)
             st = RuleState.from_dict(doc) if doc else RuleState()
             if summary.window_start <= st.last_window:
                 continue  # seen before: a window emitted again after a restart
-            alert = self._step(rule, st, summary, now_ms)
+            alert = self._step(rule, st, summary, now_ms, candidate)
             self.states[key] = asdict(st)
             if alert is not None:
                 alerts.append(alert)
         return alerts
 
-    def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int) -> Alert | None:
+    def _step(self, rule: Rule, st: RuleState, s: WindowSummary, now_ms: int,
+              candidate: str) -> Alert | None:
         st.last_window = s.window_start
         value = (self._evidence(rule, st, s) if rule.test == "cusum"
                  else metric_value(s, rule.metric, rule))
@@ -144,11 +150,11 @@ class AlertMachine:
         on = f" on {feature}" if feature and feature not in rule.metric else ""
         return Alert.model_validate({
             "schema": Alert.SCHEMA,
-            "alert_id": alert_id(s.model, s.candidate, rule.name, s.window_start, st.state),
-            "model": s.model, "candidate": s.candidate, "ts": now_ms, "rule": rule.name,
+            "alert_id": alert_id(s.model, candidate, rule.name, s.window_start, st.state),
+            "model": s.model, "candidate": candidate, "ts": now_ms, "rule": rule.name,
             "severity": rule.severity, "state": st.state, "previous_state": before,
             "metric": rule.metric, "value": value, "threshold": threshold,
             "window_start": s.window_start, "window_end": s.window_end,
             "message": f"{_measured(rule, value, s)}{on} ({rule.comparison} "
-                       f"{rule.threshold:g}{clears}) for {s.model}/{s.candidate}: {before} "
+                       f"{rule.threshold:g}{clears}) for {s.model}/{candidate}: {before} "
                        f"-> {st.state}"})

@@ -19,9 +19,10 @@ A rules file has defaults and per model/candidate overrides::
 
 Metrics: the numbers of WindowSummary (``requests``, ``coverage``, ``disagreement_rate``...),
 ``divergence.<name>`` (``divergence.p99``), ``latency.<name>``, ``drift.<feature>.<stat>``,
-``drift.<pattern>.<stat>`` with shell-style wildcards (the largest over the features that match,
-e.g. ``drift.inputs.*.psi`` over the inputs, ``drift.*.psi`` over every feature; the alert
-names the feature), and the derived
+``drift.<pattern>.<stat>`` with shell-style wildcards and one ``{a,b}`` group (the largest over
+the features that match, e.g. ``drift.inputs.*.psi`` over the inputs, ``drift.*.psi`` over every
+feature; the alert names the feature; ``drift.<pattern>.p`` is the tests' p-values corrected
+for testing the features at once), and the derived
 ``unmatched_rate`` ((unmatched_live + unmatched_shadow) / requests), ``candidate_error_rate``
 (candidate_errors / pairs) and ``dead_letter_rate``.
 
@@ -47,8 +48,8 @@ from schemas import WindowSummary
 from schemas.exceptions import ConfigError, closest, refuse_unknown
 from schemas.records import LatencySummary
 
-__all__ = ["COUNTED", "DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "counts", "evidence_step",
-           "metric_feature", "metric_value"]
+__all__ = ["ALL_CANDIDATES", "COUNTED", "DEFAULT_RULES", "Rule", "RuleError", "RuleSet",
+           "counts", "evidence_step", "metric_feature", "metric_value"]
 
 Comparison = Literal[">", ">=", "<", "<="]
 Direction = Literal["up", "down", "both"]
@@ -58,6 +59,10 @@ _SEVERITIES = ("info", "warning", "critical")
 _DERIVED = ("unmatched_rate", "candidate_error_rate", "dead_letter_rate")
 _NUMBERS = ("requests", "pairs", "unmatched_live", "unmatched_shadow", "dead_lettered",
             "candidate_errors", "coverage", "disagreement_rate")
+
+
+COUNTED = ("disagreement_rate", "candidate_error_rate")
+"""The rates a ``cusum`` rule may watch: each window gives (events, trials)."""
 
 
 class RuleError(ConfigError):
@@ -98,6 +103,10 @@ class Rule:
     """With ``cusum``: the rate that is fine (what live traffic shows when nothing is wrong)."""
     target: float | None = None
     """With ``cusum``: the rate to catch (above ``baseline``)."""
+    scope: Literal["candidate", "model"] = "candidate"
+    """``model``: judged once per model and window, not once per candidate (for what every
+    candidate's summary carries alike: the drift of the inputs and of the live answers); its
+    alerts name the candidate ``*``."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -134,8 +143,16 @@ class Rule:
                                            f"{self.target!r}")
             if self.comparison not in (">", ">="):
                 raise RuleError(self.name, "test = cusum compares evidence: comparison >=")
+            if self.threshold < 1:
+                # A rate written where evidence is meant (the flat rule's habit) would fire
+                # on the first window that leans towards the target at all.
+                raise RuleError(self.name, f"threshold {self.threshold:g} of a cusum rule is "
+                                           "evidence in nats (7 = odds of about 1,100 to 1), "
+                                           "not a rate: to catch a lower rate, set target")
         elif self.baseline is not None or self.target is not None:
             raise RuleError(self.name, "baseline and target go with test = cusum")
+        if self.scope not in ("candidate", "model"):
+            raise RuleError(self.name, f"scope must be candidate or model, got {self.scope!r}")
         if self.correction not in ("bh", "bonferroni", "none"):
             raise RuleError(self.name, f"correction must be bh, bonferroni or none, "
                                        f"got {self.correction!r}")
@@ -196,17 +213,25 @@ def _check_metric(rule: str, metric: str) -> None:
                               f"(known: {', '.join(names)}){tip}")
 
 
+ALL_CANDIDATES = "*"
+"""The candidate an alert of a ``scope = "model"`` rule names."""
+
+# Each default is explained in docs/detection.md ("The shipped rules"), with the false-alarm
+# rate and the delay measured by bench/bench_detection.py.
 DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule("disagreement", "disagreement_rate", 0.05, clear_threshold=0.03, for_windows=2,
-         min_samples=100),
+    Rule("disagreement", "disagreement_rate", 7.0, clear_threshold=1.0, min_samples=100,
+         test="cusum", baseline=0.002, target=0.01),
     Rule("divergence_p99", "divergence.p99", 0.3, clear_threshold=0.2, for_windows=2,
          min_samples=100),
     Rule("starved_shadow", "unmatched_rate", 0.1, clear_threshold=0.05, for_windows=2,
          min_samples=100, severity="critical"),
-    Rule("candidate_errors", "candidate_error_rate", 0.01, clear_threshold=0.005,
-         for_windows=1, min_samples=100, severity="critical"),
-    Rule("input_drift", "drift.inputs.*.psi", 0.2, clear_threshold=0.1, for_windows=2,
-         min_samples=100),
+    Rule("candidate_errors", "candidate_error_rate", 7.0, clear_threshold=1.0,
+         min_samples=100, severity="critical", test="cusum", baseline=0.001, target=0.01),
+    Rule("input_drift", "drift.{inputs,output}.*.p", 0.001, comparison="<=",
+         clear_threshold=0.05, min_samples=100, correction="bh", min_effect=0.05,
+         scope="model"),
+    Rule("output_drift", "drift.candidate.*.p", 0.001, comparison="<=", clear_threshold=0.05,
+         min_samples=100, correction="bh", min_effect=0.05),
 )
 
 
@@ -266,6 +291,10 @@ class RuleSet(FromToml):
                                 closest(str(name), by_name))
             _refuse_keys(name, o, settable | {"rule", "model", "candidate"}, source)
             changes = {k: v for k, v in o.items() if k not in ("rule", "model", "candidate")}
+            if o.get("candidate") is not None \
+                    and changes.get("scope", by_name[name].scope) == "model":
+                raise RuleError(name, "is judged once per model (scope = \"model\"): an "
+                                      "override cannot name a candidate", source)
             changes = _keep_hysteresis(by_name[name], changes)
             try:
                 replace(by_name[name], **changes)  # refuse a bad override at load time
@@ -342,32 +371,42 @@ def drift_tests(s: WindowSummary, rest: str, rule: Rule | None = None
     """``(feature, corrected p-value, effect)`` of the features ``<pattern>.p`` matches,
     most significant first: a feature under the rule's effect floor counts in the
     correction with p = 1."""
-    pattern = rest.rpartition(".")[0]
+    patterns = _alternatives(rest.rpartition(".")[0])
     floor = rule.min_effect if rule is not None else 0.0
     method: Correction = rule.correction if rule is not None else "bh"
     rows = [(f, d["p"] if d.get("effect", 0.0) >= floor else 1.0, d.get("effect", 0.0))
-            for f, d in sorted(s.drift.items())
-            if "p" in d and fnmatch.fnmatchcase(f, pattern)]
+            for f, d in sorted(s.drift.items()) if "p" in d and _matches(f, patterns)]
     corrected = adjust([p for _, p, _ in rows], method)
     return sorted(((f, q, e) for (f, _, e), q in zip(rows, corrected, strict=True)),
                   key=lambda t: (t[1], -t[2], t[0]))
 
 
+def _alternatives(pattern: str) -> tuple[str, ...]:
+    """``{inputs,output}.*`` as the shell reads it: ``inputs.*`` and ``output.*`` (one
+    brace group; fnmatch has none)."""
+    head, brace, tail = pattern.partition("{")
+    if not brace or "}" not in tail:
+        return (pattern,)
+    inside, _, rest = tail.partition("}")
+    return tuple(head + alt + rest for alt in inside.split(","))
+
+
+def _matches(feature: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(feature, p) for p in patterns)
+
+
 def _drift_max(s: WindowSummary, rest: str) -> tuple[str, float] | None:
     pattern, _, stat = rest.rpartition(".")
-    if not any(c in pattern for c in "*?["):
+    if not any(c in pattern for c in "*?[{"):
         v = s.drift.get(pattern, {}).get(stat)
         return None if v is None else (pattern, v)
+    patterns = _alternatives(pattern)
     values = [(v, f) for f, d in s.drift.items()
-              if fnmatch.fnmatchcase(f, pattern) and (v := d.get(stat)) is not None]
+              if _matches(f, patterns) and (v := d.get(stat)) is not None]
     if not values:
         return None
     v, f = max(values, key=lambda t: (t[0], t[1]))
     return f, v
-
-
-COUNTED = ("disagreement_rate", "candidate_error_rate")
-"""The rates a ``cusum`` rule may watch: each window gives (events, trials)."""
 
 
 def counts(summary: WindowSummary, metric: str) -> tuple[int, int] | None:

@@ -197,9 +197,16 @@ class WindowAggregate:
             return {}
         out = {}
         for name, hist in sorted(self.histograms.items()):
-            fp = profile.features.get(_reference_name(name))
-            if fp is not None:
-                stats = drift(fp.reference, hist, undefined)
+            if name.startswith("candidate."):
+                # The candidate's answers against the live answers to the same requests of
+                # this window: a candidate that answers differently is not "input drift",
+                # and a live model that drifts does not make every candidate drift too.
+                reference = self.histograms.get(_reference_name(name))
+            else:
+                fp = profile.features.get(name)
+                reference = fp.reference if fp is not None else None
+            if reference is not None:
+                stats = drift(reference, hist, undefined)
                 if stats:
                     out[name] = stats
         return out
@@ -253,7 +260,8 @@ def top1_as_live(live: Mapping[str, Any], candidate: Mapping[str, Any]) -> str |
 
 
 def _reference_name(name: str) -> str:
-    """Candidate output features are judged against the live outputs' reference."""
+    """A candidate's output feature is binned like the live answer's (the same reference
+    bins), and judged against the live answers of the same window."""
     return "output." + name.removeprefix("candidate.") if name.startswith("candidate.") else name
 
 

@@ -492,7 +492,7 @@ class _JoinCollector(Collector):
                                   labels=["model", "candidate", "feature", "stat"])
         for (model, cand), w in sorted(self.windows.latest.items()):
             for feature, stats in sorted(w.drift.items()):
-                for stat in ("psi", "js", "ks", "wasserstein", "chi2"):
+                for stat in ("psi", "js", "ks", "wasserstein", "chi2", "p", "effect"):
                     if stat in stats:
                         drift.add_metric([model, cand, feature, stat], stats[stat])
         yield drift

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from consumers.join import JoinConfig, JoinCore, Outgoing
+from consumers.rules import ALL_CANDIDATES
 from consumers.windows import WindowAggregate, WindowKey
 from schemas import Alert, ConfigError, DivergencePair, WindowSummary
 from schemas.builders import shadow_output
@@ -253,12 +254,14 @@ class _Run:
             "windows": [_deterministic(w.model_dump(exclude=drop, exclude_none=True))
                         for w in sorted(windows, key=lambda w: (w.window_start,
                                                                 w.segment or ""))],
-            # Every transition of every rule, in window order (as the live join sends them).
+            # Every transition of every rule, in window order (as the live join sends them);
+            # a model's own rules (input drift, candidate "*") under each of its candidates.
             "alerts": [a.model_dump(mode="json", by_alias=True,
                                     include={"rule", "severity", "state", "previous_state",
                                              "metric", "value", "threshold", "window_start",
                                              "window_end", "message"})
-                       for a in self.alerts if a.model == model and a.candidate == cid]}
+                       for a in self.alerts
+                       if a.model == model and a.candidate in (cid, ALL_CANDIDATES)]}
 
 
 def _top(counts: Counter[str], n: int = 10) -> dict[str, int]:

@@ -245,39 +245,34 @@ def _drift(overall: dict[str, dict[str, Any]], cids: list[str],
     categorical = sorted(((f, d["js"]) for f, d in shared.items() if "psi" not in d
                           and "js" in d), key=lambda t: -t[1])
     grey = {"replayed requests": "#555"}
-    answers = {"live answers": "#555", **colours}
     psi_rows: dict[str, dict[str, float]] = {}
     js_rows: dict[str, dict[str, float]] = {}
     for c in cids:
         for f, d in overall[c].get("drift", {}).items():
             if not f.startswith("candidate."):
                 continue
-            live = first.get("output." + f.removeprefix("candidate."), {})
             rows, stat = (psi_rows, "psi") if "psi" in d else (js_rows, "js")
             if stat in d:
                 rows.setdefault(f.removeprefix("candidate."), {})[c] = d[stat]
-                if stat in live:
-                    rows[f.removeprefix("candidate.")]["live answers"] = live[stat]
     return (
         "<h3>Drift against the reference</h3><p class='note'>Inputs and the live answers, "
         "against the drift reference (the first requests, or a profile): the same for every "
-        "candidate. Then each candidate's answers against the live answers' reference, next "
-        "to the live answers' own drift.</p>"
+        "candidate. Then each candidate's answers against the live answers to the same "
+        "requests: how differently the candidate answers, apart from the inputs' drift.</p>"
         + hbars("Numeric features: population stability index",
                 [(f, {"replayed requests": v}) for f, v in numeric[:30]],
                 x_label="PSI against the reference (deciles)", y_label="feature",
-                x_fmt=lambda v: f"{v:.3g}", colours=grey, marker=(0.2, "alert threshold 0.2"))
+                x_fmt=lambda v: f"{v:.3g}", colours=grey)
         + hbars("Categorical features: Jensen-Shannon distance",
                 [(f, {"replayed requests": v}) for f, v in categorical[:30]],
                 x_label="JS distance against the reference (0 to 1)", y_label="feature",
                 x_fmt=lambda v: f"{v:.3g}", colours=grey)
         + hbars("Answers, numeric: population stability index", sorted(psi_rows.items()),
-                x_label="PSI against the live answers' reference", y_label="answer feature",
-                x_fmt=lambda v: f"{v:.3g}", colours=answers,
-                marker=(0.2, "0.2, the inputs' alert threshold"))
+                x_label="PSI against the live answers", y_label="answer feature",
+                x_fmt=lambda v: f"{v:.3g}", colours=colours)
         + hbars("Answers, categorical: Jensen-Shannon distance", sorted(js_rows.items()),
-                x_label="JS distance against the live answers' reference (0 to 1)",
-                y_label="answer feature", x_fmt=lambda v: f"{v:.3g}", colours=answers))
+                x_label="JS distance against the live answers (0 to 1)",
+                y_label="answer feature", x_fmt=lambda v: f"{v:.3g}", colours=colours))
 
 
 def _problems(r: dict[str, Any]) -> str:

@@ -94,18 +94,76 @@ def test_alert_fields_and_segments_are_not_evaluated() -> None:
     assert "0.3" in a.message and "ok -> firing" in a.message
 
 
+def _tested(i: int, *, disagreements: int = 0, errors: int = 0, p_in: float = 0.5,
+            p_out: float = 0.5, candidate: str = "c", p99: float = 0.1,
+            unmatched: int = 0) -> WindowSummary:
+    """A window as the join makes it for the shipped rules: counts for the sequential rules,
+    test p-values and effects for the drift rules."""
+    return window(i, rate=disagreements / 1000, errors=errors, p99=p99, unmatched=unmatched,
+                  candidate=candidate).model_copy(update={
+        "state": {"compared": 1000, "disagreements": disagreements},
+        "drift": {"inputs.amount": {"p": p_in, "effect": 0.3},
+                  "inputs.hour": {"p": 0.9, "effect": 0.01},
+                  "output.confidence": {"p": 0.7, "effect": 0.02},
+                  "candidate.confidence": {"p": p_out, "effect": 0.4}}})
+
+
 def test_shipped_defaults_cover_the_issue_and_fire_on_their_metrics() -> None:
     names = {r.name: r for r in DEFAULT_RULES}
-    assert {r.metric for r in DEFAULT_RULES} == {
-        "disagreement_rate", "divergence.p99", "unmatched_rate", "candidate_error_rate",
-        "drift.inputs.*.psi"}
-    assert names["input_drift"].threshold == 0.2
+    assert set(names) == {"disagreement", "divergence_p99", "starved_shadow",
+                          "candidate_errors", "input_drift", "output_drift"}
+    assert (names["disagreement"].test, names["candidate_errors"].test) == ("cusum", "cusum")
+    assert (names["input_drift"].scope, names["output_drift"].scope) == ("model", "candidate")
     m = AlertMachine(RuleSet())
     fired = set()
     for i in range(3):
-        w = window(i, rate=0.2, unmatched=300, errors=50, psi=0.5, p99=0.9)
+        w = _tested(i, disagreements=50, errors=50, p_in=1e-9, p_out=1e-9, p99=0.9,
+                    unmatched=300)
         fired |= {a.rule for a in m.evaluate(w, i) if a.state == "firing"}
     assert fired == set(names)
+
+
+def test_shipped_defaults_stay_silent_on_healthy_windows() -> None:
+    # A candidate at the sequential rules' baselines, with drift p-values well above the
+    # thresholds: forty windows, not one alert.
+    m = AlertMachine(RuleSet())
+    alerts = [a for i in range(40)
+              for a in m.evaluate(_tested(i, disagreements=2, errors=1, p_in=0.02), i)]
+    assert alerts == []
+
+
+def test_input_drift_is_judged_once_per_model_and_output_drift_per_candidate() -> None:
+    m = AlertMachine(RuleSet())
+    fired = [(a.rule, a.candidate) for c in ("a", "b")
+             for a in m.evaluate(_tested(0, p_in=1e-9, p_out=1e-9 if c == "b" else 0.5,
+                                         candidate=c), 0)]
+    assert fired == [("input_drift", "*"), ("output_drift", "b")]
+    [alert] = [a for a in m.evaluate(_tested(1, candidate="a"), 1)]
+    assert (alert.rule, alert.candidate, alert.state) == ("input_drift", "*", "resolved")
+    assert "inputs.amount" in _tested_message(1e-9)
+
+
+def _tested_message(p: float) -> str:
+    m = AlertMachine(RuleSet())
+    return next(a.message for a in m.evaluate(_tested(0, p_in=p), 0))
+
+
+def test_an_override_cannot_name_a_candidate_for_a_rule_judged_per_model() -> None:
+    with pytest.raises(RuleError, match="once per model"):
+        RuleSet.from_dict({"overrides": [{"rule": "input_drift", "candidate": "x",
+                                          "threshold": 0.01}]})
+    ok = RuleSet.from_dict({"overrides": [{"rule": "input_drift", "model": "m",
+                                           "threshold": 0.01}]})
+    assert {r.name: r for r in ok.for_pair("m", "*")}["input_drift"].threshold == 0.01
+
+
+def test_a_brace_group_matches_either_prefix() -> None:
+    w = _tested(0, p_in=1e-9, p_out=1e-12)
+    rule = Rule("d", "drift.{inputs,output}.*.p", 0.01, comparison="<=", correction="none")
+    assert metric_value(w, rule.metric, rule) == 1e-9  # candidate.* is not matched
+    assert metric_feature(w, rule.metric, rule) == "inputs.amount (p 1e-09, effect 0.3)"
+    assert metric_value(w, "drift.{output,candidate}.*.psi") is None
+    assert metric_value(w, "drift.{inputs,nothing}.amount.effect") == 0.3
 
 
 def test_metric_values() -> None:
@@ -216,16 +274,28 @@ def test_bad_rules_files_are_refused_with_the_rule_and_the_reason(
 
 
 def test_an_override_of_the_threshold_alone_keeps_the_rules_hysteresis() -> None:
-    # The README's example: the shipped rule fires at 5 % and clears at 3 %; an override to
-    # 2 % used to be refused ("clear_threshold 0.03 is on the firing side of 0.02").
-    rs = RuleSet.from_dict({"overrides": [{"rule": "disagreement", "model": "fraud-scorer",
-                                           "threshold": 0.02}]})
-    rule = {r.name: r for r in rs.for_pair("fraud-scorer", "c")}["disagreement"]
-    assert rule.threshold == 0.02 and rule.clear_threshold == pytest.approx(0.012)
+    # The README's example: the shipped rule fires at 0.3 and clears at 0.2; an override to
+    # 0.15 used to be refused ("clear_threshold 0.2 is on the firing side of 0.15").
+    rs = RuleSet.from_dict({"overrides": [{"rule": "divergence_p99", "model": "fraud-scorer",
+                                           "threshold": 0.15}]})
+    rule = {r.name: r for r in rs.for_pair("fraud-scorer", "c")}["divergence_p99"]
+    assert rule.threshold == 0.15 and rule.clear_threshold == pytest.approx(0.1)
     # A clear threshold given with it is taken as given, and still checked.
     with pytest.raises(RuleError, match="firing side"):
-        RuleSet.from_dict({"overrides": [{"rule": "disagreement", "threshold": 0.02,
-                                          "clear_threshold": 0.03}]})
+        RuleSet.from_dict({"overrides": [{"rule": "divergence_p99", "threshold": 0.15,
+                                          "clear_threshold": 0.2}]})
+
+
+def test_a_rate_written_as_a_cusum_threshold_is_refused_with_what_to_set() -> None:
+    # The flat rule's habit, "threshold = 0.02" on the now sequential disagreement rule, would
+    # fire on any window leaning towards the target.
+    with pytest.raises(RuleError, match=r"evidence in nats.*set target"):
+        RuleSet.from_dict({"overrides": [{"rule": "disagreement", "model": "fraud-scorer",
+                                          "threshold": 0.02}]})
+    rs = RuleSet.from_dict({"overrides": [{"rule": "disagreement", "model": "fraud-scorer",
+                                           "target": 0.005}]})
+    rule = {r.name: r for r in rs.for_pair("fraud-scorer", "c")}["disagreement"]
+    assert (rule.baseline, rule.target, rule.threshold) == (0.002, 0.005, 7.0)
 
 
 @given(st.lists(st.one_of(st.none(), st.floats(0, 1)), max_size=40),
@@ -249,7 +319,8 @@ def test_a_drift_rule_on_a_feature_the_model_lacks_is_reported_once(
     with caplog.at_level("WARNING", logger="shadowstream.join"):
         for i in range(3):
             m.evaluate(window(i, psi=0.9), i)
-    warned = [r.message for r in caplog.records if "matches no feature" in r.message]
+    warned = [r.message for r in caplog.records if "matches no feature" in r.message
+              and r.message.startswith("rule 'amount'")]
     assert warned == ["rule 'amount': drift.amount.psi matches no feature of m (its "
                       "features: inputs.amount, inputs.hour)"]
 

@@ -373,3 +373,31 @@ def test_histograms_of_an_older_version_have_no_moments() -> None:
     assert stale.mean is None and stale.sd is None
     assert "t_p" not in drift(fp.reference, stale) and "ks_p" in drift(fp.reference, stale)
     assert fp.empty().merge(stale).mean is None  # unknown stays unknown
+
+
+def _window_drift(shift_inputs: float, candidate_offset: float) -> dict[str, dict[str, float]]:
+    from consumers.windows import WindowAggregate, _reference_name
+
+    rng = np.random.default_rng(5)
+    profile = Profile.build({"inputs.x": float(x), "output.confidence": float(c)}
+                            for x, c in zip(rng.normal(size=2000), rng.uniform(0.5, 1, 2000),
+                                            strict=True))
+    agg = WindowAggregate()
+    for x, c in zip(rng.normal(shift_inputs, 1, 500), rng.uniform(0.5, 1, 500), strict=True):
+        profile.observe(agg.histograms, {"inputs.x": float(x), "output.confidence": float(c)})
+        profile.observe(agg.histograms, {"candidate.confidence": float(c) + candidate_offset},
+                        _reference_name)
+    out = agg._drift(profile, [])
+    # The candidate's answers are judged against the live answers of the same window.
+    assert out["candidate.confidence"] == drift(agg.histograms["output.confidence"],
+                                                agg.histograms["candidate.confidence"])
+    return out
+
+
+def test_a_candidate_answering_as_live_shows_no_output_drift_when_the_inputs_drift() -> None:
+    same = _window_drift(shift_inputs=1.0, candidate_offset=0.0)
+    assert same["inputs.x"]["p"] < 1e-12  # the inputs moved...
+    assert same["candidate.confidence"]["p"] == 1.0  # ...the candidate answers as live does
+    assert same["candidate.confidence"]["psi"] == 0.0
+    other = _window_drift(shift_inputs=0.0, candidate_offset=0.1)
+    assert other["inputs.x"]["p"] > 0.01 and other["candidate.confidence"]["p"] < 1e-6
