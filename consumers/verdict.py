@@ -1,22 +1,32 @@
 """PROMOTE, HOLD or ROLLBACK from per-window values, judged metric by metric. Pure code.
 
-In the manner of Kayenta's canary judge: each metric compares the candidate's per-window values
-with the live model's (a two-sided Mann-Whitney U test, then an effect-size bound in the bad
-direction: a significant difference smaller than the bound still passes), or, where the live
-side has no counterpart (disagreement, candidate errors), the candidate's mean with a limit.
+In the manner of Kayenta's canary judge, with the error control a release gate needs:
 
-- any failing *critical* metric -> ROLLBACK (exit 2), it decides alone;
-- any other failing metric -> HOLD (exit 1);
-- fewer than ``min_windows`` windows with at least ``min_pairs`` pairs -> HOLD, "not enough
-  data", before anything else is judged;
-- otherwise PROMOTE (exit 0).
+- a rate of counts (disagreements of the compared pairs, candidate errors of the pairs) is
+  pooled over the windows and judged by its confidence interval (Clopper-Pearson, or Wilson)
+  against its limit: *fail* when the interval lies above the limit, *pass* when it lies below,
+  *inconclusive* when it straddles it (at the limit a mean alone is a coin flip);
+- another one-sided metric (the candidate's answers' PSI against the live answers) by the
+  t-interval of its per-window mean, the same way;
+- a metric with a live counterpart (latency) by a two-sided Mann-Whitney U test of the
+  per-window values, then an effect-size bound in the bad direction: a significant
+  difference smaller than the bound still passes;
+- each metric is judged on the whole run and again on the ``recent`` share of the latest
+  windows, so a candidate that degrades late is not averaged away;
+- every test is made at ``alpha`` divided by the number of tests (Bonferroni): the chance of
+  any false fail in a verdict is at most ``alpha``.
+
+Then: any failing *critical* metric -> ROLLBACK (exit 2), it decides alone; any other failing
+or any inconclusive metric -> HOLD (exit 1); fewer than ``min_windows`` windows with at least
+``min_pairs`` pairs -> HOLD, "not enough data", before anything else; otherwise PROMOTE (0).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from statistics import fmean, median
+from statistics import fmean, median, stdev
 from typing import Any, Literal
 
 from scipy import stats as sps
@@ -24,7 +34,8 @@ from scipy import stats as sps
 from consumers.config import FromToml
 from schemas.exceptions import ConfigError, closest, refuse_unknown
 
-__all__ = ["DEFAULT_METRICS", "JudgeConfig", "MetricCheck", "Verdict", "judge"]
+__all__ = ["DEFAULT_METRICS", "JudgeConfig", "MetricCheck", "Verdict", "judge",
+           "rate_interval"]
 
 Window = Mapping[str, Any]
 Getter = Callable[[Window], float | None]
@@ -42,22 +53,44 @@ def _path(*keys: str) -> Getter:
     return get
 
 
-def _ratio(num: str, den: str) -> Getter:
+def _max_drift(prefix: str, stat: str) -> Getter:
     def get(w: Window) -> float | None:
-        d = w.get(den) or 0
-        return w.get(num, 0) / d if d else None
+        values = [d[stat] for f, d in (w.get("drift") or {}).items()
+                  if f.startswith(prefix) and stat in d]
+        return max(values) if values else None
     return get
 
 
-# Where each side of a metric is read in a window summary (as a dict).
+def _disagreements(w: Window) -> tuple[int, int] | None:
+    state = w.get("state") or {}
+    if "compared" in state:
+        return int(state["disagreements"]), int(state["compared"])
+    rate = w.get("disagreement_rate")
+    if rate is None:
+        return None
+    # A replay report's windows carry the rate, not the state: every pair without a
+    # candidate error is compared.
+    n = int(w.get("pairs", 0)) - int(w.get("candidate_errors", 0))
+    return round(rate * n), n
+
+
+def _errors(w: Window) -> tuple[int, int] | None:
+    n = int(w.get("pairs", 0))
+    return (int(w.get("candidate_errors", 0)), n) if n else None
+
+
+# The rates of counts, judged pooled by their confidence interval: (events, trials) a window.
+COUNTS: dict[str, Callable[[Window], tuple[int, int] | None]] = {
+    "disagreement_rate": _disagreements,
+    "candidate_error_rate": _errors,
+}
+# Where each side of another metric is read in a window summary (as a dict).
 SOURCES: dict[str, tuple[Getter | None, Getter]] = {
-    "disagreement_rate": (None, _path("disagreement_rate")),
-    "candidate_error_rate": (None, _ratio("candidate_errors", "pairs")),
     "latency_p50": (_path("latency", "live_p50"), _path("latency", "candidate_p50")),
     "latency_p99": (_path("latency", "live_p99"), _path("latency", "candidate_p99")),
-    "output_psi": (_path("drift", "output.confidence", "psi"),
-                   _path("drift", "candidate.confidence", "psi")),
+    "output_psi": (None, _max_drift("candidate.", "psi")),
 }
+KNOWN = (*COUNTS, *SOURCES)
 
 
 @dataclass(frozen=True)
@@ -65,7 +98,8 @@ class MetricCheck:
     metric: str
     critical: bool = False
     limit: float | None = None
-    """One-sided metrics (no live counterpart): the candidate's mean may not exceed this."""
+    """One-sided metrics (no live counterpart): what the candidate's rate (or mean) may not
+    exceed, judged by its confidence interval."""
     allowed_increase: float = 0.0
     """Two-sided metrics: how much worse the candidate's median may be, relative (0.2 = 20 %)
     or absolute (``relative = false``), before a significant difference fails."""
@@ -74,12 +108,12 @@ class MetricCheck:
     """Which way is bad."""
 
     def __post_init__(self) -> None:
-        if self.metric not in SOURCES:
-            hint = closest(self.metric, SOURCES)
+        if self.metric not in KNOWN:
+            hint = closest(self.metric, KNOWN)
             raise ConfigError("verdict", f"metric {self.metric!r} unknown"
-                              + ("" if hint else f" (known: {', '.join(sorted(SOURCES))})"),
+                              + ("" if hint else f" (known: {', '.join(sorted(KNOWN))})"),
                               key="metric", hint=hint)
-        if SOURCES[self.metric][0] is None and self.limit is None:
+        if (self.metric in COUNTS or SOURCES[self.metric][0] is None) and self.limit is None:
             raise ConfigError("verdict", f"metric {self.metric!r} has no live side: it "
                               "needs a limit", key="limit")
 
@@ -88,7 +122,7 @@ DEFAULT_METRICS: tuple[MetricCheck, ...] = (
     MetricCheck("disagreement_rate", critical=True, limit=0.02),
     MetricCheck("candidate_error_rate", critical=True, limit=0.01),
     MetricCheck("latency_p99", allowed_increase=0.2),
-    MetricCheck("output_psi", allowed_increase=0.1, relative=False),
+    MetricCheck("output_psi", limit=0.1),
 )
 
 
@@ -96,8 +130,14 @@ DEFAULT_METRICS: tuple[MetricCheck, ...] = (
 class JudgeConfig(FromToml):
     metrics: tuple[MetricCheck, ...] = DEFAULT_METRICS
     alpha: float = 0.05
+    """The chance of any false fail in one verdict (split over its tests, Bonferroni)."""
     min_windows: int = 3
     min_pairs: int = 100
+    recent: float = 0.25
+    """The share of the latest windows judged again on their own (at least ``min_windows``;
+    0: the whole run only)."""
+    interval: Literal["exact", "wilson"] = "exact"
+    """The confidence interval of a rate: Clopper-Pearson (never too narrow) or Wilson."""
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "verdict") -> JudgeConfig:
@@ -119,25 +159,39 @@ class JudgeConfig(FromToml):
             by_name[check.metric] = check
         top = {k: v for k, v in doc.items() if k != "metrics"}
         for key, value in top.items():
-            if key == "alpha":
+            if key in ("alpha", "recent"):
+                low_ok = key == "recent"  # recent = 0 turns the recent windows' check off
                 if isinstance(value, bool) or not isinstance(value, int | float) \
-                        or not 0 < value < 1:
-                    raise ConfigError(source, f"must be a probability in (0, 1), got {value!r}",
-                                      key=key)
+                        or not (value >= 0 if low_ok else value > 0) or not value < 1:
+                    raise ConfigError(source, f"must be a number in {'[' if low_ok else '('}0,"
+                                              f" 1), got {value!r}", key=key)
+            elif key == "interval":
+                if value not in ("exact", "wilson"):
+                    raise ConfigError(source, f"must be exact or wilson, got {value!r}",
+                                      key=key, hint=closest(str(value), ("exact", "wilson")))
             elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(source, f"must be an integer >= 1, got {value!r}", key=key)
         return replace(cls(), metrics=tuple(by_name.values()), **top)
 
 
+Outcome = Literal["pass", "fail", "inconclusive", "no data"]
+Scope = Literal["all", "recent"]
+
+
 @dataclass(frozen=True)
 class MetricResult:
     metric: str
-    outcome: Literal["pass", "fail", "no data"]
+    outcome: Outcome
     critical: bool
     reason: str
     candidate: float | None = None
     live: float | None = None
     p_value: float | None = None
+    scope: Scope = "all"
+    """``all`` windows, or the ``recent`` ones."""
+    windows: int = 0
+    interval: tuple[float, float] | None = None
+    """The candidate's confidence interval (rates and one-sided means)."""
 
 
 @dataclass(frozen=True)
@@ -159,41 +213,82 @@ class Verdict:
 
 def judge(windows: Sequence[Window], config: JudgeConfig = JudgeConfig()) -> Verdict:
     """The verdict on one model and candidate from its closed windows (overall, not per
-    segment), each a WindowSummary as a dict."""
-    usable = [w for w in windows if w.get("pairs", 0) >= config.min_pairs]
+    segment), each a WindowSummary as a dict, in any order."""
+    usable = sorted((w for w in windows if w.get("pairs", 0) >= config.min_pairs),
+                    key=lambda w: w.get("window_start", 0))
     if len(usable) < config.min_windows:
         return Verdict("HOLD", f"not enough data: {len(usable)} window(s) with at least "
                                f"{config.min_pairs} pairs, {config.min_windows} needed",
                        len(usable))
-    results = tuple(_check(m, usable, config.alpha) for m in config.metrics)
+    scopes: list[tuple[Scope, Sequence[Window]]] = [("all", usable)]
+    n_recent = max(config.min_windows, math.ceil(config.recent * len(usable)))
+    if config.recent > 0 and n_recent < len(usable):
+        scopes.append(("recent", usable[-n_recent:]))
+    alpha = config.alpha / (len(config.metrics) * len(scopes))  # Bonferroni over every test
+    results = tuple(_check(m, ws, alpha, scope, config.interval)
+                    for m in config.metrics for scope, ws in scopes)
     critical = [r for r in results if r.outcome == "fail" and r.critical]
-    failed = [r for r in results if r.outcome == "fail"]
+    doubtful = [r for r in results if r.outcome in ("fail", "inconclusive")]
     if critical:
         return Verdict("ROLLBACK", "; ".join(r.reason for r in critical), len(usable), results)
-    if failed:
-        return Verdict("HOLD", "; ".join(r.reason for r in failed), len(usable), results)
-    nodata = [r.metric for r in results if r.outcome == "no data"]
+    if doubtful:
+        return Verdict("HOLD", "; ".join(r.reason for r in doubtful), len(usable), results)
+    nodata = sorted({r.metric for r in results if r.outcome == "no data"})
     why = ("every metric with data passed (no data: " + ", ".join(nodata) + ")" if nodata
            else "every metric passed")
     return Verdict("PROMOTE", why, len(usable), results)
 
 
-def _check(m: MetricCheck, windows: Sequence[Window], alpha: float) -> MetricResult:
+def rate_interval(k: int, n: int, alpha: float, method: str = "exact") -> tuple[float, float]:
+    """Bounds of a binomial rate, each one-sided at ``alpha`` (a two-sided interval at
+    confidence 1 - 2 alpha): Clopper-Pearson (``exact``) or Wilson, as scipy computes them."""
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method=method)
+    return float(ci.low), float(ci.high)
+
+
+def _judged(lo: float, hi: float, m: MetricCheck) -> Outcome:
+    """A confidence interval against a limit: wholly on the bad side fails, wholly on the
+    good side passes, across it is inconclusive."""
+    assert m.limit is not None
+    bad, good = (lo > m.limit, hi <= m.limit) if m.direction == "increase" else (
+        hi < m.limit, lo >= m.limit)
+    return "fail" if bad else "pass" if good else "inconclusive"
+
+
+def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, scope: Scope,
+           method: str) -> MetricResult:
+    where = (f"{m.metric} ({'last ' if scope == 'recent' else ''}{len(windows)} windows)")
+    level = f"{100 * (1 - 2 * alpha):.3g} %"
+    if m.metric in COUNTS:
+        counted = [c for w in windows if (c := COUNTS[m.metric](w)) is not None]
+        k, n = sum(c[0] for c in counted), sum(c[1] for c in counted)
+        if not n:
+            return MetricResult(m.metric, "no data", m.critical, f"{where}: no values",
+                                scope=scope, windows=len(windows))
+        lo, hi = rate_interval(k, n, alpha, method)
+        outcome = _judged(lo, hi, m)
+        reason = (f"{where}: {k:,}/{n:,} = {_pct(k / n)}, {level} interval {_pct(lo)} to "
+                  f"{_pct(hi)}, {_relation(outcome, m)} the limit {_pct(m.limit)}")
+        return MetricResult(m.metric, outcome, m.critical, reason, k / n, scope=scope,
+                            windows=len(windows), interval=(lo, hi))
     live_of, cand_of = SOURCES[m.metric]
     cand = [v for w in windows if (v := cand_of(w)) is not None]
-    if not cand:
-        return MetricResult(m.metric, "no data", m.critical, f"{m.metric}: no values")
+    if len(cand) < 2:
+        return MetricResult(m.metric, "no data", m.critical, f"{where}: too few values",
+                            scope=scope, windows=len(windows))
     if live_of is None:
-        mean = fmean(cand)
-        worse = mean > m.limit if m.direction == "increase" else mean < m.limit  # type: ignore[operator]
-        word = "above" if m.direction == "increase" else "below"
-        reason = (f"{m.metric}: mean over {len(cand)} windows {mean:.4g} {word} the limit "
-                  f"{m.limit:g}" if worse else
-                  f"{m.metric}: mean over {len(cand)} windows {mean:.4g} within {m.limit:g}")
-        return MetricResult(m.metric, "fail" if worse else "pass", m.critical, reason, mean)
+        mean, sd = fmean(cand), stdev(cand)
+        half = float(sps.t.ppf(1 - alpha, len(cand) - 1)) * sd / math.sqrt(len(cand))
+        lo, hi = mean - half, mean + half
+        outcome = _judged(lo, hi, m)
+        reason = (f"{where}: mean {mean:.4g}, {level} interval {lo:.4g} to {hi:.4g}, "
+                  f"{_relation(outcome, m)} the limit {m.limit:g}")
+        return MetricResult(m.metric, outcome, m.critical, reason, mean, scope=scope,
+                            windows=len(windows), interval=(lo, hi))
     live = [v for w in windows if (v := live_of(w)) is not None]
-    if len(live) < 2 or len(cand) < 2:
-        return MetricResult(m.metric, "no data", m.critical, f"{m.metric}: too few values")
+    if len(live) < 2:
+        return MetricResult(m.metric, "no data", m.critical, f"{where}: too few values",
+                            scope=scope, windows=len(windows))
     p = float(sps.mannwhitneyu(cand, live, alternative="two-sided").pvalue)
     mc, ml = median(cand), median(live)
     sign = 1 if m.direction == "increase" else -1
@@ -201,12 +296,25 @@ def _check(m: MetricCheck, windows: Sequence[Window], alpha: float) -> MetricRes
     unit = "%" if m.relative and ml else ""
     scale = 100 if unit else 1
     if p < alpha and change > m.allowed_increase:
-        outcome = "fail"
-        reason = (f"{m.metric}: candidate median {mc:.4g} vs live {ml:.4g} "
+        outcome: Outcome = "fail"
+        reason = (f"{where}: candidate median {mc:.4g} vs live {ml:.4g} "
                   f"({change * scale:+.3g}{unit} worse, allowed "
-                  f"{m.allowed_increase * scale:g}{unit}; Mann-Whitney p={p:.3g})")
+                  f"{m.allowed_increase * scale:g}{unit}; Mann-Whitney p={p:.3g} < {alpha:.3g})")
     else:
         outcome = "pass"
-        reason = (f"{m.metric}: candidate median {mc:.4g} vs live {ml:.4g} "
+        reason = (f"{where}: candidate median {mc:.4g} vs live {ml:.4g} "
                   f"(p={p:.3g}, {'not significant' if p >= alpha else 'within the bound'})")
-    return MetricResult(m.metric, outcome, m.critical, reason, mc, ml, p)
+    return MetricResult(m.metric, outcome, m.critical, reason, mc, ml, p, scope=scope,
+                        windows=len(windows))
+
+
+def _pct(x: float | None) -> str:
+    return f"{100 * (x or 0.0):.3g} %"
+
+
+def _relation(outcome: Outcome, m: MetricCheck) -> str:
+    if outcome == "inconclusive":
+        return "across"
+    bad = outcome == "fail"
+    return ("above" if bad else "under") if m.direction == "increase" else (
+        "below" if bad else "over")

@@ -75,3 +75,21 @@ class _Broken(nn.Module):
 
 def broken() -> nn.Module:
     return _Broken()
+
+
+class _Slow(nn.Module):
+    """The live model, 20 ms slower per batch (a candidate that answers alike, late)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = build_model(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.02)
+        return self.inner(x)
+
+
+def slow() -> nn.Module:
+    return _Slow()

@@ -47,7 +47,12 @@ def _split(spec: str) -> tuple[str, str]:
 @options.windows()
 @options.rules()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Write the report as JSON (same bytes for the same input).")
+              default=None, help="Write the report as JSON (same bytes for the same input, "
+                                 "unless --latency).")
+@click.option("--latency", is_flag=True, default=False,
+              help="Measure each candidate's inference time on this machine, so the windows "
+                   "and the verdict judge candidate latency (against the live latency "
+                   "recorded); the report then differs run to run.")
 @click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write a self-contained HTML report.")
 def command(file_: Path | None, topic: str | None, start: str | None, end: str | None,
@@ -55,7 +60,7 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
             adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
             dtype: str, max_batch: int, window_s: float, grace_s: float, reference_size: int,
             profile_file: Path | None, tolerances: Path | None, rules_file: Path | None,
-            json_out: Path | None, html_out: Path | None) -> None:
+            json_out: Path | None, html_out: Path | None, latency: bool) -> None:
     """Replay recorded requests through candidates and judge them like the live pipeline.
 
     Runs in-process with the worker's inference engine and the join's comparators, windows
@@ -115,7 +120,7 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
         _republish(s, messages, to_topic, rate)
         return
     with err_console.status("replaying...", spinner="dots") as status:
-        result = replay(messages, loaded, join=join, batch=max_batch,
+        result = replay(messages, loaded, join=join, batch=max_batch, latency=latency,
                         source=source, progress=lambda n: status.update(f"replayed {n}"))
     if json_out:
         json_out.write_bytes(result.json_bytes())

@@ -85,8 +85,13 @@ class _Top:
 def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandidate], *,
            join: JoinConfig | None = None, batch: int = 256, top: int = 20,
            source: dict[str, Any] | None = None, keep_pairs: bool = False,
-           progress: Callable[[int], None] | None = None) -> ReplayResult:
-    """Replay recorded mirrored requests through every candidate; the report and timings."""
+           progress: Callable[[int], None] | None = None,
+           latency: bool = False) -> ReplayResult:
+    """Replay recorded mirrored requests through every candidate; the report and timings.
+
+    ``latency``: each answer carries the wall time of the inference that made it (its batch's,
+    as a worker's answers do), so the windows and the verdict have candidate latency; the
+    report is then no longer the same bytes run to run."""
     if not candidates:
         raise ShadowstreamError("replay needs at least one candidate")
     ids = [c.candidate_id for c in candidates]
@@ -96,7 +101,7 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
     config = replace(join or JoinConfig(), partition_idle_s=float("inf"), confirm_delivery=False,
                      candidates={})
     core = JoinCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
-    run = _Run(core, candidates, top, keep_pairs)
+    run = _Run(core, candidates, top, keep_pairs, latency)
     t0 = time.perf_counter()
     pending: list[RecordedMessage] = []
     for message in messages:
@@ -122,8 +127,9 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
 
 class _Run:
     def __init__(self, core: JoinCore, candidates: Sequence[ReplayCandidate], top: int,
-                 keep_pairs: bool) -> None:
+                 keep_pairs: bool, latency: bool = False) -> None:
         self.core = core
+        self.latency = latency
         self.keep_pairs = keep_pairs
         self.kept: list[DivergencePair] = []
         self.candidates = candidates
@@ -170,9 +176,10 @@ class _Run:
                 cid = cand.candidate_id
                 if a.error is not None:
                     self.errors[cid][reason_key(a.error)] += 1
-                # Wall-clock latency would make the report differ run to run: left out.
+                # Wall-clock latency makes the report differ run to run: only when asked.
                 by_partition[partition].append(shadow_output(
-                    r["request_id"], r["model"], r["ts"], cid, a.output, 0.0, a.error))
+                    r["request_id"], r["model"], r["ts"], cid, a.output,
+                    a.latency_ms if self.latency else 0.0, a.error))
                 shown[(r["request_id"], cid)] = (r, a)
         for partition, docs in sorted(by_partition.items()):
             offset = self._out_offsets[partition]
@@ -217,6 +224,15 @@ class _Run:
             "inputs": request["inputs"], "live": request["live"].get("output"),
             "candidate": answer.output})
 
+    def _deterministic(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Candidate latencies are wall time (zero unless measured): in the report only when
+        measured."""
+        if not self.latency:
+            latency = doc.get("latency", {})
+            for name in ("candidate_p50", "candidate_p99"):
+                latency.pop(name, None)
+        return doc
+
     def report(self, source: dict[str, Any]) -> dict[str, Any]:
         per: dict[str, dict[str, Any]] = {}
         for cand in self.candidates:
@@ -232,7 +248,8 @@ class _Run:
         return {"schema": REPORT_SCHEMA, "source": source, "messages": self.messages,
                 "requests": self.requests, "dead_lettered": self.dead_lettered,
                 "dead_letter_reasons": _top(self.dead_letter_reasons),
-                "window_ms": self.core.config.window_ms, "candidates": per}
+                "window_ms": self.core.config.window_ms, "candidates": per,
+                "candidate_latency": "measured" if self.latency else "left out"}
 
     def _model_report(self, cid: str, model: str, windows: list[WindowSummary]
                       ) -> dict[str, Any]:
@@ -250,8 +267,9 @@ class _Run:
             [2 * gamma**i / (gamma + 1), n] for i, n in sorted(merged.divergence.buckets.items())]
         return {
             "divergence_histogram": histogram,
-            "overall": _deterministic(summary.model_dump(exclude=drop, exclude_none=True)),
-            "windows": [_deterministic(w.model_dump(exclude=drop, exclude_none=True))
+            "overall": self._deterministic(summary.model_dump(exclude=drop,
+                                                              exclude_none=True)),
+            "windows": [self._deterministic(w.model_dump(exclude=drop, exclude_none=True))
                         for w in sorted(windows, key=lambda w: (w.window_start,
                                                                 w.segment or ""))],
             # Every transition of every rule, in window order (as the live join sends them);
@@ -267,14 +285,6 @@ class _Run:
 def _top(counts: Counter[str], n: int = 10) -> dict[str, int]:
     """The most frequent reasons first; ties by text, so that the report is the same bytes."""
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
-
-
-def _deterministic(doc: dict[str, Any]) -> dict[str, Any]:
-    """Candidate latencies are wall time (zero here): not part of the report."""
-    latency = doc.get("latency", {})
-    for name in ("candidate_p50", "candidate_p99"):
-        latency.pop(name, None)
-    return doc
 
 
 def report_windows(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -25,7 +25,7 @@ text-align:left}pre{margin:0;font-size:12px;white-space:pre-wrap;max-width:330px
 svg.chart{background:#fff;border:1px solid #ddd;margin:.3em 0 1em;max-width:100%;height:auto}
 .badge{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600}
 .PROMOTE{background:#2e7d32}.HOLD{background:#b26a00}.ROLLBACK{background:#c62828}
-.fail{color:#c62828;font-weight:600}.pass{color:#2e7d32}.nodata{color:#777}
+.fail{color:#c62828;font-weight:600}.pass{color:#2e7d32}.nodata{color:#777}.inconclusive{color:#b26a00}
 .empty{color:#777;font-style:italic}.note{color:#555;font-size:13px;max-width:820px}
 """
 
@@ -151,8 +151,11 @@ def _verdicts(r: dict[str, Any], models: list[str], config: JudgeConfig) -> str:
             "<th class=l>model</th><th class=l>decision</th><th class=l>why</th></tr>"
             f"{''.join(rows)}</table><p class='note'>The judge of <code>shadow verdict</code> "
             f"with its default configuration (at least {config.min_windows} windows of "
-            f"{config.min_pairs} pairs; critical metrics decide alone). Candidate latency is "
-            "wall time on this machine, so it is not judged offline.</p>")
+            f"{config.min_pairs} pairs; critical metrics decide alone). "
+            + ("Candidate latency is the inference time on the machine that replayed "
+               "(--latency), against the live latency recorded in production.</p>"
+               if r.get("candidate_latency") == "measured" else
+               "Candidate latency was left out (replay --latency measures it).</p>"))
 
 
 def _model_section(r: dict[str, Any], model: str, cids: list[str], colours: dict[str, str],

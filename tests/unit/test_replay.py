@@ -121,6 +121,31 @@ def test_verdict_on_a_replay(disagree: float, critical: bool, decision: str) -> 
     assert verdict.decision == decision, verdict.reason
 
 
+def test_replay_with_latency_gives_the_verdict_candidate_latency_to_judge() -> None:
+    from consumers.verdict import JudgeConfig, MetricCheck, judge
+
+    messages = recorded(1500, TrafficSpec(seed=5), build_model(0))
+    config = JudgeConfig(metrics=(MetricCheck("latency_p99", allowed_increase=0.2),))
+
+    def latency_p99(result: Any) -> tuple[str, str]:
+        windows = [w for w in result.report["candidates"]["c"]["models"]["fraud-scorer"][
+            "windows"] if "segment" not in w]
+        verdict = judge(windows, config)
+        return verdict.decision, verdict.results[0].outcome
+
+    # Windows of 2 s (100 requests): enough of them for Mann-Whitney to see a difference.
+    join = JoinConfig(window_ms=2000, grace_ms=1000, reference_size=100)
+    plain = replay(messages, [candidate("c")], join=join, batch=64)
+    assert plain.report["candidate_latency"] == "left out"
+    assert latency_p99(plain) == ("PROMOTE", "no data")
+    # A candidate 20 ms slower a batch than the live latency recorded (1 to 3 ms): measured,
+    # it is held for its latency.
+    slow = replay(messages, [candidate("c", "tests.models_for_tests:slow")], join=join,
+                  batch=64, latency=True)
+    assert slow.report["candidate_latency"] == "measured"
+    assert latency_p99(slow) == ("HOLD", "fail")
+
+
 def _as_old_recording(path: Any, messages: list[RecordedMessage]) -> None:
     """What `shadow record` wrote before recordings were time-ordered: partition after
     partition, no header."""

@@ -1,4 +1,5 @@
-"""The verdict: Mann-Whitney per metric with an effect bound, critical metrics, minimum data."""
+"""The verdict: rates by their confidence interval, the recent windows judged again,
+Bonferroni over the tests, Mann-Whitney with an effect bound for latency, minimum data."""
 
 from __future__ import annotations
 
@@ -8,50 +9,107 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats as sps
 
-from consumers.verdict import JudgeConfig, MetricCheck, judge
+from consumers.verdict import JudgeConfig, MetricCheck, judge, rate_interval
 from schemas import ShadowstreamError
 
 RNG = np.random.default_rng(11)
 
 
 def windows(n: int = 8, *, disagree: float = 0.0, errors: int = 0, live_p99: float = 20.0,
-            cand_p99: float = 20.0, pairs: int = 500) -> list[dict[str, Any]]:
+            cand_p99: float = 20.0, pairs: int = 500, psi: float = 0.03,
+            late: tuple[int, float] | None = None) -> list[dict[str, Any]]:
+    """``n`` windows; ``late = (i, rate)``: the disagreement rate from window ``i`` on."""
     out = []
-    for _ in range(n):
-        out.append({"pairs": pairs, "requests": pairs, "candidate_errors": errors,
-                    "disagreement_rate": disagree,
+    for i in range(n):
+        rate = late[1] if late is not None and i >= late[0] else disagree
+        out.append({"window_start": i * 10_000, "pairs": pairs, "requests": pairs,
+                    "candidate_errors": errors, "disagreement_rate": rate,
+                    "state": {"compared": pairs - errors,
+                              "disagreements": round(rate * (pairs - errors))},
                     "latency": {"live_p99": live_p99 * RNG.uniform(0.9, 1.1),
                                 "candidate_p99": cand_p99 * RNG.uniform(0.9, 1.1)},
                     "drift": {"output.confidence": {"psi": 0.02},
-                              "candidate.confidence": {"psi": 0.03}}})
+                              "candidate.confidence": {"psi": psi * RNG.uniform(0.8, 1.2)}}})
     return out
 
 
-def test_an_equal_candidate_is_promoted() -> None:
-    v = judge(windows())
+def outcomes(v: Any, scope: str = "all") -> dict[str, str]:
+    return {r.metric: r.outcome for r in v.results if r.scope == scope}
+
+
+def test_an_equal_candidate_is_promoted_on_the_whole_run_and_its_recent_windows() -> None:
+    v = judge(windows(40))
     assert (v.decision, v.exit_code) == ("PROMOTE", 0)
-    assert {r.metric: r.outcome for r in v.results} == {
-        "disagreement_rate": "pass", "candidate_error_rate": "pass", "latency_p99": "pass",
-        "output_psi": "pass"}
+    passed = {"disagreement_rate": "pass", "candidate_error_rate": "pass",
+              "latency_p99": "pass", "output_psi": "pass"}
+    assert outcomes(v) == outcomes(v, "recent") == passed
+    assert {r.windows for r in v.results if r.scope == "recent"} == {10}  # a quarter of 40
 
 
 def test_five_percent_disagreement_rolls_back_or_holds_as_configured() -> None:
     v = judge(windows(disagree=0.05))
     assert (v.decision, v.exit_code) == ("ROLLBACK", 2)
-    assert re.search(r"disagreement_rate: mean over \d+ windows 0.05 above the limit 0.02",
-                     v.reason)
+    assert re.search(r"disagreement_rate \(8 windows\): 200/4,000 = 5 %, 98.8 % interval "
+                     r"4.18 % to 5.93 %, above the limit 2 %", v.reason)
     lenient = JudgeConfig(metrics=(MetricCheck("disagreement_rate", critical=False,
                                                limit=0.02),))
     assert judge(windows(disagree=0.05), lenient).decision == "HOLD"
+
+
+@given(st.integers(1, 5000), st.data(), st.sampled_from(["exact", "wilson"]),
+       st.floats(0.001, 0.1))
+def test_rate_intervals_are_scipys(n: int, data: st.DataObject, method: str,
+                                   alpha: float) -> None:
+    k = data.draw(st.integers(0, n))
+    want = sps.binomtest(k, n).proportion_ci(1 - 2 * alpha, method=method)
+    assert rate_interval(k, n, alpha, method) == pytest.approx((want.low, want.high))
+    if method == "exact" and 0 < k < n:  # each bound one-sided at alpha (Clopper-Pearson)
+        assert sps.binom.sf(k - 1, n, want.low) == pytest.approx(alpha, rel=1e-6)
+        assert sps.binom.cdf(k, n, want.high) == pytest.approx(alpha, rel=1e-6)
+
+
+def test_a_rate_at_the_limit_is_inconclusive_and_holds_rather_than_a_coin_flip() -> None:
+    v = judge(windows(disagree=0.02))
+    assert v.decision == "HOLD" and outcomes(v)["disagreement_rate"] == "inconclusive"
+    assert "across the limit 2 %" in v.reason
+    # With more pairs the same rate just under the limit is settled: it passes.
+    assert judge(windows(40, pairs=5000, disagree=0.018)).decision == "PROMOTE"
+
+
+def test_a_candidate_that_degrades_late_is_not_averaged_away() -> None:
+    # 2 % disagreement after window 10 of 40: 1.5 % over the run, under the 2 % limit.
+    v = judge(windows(40, late=(10, 0.02)))
+    assert outcomes(v)["disagreement_rate"] == "pass"
+    assert outcomes(v, "recent")["disagreement_rate"] == "inconclusive"
+    assert v.decision == "HOLD" and "disagreement_rate (last 10 windows)" in v.reason
+    # Worse late: the recent windows alone roll it back.
+    v = judge(windows(40, late=(30, 0.06)))
+    assert outcomes(v)["disagreement_rate"] == "pass" and v.decision == "ROLLBACK"
+    # recent = 0: the whole run only, as before.
+    assert judge(windows(40, late=(10, 0.02)), JudgeConfig(recent=0)).decision == "PROMOTE"
+
+
+def test_every_test_is_made_at_alpha_over_the_number_of_tests() -> None:
+    v = judge(windows(40, disagree=0.01))
+    tests = len(v.results)
+    assert tests == 8  # four metrics, twice
+    r = next(r for r in v.results if r.metric == "disagreement_rate" and r.scope == "all")
+    assert r.interval == pytest.approx(rate_interval(200, 20_000, 0.05 / tests))
+    two_tests = JudgeConfig(metrics=(MetricCheck("disagreement_rate", limit=0.02),))
+    r = next(r for r in judge(windows(40, disagree=0.01), two_tests).results
+             if r.scope == "all")
+    assert r.interval == pytest.approx(rate_interval(200, 20_000, 0.05 / 2))
 
 
 def test_slower_candidate_holds_only_beyond_the_effect_bound() -> None:
     slow = judge(windows(cand_p99=30.0))  # +50 %, allowed +20 %
     assert slow.decision == "HOLD" and "latency_p99" in slow.reason
     result = next(r for r in slow.results if r.metric == "latency_p99")
-    assert result.p_value is not None and result.p_value < 0.05
+    assert result.p_value is not None and result.p_value < 0.05 / len(slow.results)
     a_bit = judge(windows(cand_p99=22.0))  # +10 %: significant, within the bound
     assert a_bit.decision == "PROMOTE"
     ws = windows(cand_p99=30.0)
@@ -59,6 +117,16 @@ def test_slower_candidate_holds_only_beyond_the_effect_bound() -> None:
                                 [w["latency"]["live_p99"] for w in ws]).pvalue
     got = next(r for r in judge(ws).results if r.metric == "latency_p99").p_value
     assert got == pytest.approx(expected)
+
+
+def test_answers_unlike_the_live_ones_hold_by_the_t_interval_of_their_psi() -> None:
+    ws = windows(20, psi=0.3)
+    v = judge(ws)
+    r = next(r for r in v.results if r.metric == "output_psi" and r.scope == "all")
+    values = [w["drift"]["candidate.confidence"]["psi"] for w in ws]
+    half = sps.t.ppf(1 - 0.05 / 8, 19) * np.std(values, ddof=1) / np.sqrt(20)
+    assert r.interval == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert r.outcome == "fail" and v.decision == "HOLD"
 
 
 def test_not_enough_data_is_a_hold_before_anything_else() -> None:
@@ -69,14 +137,17 @@ def test_not_enough_data_is_a_hold_before_anything_else() -> None:
 
 def test_config_file(tmp_path: Path) -> None:
     path = tmp_path / "verdict.toml"
-    path.write_text('min_windows = 2\n[[metrics]]\nmetric = "disagreement_rate"\n'
-                    'critical = false\nlimit = 0.1\n')
+    path.write_text('min_windows = 2\nrecent = 0.5\ninterval = "wilson"\n[[metrics]]\n'
+                    'metric = "disagreement_rate"\ncritical = false\nlimit = 0.1\n')
     config = JudgeConfig.from_file(path)
-    assert config.min_windows == 2
+    assert (config.min_windows, config.recent, config.interval) == (2, 0.5, "wilson")
     assert judge(windows(2, disagree=0.05), config).decision == "PROMOTE"
-    path.write_text('[[metrics]]\nmetric = "nope"\n')
-    with pytest.raises(ShadowstreamError, match="unknown"):
-        JudgeConfig.from_file(path)
-    path.write_text('[[metrics]]\nmetric = "disagreement_rate"\n')
-    with pytest.raises(ShadowstreamError, match="needs a limit"):
-        JudgeConfig.from_file(path)
+    for bad, why in (('[[metrics]]\nmetric = "nope"\n', "unknown"),
+                     ('[[metrics]]\nmetric = "disagreement_rate"\n', "needs a limit"),
+                     ('[[metrics]]\nmetric = "output_psi"\nallowed_increase = 0.1\n',
+                      "needs a limit"),
+                     ("recent = 1.5\n", r"recent.*\[0, 1\)"),
+                     ('interval = "wilsn"\n', "exact or wilson")):
+        path.write_text(bad)
+        with pytest.raises(ShadowstreamError, match=why):
+            JudgeConfig.from_file(path)
