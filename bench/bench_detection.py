@@ -4,8 +4,9 @@ join's own core (``JoinCore``, as replay drives it) on a synthetic service, many
 
 The service: a logistic model on f0..f3 ~ N(0, 1) and a categorical ``country`` (five values);
 its live answer is ``probs``. The candidate answers the same (A/A) or disagrees on a share of
-the requests from a given window on. The drift reference is a profile of 1,000 requests drawn
-apart from the windows (``shadow profile build``). Windows of 10 s, ``--windows`` of them.
+the requests from a given window on. The drift reference is a profile of 5,000 requests drawn
+apart from the windows (``shadow profile build``; ``--reference``). Windows of 10 s,
+``--windows`` of them.
 
 Experiments (``--seeds`` each, default 20), with the issue's targets:
 
@@ -16,7 +17,10 @@ Experiments (``--seeds`` each, default 20), with the issue's targets:
   windows in at least 18 of 20 seeds, and alerts naming an unshifted feature in at most 1 %
   of windows;
 - ``disagree-1``, ``disagree-5``: the candidate disagrees on 1 % (5 %) of requests from window
-  10: the disagreement rule firing within 5 (2) windows in at least 18 of 20 seeds.
+  10: the disagreement rule firing within 5 (2) windows in at least 18 of 20 seeds;
+- the verdict (``shadow verdict``'s judge, default configuration) on every run: on the A/A
+  experiments ROLLBACK in 0 and HOLD in at most 1 of 20 seeds; ``late-2``, a candidate that
+  disagrees on 2 % from window 10 of 40, not PROMOTEd in at least 18 of 20.
 
 Run: python -m bench.bench_detection [--seeds 20] [--windows 40] [--rules FILE] [--reference N]
 """
@@ -28,7 +32,7 @@ import math
 import re
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +43,9 @@ from bench._common import TARGETS, machine
 from consumers import JoinConfig, JoinCore, RuleSet
 from consumers.drift import Profile
 from consumers.entries import Role
+from consumers.verdict import judge
 from consumers.windows import request_features
-from schemas import ConfigError
+from schemas import ConfigError, WindowSummary
 from schemas.codec import encode_batch
 
 T = TARGETS["detection"]
@@ -69,6 +74,7 @@ EXPERIMENTS = (
     Experiment("shift", 500, shift_sd=0.25),
     Experiment("disagree-1", 500, disagree=0.01),
     Experiment("disagree-5", 500, disagree=0.05),
+    Experiment("late-2", 500, disagree=0.02),
 )
 
 
@@ -104,7 +110,7 @@ def documents(x: np.ndarray, country: np.ndarray, ts: np.ndarray, first: int,
     return reqs, outs
 
 
-def reference(seed: int, n: int = 1000) -> Profile:
+def reference(seed: int, n: int = 5000) -> Profile:
     rng = np.random.default_rng(10_000 + seed)
     x, country = requests(rng, n, 0.0)
     reqs, _ = documents(x, country, np.zeros(n, int), 0, np.zeros(n, bool))
@@ -114,20 +120,23 @@ def reference(seed: int, n: int = 1000) -> Profile:
 
 @dataclass
 class Run:
-    """Per window: the rules firing after it, and what the drift alerts named."""
+    """Per window: the rules firing after it, and what the drift alerts named; the verdict
+    on the whole run."""
 
     firing: list[set[str]]
     named: list[set[str]]
+    verdict: str
 
 
 def run(exp: Experiment, seed: int, windows: int, rules: RuleSet,
-        reference_size: int = 1000) -> Run:
+        reference_size: int = 5000) -> Run:
     rng = np.random.default_rng(seed)
     profile = reference(seed, reference_size)
     core = JoinCore(JoinConfig(window_ms=WINDOW_MS, grace_ms=1_000, rules=rules,
                                profiles={"m": profile}, candidates={"m": ("c",)}),
                     {}, "req", "out", clock=lambda: 0)
     alerts: list[Any] = []
+    summaries: list[WindowSummary] = []
     offset, first = 0, 0
     for w in range(windows):
         changed = w >= CHANGE_AT
@@ -140,9 +149,12 @@ def run(exp: Experiment, seed: int, windows: int, rules: RuleSet,
             out = core.handle(topic, 0, offset, None, encode_batch(docs))
             offset += 1
             alerts += [o.record for o in out if o.role == Role.ALERTS]
+            summaries += [o.record for o in out if o.role == Role.WINDOWS]
     end: list[Any] = []
     core.sweep(T0 + (windows + 5) * WINDOW_MS, end)
     alerts += [o.record for o in end if o.role == Role.ALERTS]
+    summaries += [o.record for o in end if o.role == Role.WINDOWS]
+    verdict = judge([w.model_dump() for w in summaries if w.segment is None]).decision
     state: dict[str, str] = {}
     named: dict[int, set[str]] = defaultdict(set)
     by_window: dict[int, list[Any]] = defaultdict(list)
@@ -155,7 +167,7 @@ def run(exp: Experiment, seed: int, windows: int, rules: RuleSet,
             if a.state in ("pending", "firing") and a.rule == "input_drift":
                 named[w].update(_NAMED.findall(a.message))
         firing.append({r for r, s in state.items() if s == "firing"})
-    return Run(firing, [named.get(w, set()) for w in range(windows)])
+    return Run(firing, [named.get(w, set()) for w in range(windows)], verdict)
 
 
 def delay(r: Run, rule: str) -> float:
@@ -173,8 +185,8 @@ def main() -> None:
     parser.add_argument("--rules", type=Path, default=None,
                         help="a rules file (default: the shipped rules)")
     parser.add_argument("--only", default=None, help="comma-separated experiment names")
-    parser.add_argument("--reference", type=int, default=1000,
-                        help="requests in the drift reference profile (default 1000)")
+    parser.add_argument("--reference", type=int, default=5000,
+                        help="requests in the drift reference profile (default 5000)")
     args = parser.parse_args()
     try:
         rules = RuleSet.from_file(args.rules) if args.rules else RuleSet()
@@ -191,14 +203,26 @@ def main() -> None:
                 for seed in range(args.seeds)]
         took = time.perf_counter() - t0
         windows = sum(len(r.firing) for r in runs)
+        verdicts = Counter(r.verdict for r in runs)
         if exp.name.startswith("aa"):
             any_firing = sum(bool(f) for r in runs for f in r.firing)
             rules_seen = sorted({x for r in runs for f in r.firing for x in f})
             ok = any_firing / windows <= T["aa_firing_windows_max"]
+            hold_max = _seeds(T["aa_hold_seeds_max"], len(runs), down=True)
+            judged = (verdicts["ROLLBACK"] <= T["aa_rollback_seeds_max"]
+                      and verdicts["HOLD"] <= hold_max)
             print(f"{exp.name}: windows with any alert firing {any_firing}/{windows} "
                   f"({any_firing / windows:.2%}; target <= {T['aa_firing_windows_max']:.0%}) "
                   f"{_met(ok)}"
-                  f"{'; rules: ' + ', '.join(rules_seen) if rules_seen else ''} [{took:.0f} s]")
+                  f"{'; rules: ' + ', '.join(rules_seen) if rules_seen else ''}; verdicts "
+                  f"{_verdicts(verdicts)} (target ROLLBACK 0, HOLD <= {hold_max}) "
+                  f"{_met(judged)} [{took:.0f} s]")
+        elif exp.name == "late-2":
+            promoted = verdicts["PROMOTE"]
+            need = _seeds(T["late_not_promoted_seeds_min"], len(runs))
+            print(f"late 2 % disagreement from window {CHANGE_AT}: not PROMOTEd in "
+                  f"{len(runs) - promoted}/{len(runs)} seeds (target >= {need}), verdicts "
+                  f"{_verdicts(verdicts)} {_met(len(runs) - promoted >= need)} [{took:.0f} s]")
         elif exp.name == "shift":
             delays = [delay(r, "input_drift") for r in runs]
             in_time = sum(d <= 2 for d in delays)
@@ -220,9 +244,13 @@ def main() -> None:
                   f"{_met(in_time >= need)} [{took:.0f} s]")
 
 
-def _seeds(of_20: int, seeds: int) -> int:
-    """A target stated for 20 seeds, for this many."""
-    return math.ceil(of_20 * seeds / 20)
+def _seeds(of_20: int, seeds: int, down: bool = False) -> int:
+    """A target stated for 20 seeds, for this many (rounded up, or down for a maximum)."""
+    return (math.floor if down else math.ceil)(of_20 * seeds / 20)
+
+
+def _verdicts(verdicts: Counter[str]) -> str:
+    return ", ".join(f"{d} {verdicts[d]}" for d in ("PROMOTE", "HOLD", "ROLLBACK"))
 
 
 def _met(ok: bool) -> str:

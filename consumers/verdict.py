@@ -11,8 +11,11 @@ In the manner of Kayenta's canary judge, with the error control a release gate n
 - a metric with a live counterpart (latency) by a two-sided Mann-Whitney U test of the
   per-window values, then an effect-size bound in the bad direction: a significant
   difference smaller than the bound still passes;
-- each metric is judged on the whole run and again on the ``recent`` share of the latest
-  windows, so a candidate that degrades late is not averaged away;
+- each one-sided metric is judged on the whole run and again on the windows since a change
+  for the worse, if the run has one (the split after which the metric is most significantly
+  worse, by Fisher's exact test for a rate or Welch's t-test for a mean, corrected for the
+  splits tried): a candidate that degrades late is not averaged away, and a steady one is
+  not judged on a few small recent windows;
 - every test is made at ``alpha`` divided by the number of tests (Bonferroni): the chance of
   any false fail in a verdict is at most ``alpha``.
 
@@ -133,9 +136,9 @@ class JudgeConfig(FromToml):
     """The chance of any false fail in one verdict (split over its tests, Bonferroni)."""
     min_windows: int = 3
     min_pairs: int = 100
-    recent: float = 0.25
-    """The share of the latest windows judged again on their own (at least ``min_windows``;
-    0: the whole run only)."""
+    since_change: bool = True
+    """Also judge the windows since a change for the worse, if the run has one (a candidate
+    that degrades late is not averaged away)."""
     interval: Literal["exact", "wilson"] = "exact"
     """The confidence interval of a rate: Clopper-Pearson (never too narrow) or Wilson."""
 
@@ -159,12 +162,14 @@ class JudgeConfig(FromToml):
             by_name[check.metric] = check
         top = {k: v for k, v in doc.items() if k != "metrics"}
         for key, value in top.items():
-            if key in ("alpha", "recent"):
-                low_ok = key == "recent"  # recent = 0 turns the recent windows' check off
+            if key == "alpha":
                 if isinstance(value, bool) or not isinstance(value, int | float) \
-                        or not (value >= 0 if low_ok else value > 0) or not value < 1:
-                    raise ConfigError(source, f"must be a number in {'[' if low_ok else '('}0,"
-                                              f" 1), got {value!r}", key=key)
+                        or not 0 < value < 1:
+                    raise ConfigError(source, f"must be a probability in (0, 1), got {value!r}",
+                                      key=key)
+            elif key == "since_change":
+                if not isinstance(value, bool):
+                    raise ConfigError(source, f"must be true or false, got {value!r}", key=key)
             elif key == "interval":
                 if value not in ("exact", "wilson"):
                     raise ConfigError(source, f"must be exact or wilson, got {value!r}",
@@ -175,7 +180,7 @@ class JudgeConfig(FromToml):
 
 
 Outcome = Literal["pass", "fail", "inconclusive", "no data"]
-Scope = Literal["all", "recent"]
+Scope = Literal["all", "since change"]
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ class MetricResult:
     live: float | None = None
     p_value: float | None = None
     scope: Scope = "all"
-    """``all`` windows, or the ``recent`` ones."""
+    """``all`` windows, or those ``since change`` (from the change point on)."""
     windows: int = 0
     interval: tuple[float, float] | None = None
     """The candidate's confidence interval (rates and one-sided means)."""
@@ -220,13 +225,10 @@ def judge(windows: Sequence[Window], config: JudgeConfig = JudgeConfig()) -> Ver
         return Verdict("HOLD", f"not enough data: {len(usable)} window(s) with at least "
                                f"{config.min_pairs} pairs, {config.min_windows} needed",
                        len(usable))
-    scopes: list[tuple[Scope, Sequence[Window]]] = [("all", usable)]
-    n_recent = max(config.min_windows, math.ceil(config.recent * len(usable)))
-    if config.recent > 0 and n_recent < len(usable):
-        scopes.append(("recent", usable[-n_recent:]))
-    alpha = config.alpha / (len(config.metrics) * len(scopes))  # Bonferroni over every test
-    results = tuple(_check(m, ws, alpha, scope, config.interval)
-                    for m in config.metrics for scope, ws in scopes)
+    changes = [m for m in config.metrics if config.since_change and _one_sided(m)]
+    alpha = config.alpha / (len(config.metrics) + len(changes))  # Bonferroni over the tests
+    results = tuple(_check(m, usable, alpha, config.interval) for m in config.metrics) + tuple(
+        _since_change(m, usable, alpha, config.interval, config.min_windows) for m in changes)
     critical = [r for r in results if r.outcome == "fail" and r.critical]
     doubtful = [r for r in results if r.outcome in ("fail", "inconclusive")]
     if critical:
@@ -255,13 +257,13 @@ def _judged(lo: float, hi: float, m: MetricCheck) -> Outcome:
     return "fail" if bad else "pass" if good else "inconclusive"
 
 
-def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, scope: Scope,
-           method: str) -> MetricResult:
-    where = (f"{m.metric} ({'last ' if scope == 'recent' else ''}{len(windows)} windows)")
+def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, method: str,
+           scope: Scope = "all", where: str = "") -> MetricResult:
+    """One metric on some windows."""
+    where = f"{m.metric} ({where or f'{len(windows)} windows'})"
     level = f"{100 * (1 - 2 * alpha):.3g} %"
     if m.metric in COUNTS:
-        counted = [c for w in windows if (c := COUNTS[m.metric](w)) is not None]
-        k, n = sum(c[0] for c in counted), sum(c[1] for c in counted)
+        k, n = _pooled(m, windows)
         if not n:
             return MetricResult(m.metric, "no data", m.critical, f"{where}: no values",
                                 scope=scope, windows=len(windows))
@@ -306,6 +308,65 @@ def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, scope: Scope
                   f"(p={p:.3g}, {'not significant' if p >= alpha else 'within the bound'})")
     return MetricResult(m.metric, outcome, m.critical, reason, mc, ml, p, scope=scope,
                         windows=len(windows))
+
+
+def _one_sided(m: MetricCheck) -> bool:
+    return m.metric in COUNTS or SOURCES[m.metric][0] is None
+
+
+def _pooled(m: MetricCheck, windows: Sequence[Window]) -> tuple[int, int]:
+    counted = [c for w in windows if (c := COUNTS[m.metric](w)) is not None]
+    return sum(c[0] for c in counted), sum(c[1] for c in counted)
+
+
+def _since_change(m: MetricCheck, windows: Sequence[Window], alpha: float, method: str,
+                  least: int) -> MetricResult:
+    """Scan the run for the split after which the metric is most significantly worse (each
+    side at least ``least`` windows; Fisher's exact test for a rate, Welch's t-test for a
+    mean, one-sided), Bonferroni over the splits tried. With no such change it passes; with
+    one, the windows from the change on are judged on their own against the limit."""
+    splits = range(least, len(windows) - least + 1)
+    if not splits:
+        return MetricResult(m.metric, "no data", m.critical,
+                            f"{m.metric} (since a change): too few windows to look for one",
+                            scope="since change", windows=len(windows))
+    worse = "greater" if m.direction == "increase" else "less"
+    best, p_best = 0, 1.0
+    if m.metric in COUNTS:
+        counts = [COUNTS[m.metric](w) or (0, 0) for w in windows]
+        k_all, n_all = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        k0 = n0 = 0
+        for i, (k, n) in enumerate(counts[:splits.stop - 1]):
+            k0, n0 = k0 + k, n0 + n
+            if i + 1 in splits and n0 and n_all - n0:
+                k1, n1 = k_all - k0, n_all - n0
+                p = float(sps.fisher_exact([[k1, n1 - k1], [k0, n0 - k0]],
+                                           alternative=worse).pvalue)
+                if p < p_best:
+                    best, p_best = i + 1, p
+        test = "Fisher"
+    else:
+        values = [SOURCES[m.metric][1](w) for w in windows]
+        for split in splits:
+            after = [v for v in values[split:] if v is not None]
+            before = [v for v in values[:split] if v is not None]
+            if len(after) >= 2 and len(before) >= 2 and (stdev(after) or stdev(before)):
+                p = float(sps.ttest_ind(after, before, equal_var=False,
+                                        alternative=worse).pvalue)
+                if p < p_best:
+                    best, p_best = split, p
+        test = "Welch"
+    p_adj = min(1.0, p_best * len(splits))
+    if p_adj >= alpha:
+        return MetricResult(m.metric, "pass", m.critical,
+                            f"{m.metric} (since a change): none, the later windows are no "
+                            f"worse than the earlier ones ({test} p={p_adj:.3g} over "
+                            f"{len(splits)} splits)", scope="since change",
+                            windows=len(windows), p_value=p_adj)
+    result = _check(m, windows[best:], alpha, method, "since change",
+                    f"since window {best + 1} of {len(windows)}, worse from there: {test} "
+                    f"p={p_adj:.3g} over {len(splits)} splits")
+    return replace(result, p_value=p_adj)
 
 
 def _pct(x: float | None) -> str:

@@ -1,4 +1,4 @@
-"""The verdict: rates by their confidence interval, the recent windows judged again,
+"""The verdict: rates by their confidence interval, the windows since a change judged again,
 Bonferroni over the tests, Mann-Whitney with an effect bound for latency, minimum data."""
 
 from __future__ import annotations
@@ -41,20 +41,23 @@ def outcomes(v: Any, scope: str = "all") -> dict[str, str]:
     return {r.metric: r.outcome for r in v.results if r.scope == scope}
 
 
-def test_an_equal_candidate_is_promoted_on_the_whole_run_and_its_recent_windows() -> None:
+def test_an_equal_candidate_is_promoted_on_the_whole_run_and_has_no_change() -> None:
     v = judge(windows(40))
     assert (v.decision, v.exit_code) == ("PROMOTE", 0)
-    passed = {"disagreement_rate": "pass", "candidate_error_rate": "pass",
-              "latency_p99": "pass", "output_psi": "pass"}
-    assert outcomes(v) == outcomes(v, "recent") == passed
-    assert {r.windows for r in v.results if r.scope == "recent"} == {10}  # a quarter of 40
+    assert outcomes(v) == {"disagreement_rate": "pass", "candidate_error_rate": "pass",
+                           "latency_p99": "pass", "output_psi": "pass"}
+    # Latency is compared with live window by window: no change point of its own.
+    assert outcomes(v, "since change") == {"disagreement_rate": "pass",
+                                           "candidate_error_rate": "pass",
+                                           "output_psi": "pass"}
+    assert "none, the later windows are no worse" in v.results[-1].reason
 
 
 def test_five_percent_disagreement_rolls_back_or_holds_as_configured() -> None:
     v = judge(windows(disagree=0.05))
     assert (v.decision, v.exit_code) == ("ROLLBACK", 2)
-    assert re.search(r"disagreement_rate \(8 windows\): 200/4,000 = 5 %, 98.8 % interval "
-                     r"4.18 % to 5.93 %, above the limit 2 %", v.reason)
+    assert re.search(r"disagreement_rate \(8 windows\): 200/4,000 = 5 %, 98.6 % interval "
+                     r"4.19 % to 5.91 %, above the limit 2 %", v.reason)
     lenient = JudgeConfig(metrics=(MetricCheck("disagreement_rate", critical=False,
                                                limit=0.02),))
     assert judge(windows(disagree=0.05), lenient).decision == "HOLD"
@@ -84,19 +87,40 @@ def test_a_candidate_that_degrades_late_is_not_averaged_away() -> None:
     # 2 % disagreement after window 10 of 40: 1.5 % over the run, under the 2 % limit.
     v = judge(windows(40, late=(10, 0.02)))
     assert outcomes(v)["disagreement_rate"] == "pass"
-    assert outcomes(v, "recent")["disagreement_rate"] == "inconclusive"
-    assert v.decision == "HOLD" and "disagreement_rate (last 10 windows)" in v.reason
-    # Worse late: the recent windows alone roll it back.
+    since = next(r for r in v.results if r.scope == "since change"
+                 and r.metric == "disagreement_rate")
+    assert (since.outcome, since.windows) == ("inconclusive", 30)
+    assert v.decision == "HOLD" and "since window 11 of 40, worse from there" in v.reason
+    # Worse late: the windows since the change alone roll it back.
     v = judge(windows(40, late=(30, 0.06)))
     assert outcomes(v)["disagreement_rate"] == "pass" and v.decision == "ROLLBACK"
-    # recent = 0: the whole run only, as before.
-    assert judge(windows(40, late=(10, 0.02)), JudgeConfig(recent=0)).decision == "PROMOTE"
+    assert "since window 31 of 40" in v.reason
+    # Worse late but still well under the limit: promoted, the change said.
+    v = judge(windows(40, pairs=2000, late=(20, 0.004)))
+    assert v.decision == "PROMOTE"
+    assert outcomes(v, "since change")["disagreement_rate"] == "pass"
+    # since_change = false: the whole run only, as before.
+    config = JudgeConfig(since_change=False)
+    assert judge(windows(40, late=(10, 0.02)), config).decision == "PROMOTE"
+
+
+def test_the_change_point_is_fishers_best_split_corrected_for_the_splits() -> None:
+    ws = windows(12, late=(8, 0.03))
+    v = judge(ws, JudgeConfig(metrics=(MetricCheck("disagreement_rate", limit=0.05),)))
+    since = v.results[-1]
+    splits = range(3, 10)  # both sides at least min_windows = 3 windows
+    k = [round(0.03 * 500) if i >= 8 else 0 for i in range(12)]
+    best = min(sps.fisher_exact([[sum(k[s:]), 500 * (12 - s) - sum(k[s:])],
+                                 [sum(k[:s]), 500 * s - sum(k[:s])]],
+                                alternative="greater").pvalue for s in splits)
+    assert since.p_value == pytest.approx(best * len(splits))
+    assert since.windows == 4 and since.candidate == pytest.approx(0.03)
 
 
 def test_every_test_is_made_at_alpha_over_the_number_of_tests() -> None:
     v = judge(windows(40, disagree=0.01))
     tests = len(v.results)
-    assert tests == 8  # four metrics, twice
+    assert tests == 7  # four metrics, three of them one-sided and looked at since a change
     r = next(r for r in v.results if r.metric == "disagreement_rate" and r.scope == "all")
     assert r.interval == pytest.approx(rate_interval(200, 20_000, 0.05 / tests))
     two_tests = JudgeConfig(metrics=(MetricCheck("disagreement_rate", limit=0.02),))
@@ -124,7 +148,7 @@ def test_answers_unlike_the_live_ones_hold_by_the_t_interval_of_their_psi() -> N
     v = judge(ws)
     r = next(r for r in v.results if r.metric == "output_psi" and r.scope == "all")
     values = [w["drift"]["candidate.confidence"]["psi"] for w in ws]
-    half = sps.t.ppf(1 - 0.05 / 8, 19) * np.std(values, ddof=1) / np.sqrt(20)
+    half = sps.t.ppf(1 - 0.05 / 7, 19) * np.std(values, ddof=1) / np.sqrt(20)
     assert r.interval == pytest.approx((np.mean(values) - half, np.mean(values) + half))
     assert r.outcome == "fail" and v.decision == "HOLD"
 
@@ -137,16 +161,17 @@ def test_not_enough_data_is_a_hold_before_anything_else() -> None:
 
 def test_config_file(tmp_path: Path) -> None:
     path = tmp_path / "verdict.toml"
-    path.write_text('min_windows = 2\nrecent = 0.5\ninterval = "wilson"\n[[metrics]]\n'
-                    'metric = "disagreement_rate"\ncritical = false\nlimit = 0.1\n')
+    path.write_text('min_windows = 2\nsince_change = false\ninterval = "wilson"\n'
+                    '[[metrics]]\nmetric = "disagreement_rate"\ncritical = false\n'
+                    'limit = 0.1\n')
     config = JudgeConfig.from_file(path)
-    assert (config.min_windows, config.recent, config.interval) == (2, 0.5, "wilson")
-    assert judge(windows(2, disagree=0.05), config).decision == "PROMOTE"
+    assert (config.min_windows, config.since_change, config.interval) == (2, False, "wilson")
+    assert judge(windows(4, disagree=0.05), config).decision == "PROMOTE"
     for bad, why in (('[[metrics]]\nmetric = "nope"\n', "unknown"),
                      ('[[metrics]]\nmetric = "disagreement_rate"\n', "needs a limit"),
                      ('[[metrics]]\nmetric = "output_psi"\nallowed_increase = 0.1\n',
                       "needs a limit"),
-                     ("recent = 1.5\n", r"recent.*\[0, 1\)"),
+                     ("since_change = 1\n", "true or false"),
                      ('interval = "wilsn"\n', "exact or wilson")):
         path.write_text(bad)
         with pytest.raises(ShadowstreamError, match=why):
