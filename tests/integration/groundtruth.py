@@ -135,9 +135,26 @@ def spawn_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
+# A disagreement rule that needs two windows in a row: its state crosses a window (and a
+# restart, a crash, a scale-out merge), which the shipped sequential rule, firing on its
+# first window at 10 %, would not show.
+TWO_WINDOW_RULES = """
+[[rules]]
+name = "disagreement"
+metric = "disagreement_rate"
+threshold = 0.05
+clear_threshold = 0.03
+for_windows = 2
+min_samples = 100
+"""
+
+
 def join_args(data_dir: Path, port: int, idle_close_s: float = 2) -> list[str]:
-    """`shadow join` over this module's windows, expecting candidate c1 of fraud-scorer."""
+    """`shadow join` over this module's windows, expecting candidate c1 of fraud-scorer, with
+    the disagreement rule of ``TWO_WINDOW_RULES`` (pending, then firing)."""
+    rules = data_dir.parent / f"{data_dir.name}.rules.toml"
+    rules.write_text(TWO_WINDOW_RULES)
     return ["join", "--data-dir", str(data_dir), "--web-port", str(port),
             "--window-s", str(WINDOW_MS / 1000), "--grace-s", "1",
             "--idle-close-s", str(idle_close_s), "--reference-size", "300",
-            "--expect", "fraud-scorer=c1"]
+            "--expect", "fraud-scorer=c1", "--rules", str(rules)]

@@ -138,7 +138,7 @@ def test_windows_conserve_and_equal_the_injected_ground_truth(
     assert "inputs.amount" in last.drift and "output.confidence" in last.drift
     assert metric(port, "shadow_join_pairs_total") == N
     assert metric(port, "shadow_join_dead_lettered_total") == 1
-    # 10 % disagreement breaks the shipped rule (5 %, two windows): pending, then firing.
+    # 10 % disagreement breaks the two-window rule (5 %, TWO_WINDOW_RULES): pending, then firing.
     alerts = _alerts(pipeline, stack, "disagreement", 2)
     assert [(a.state, a.window_start) for a in alerts] == [("pending", min(truth)),
                                                            ("firing", min(truth) + WINDOW_MS)]
