@@ -195,6 +195,10 @@ def main() -> None:
     print(f"machine: {machine()}; {args.seeds} seeds, {args.windows} windows of 10 s, "
           f"reference of {args.reference} requests, rules: {args.rules or 'shipped defaults'}")
     wanted = set(args.only.split(",")) if args.only else None
+    unknown = sorted((wanted or set()) - {e.name for e in EXPERIMENTS})
+    if unknown:
+        sys.exit(f"error: --only: no experiment {', '.join(unknown)} (there are: "
+                 f"{', '.join(e.name for e in EXPERIMENTS)})")
     for exp in EXPERIMENTS:
         if wanted and exp.name not in wanted:
             continue

@@ -111,12 +111,8 @@ class Rule:
     def __post_init__(self) -> None:
         if not self.name:
             raise RuleError("?", "a rule needs a name")
-        if self.comparison not in _COMPARE:
-            raise RuleError(self.name, f"comparison must be one of {sorted(_COMPARE)}, "
-                                       f"got {self.comparison!r}")
-        if self.severity not in _SEVERITIES:
-            raise RuleError(self.name, f"severity must be one of {list(_SEVERITIES)}, "
-                                       f"got {self.severity!r}")
+        _choice(self.name, "comparison", self.comparison, tuple(_COMPARE))
+        _choice(self.name, "severity", self.severity, _SEVERITIES)
         _check_metric(self.name, self.metric)
         for name in ("threshold", "clear_threshold"):
             v = getattr(self, name)
@@ -129,8 +125,7 @@ class Rule:
         if not isinstance(self.min_samples, int) or self.min_samples < 0:
             raise RuleError(self.name, f"min_samples must be an integer >= 0, "
                                        f"got {self.min_samples!r}")
-        if self.test not in ("threshold", "cusum"):
-            raise RuleError(self.name, f"test must be threshold or cusum, got {self.test!r}")
+        _choice(self.name, "test", self.test, ("threshold", "cusum"))
         if self.test == "cusum":
             if self.metric not in COUNTED:
                 raise RuleError(self.name, f"test = cusum needs a rate of counts "
@@ -151,11 +146,14 @@ class Rule:
                                            "not a rate: to catch a lower rate, set target")
         elif self.baseline is not None or self.target is not None:
             raise RuleError(self.name, "baseline and target go with test = cusum")
-        if self.scope not in ("candidate", "model"):
-            raise RuleError(self.name, f"scope must be candidate or model, got {self.scope!r}")
-        if self.correction not in ("bh", "bonferroni", "none"):
-            raise RuleError(self.name, f"correction must be bh, bonferroni or none, "
-                                       f"got {self.correction!r}")
+        _choice(self.name, "scope", self.scope, ("candidate", "model"))
+        _choice(self.name, "correction", self.correction, ("bh", "bonferroni", "none"))
+        if self.metric.startswith("drift.") and self.metric.endswith(".p") \
+                and self.comparison not in ("<", "<="):
+            # A small p-value is what moved: ">=" would fire on nearly every window.
+            raise RuleError(self.name, f"{self.metric} is a p-value (small when the feature "
+                                       f"moved): comparison must be <= (or <), got "
+                                       f"{self.comparison!r}")
         if isinstance(self.min_effect, bool) or not isinstance(self.min_effect, int | float) \
                 or not 0 <= self.min_effect <= 1:
             raise RuleError(self.name, f"min_effect must be a number in [0, 1], "
@@ -188,6 +186,31 @@ class Rule:
         return abs(value) if self.direction == "both" else value
 
 
+def _choice(rule: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RuleError(rule, f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}",
+                        hint=closest(str(value), choices))
+
+
+def _alternatives(pattern: str) -> tuple[str, ...]:
+    """``{inputs,output}.*`` as the shell reads it: ``inputs.*`` and ``output.*`` (one
+    brace group; fnmatch has none)."""
+    head, brace, tail = pattern.partition("{")
+    if not brace or "}" not in tail:
+        return (pattern,)
+    inside, _, rest = tail.partition("}")
+    return tuple(head + alt + rest for alt in inside.split(","))
+
+
+def _matches(feature: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(feature, p) for p in patterns)
+
+
+DRIFT_PREFIXES = ("inputs", "output", "candidate")
+"""What every drift feature's name starts with: the request's inputs, the live answer, the
+candidate's answer."""
+
+
 def _check_metric(rule: str, metric: str) -> None:
     """Refuse a metric no window will ever have (a misspelt one would never fire)."""
     if metric in _NUMBERS or metric in _DERIVED:
@@ -200,6 +223,14 @@ def _check_metric(rule: str, metric: str) -> None:
         names, name = tuple(LatencySummary.model_fields), rest
     elif head == "drift" and "." in rest:
         names, name = STATISTICS, rest.rpartition(".")[2]
+        for pattern in _alternatives(rest.rpartition(".")[0]):
+            first = pattern.partition(".")[0]
+            if not any(fnmatch.fnmatchcase(p, first) for p in DRIFT_PREFIXES):
+                hint = closest(first, DRIFT_PREFIXES)
+                tip = f"; did you mean {metric.replace(first, hint, 1)!r}?" if hint else ""
+                raise RuleError(rule, f"unknown metric {metric!r}: drift features are named "
+                                      f"{', '.join(p + '.<name>' for p in DRIFT_PREFIXES)}, "
+                                      f"and {first!r} matches none of them{tip}")
     else:
         hint = closest(metric, (*_NUMBERS, *_DERIVED))
         raise RuleError(rule, f"unknown metric {metric!r} (a WindowSummary number, "
@@ -379,20 +410,6 @@ def drift_tests(s: WindowSummary, rest: str, rule: Rule | None = None
     corrected = adjust([p for _, p, _ in rows], method)
     return sorted(((f, q, e) for (f, _, e), q in zip(rows, corrected, strict=True)),
                   key=lambda t: (t[1], -t[2], t[0]))
-
-
-def _alternatives(pattern: str) -> tuple[str, ...]:
-    """``{inputs,output}.*`` as the shell reads it: ``inputs.*`` and ``output.*`` (one
-    brace group; fnmatch has none)."""
-    head, brace, tail = pattern.partition("{")
-    if not brace or "}" not in tail:
-        return (pattern,)
-    inside, _, rest = tail.partition("}")
-    return tuple(head + alt + rest for alt in inside.split(","))
-
-
-def _matches(feature: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(feature, p) for p in patterns)
 
 
 def _drift_max(s: WindowSummary, rest: str) -> tuple[str, float] | None:

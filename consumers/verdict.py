@@ -116,6 +116,18 @@ class MetricCheck:
             raise ConfigError("verdict", f"metric {self.metric!r} unknown"
                               + ("" if hint else f" (known: {', '.join(sorted(KNOWN))})"),
                               key="metric", hint=hint)
+        for name in ("limit", "allowed_increase"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ConfigError("verdict", f"{name} of {self.metric!r} must be a number, "
+                                             f"got {v!r}", key=name)
+        for name in ("critical", "relative"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError("verdict", f"{name} of {self.metric!r} must be true or "
+                                             f"false, got {getattr(self, name)!r}", key=name)
+        if self.direction not in ("increase", "decrease"):
+            raise ConfigError("verdict", f"direction of {self.metric!r} must be increase or "
+                                         f"decrease, got {self.direction!r}", key="direction")
         if (self.metric in COUNTS or SOURCES[self.metric][0] is None) and self.limit is None:
             raise ConfigError("verdict", f"metric {self.metric!r} has no live side: it "
                               "needs a limit", key="limit")
@@ -144,17 +156,24 @@ class JudgeConfig(FromToml):
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "verdict") -> JudgeConfig:
-        """Top-level settings and ``[[metrics]]`` tables that replace the default check of
-        the same metric; anything unknown is refused with the closest valid name."""
+        """Top-level settings and ``[[metrics]]`` tables that change the default check of
+        the same metric (the fields a table leaves out keep the default's values) or add one;
+        anything unknown is refused with the closest valid name."""
         known = {f.name for f in fields(cls)}
         refuse_unknown(source, doc, known)
         metric_keys = {f.name for f in fields(MetricCheck)}
         by_name = {m.metric: m for m in DEFAULT_METRICS}
         for table in doc.get("metrics", []):
             where = f"[[metrics]] {table.get('metric')!r}"
+            misplaced = [k for k in table if k in known and k not in metric_keys]
+            if misplaced:
+                # TOML puts every key after a [[metrics]] header into that table.
+                raise ConfigError(source, f"{misplaced[0]!r} is a top-level setting, not one "
+                                          f"of {where}: put it above the first [[metrics]]")
             refuse_unknown(source, table, metric_keys, where=where)
             try:
-                check = MetricCheck(**table)
+                base = by_name.get(table.get("metric", ""))
+                check = replace(base, **table) if base is not None else MetricCheck(**table)
             except TypeError as exc:
                 raise ConfigError(source, str(exc).split(") ", 1)[-1], key=where) from None
             except ConfigError as exc:  # said again with the file and the table
@@ -235,7 +254,7 @@ def judge(windows: Sequence[Window], config: JudgeConfig = JudgeConfig()) -> Ver
         return Verdict("ROLLBACK", "; ".join(r.reason for r in critical), len(usable), results)
     if doubtful:
         return Verdict("HOLD", "; ".join(r.reason for r in doubtful), len(usable), results)
-    nodata = sorted({r.metric for r in results if r.outcome == "no data"})
+    nodata = sorted(r.metric for r in results if r.outcome == "no data" and r.scope == "all")
     why = ("every metric with data passed (no data: " + ", ".join(nodata) + ")" if nodata
            else "every metric passed")
     return Verdict("PROMOTE", why, len(usable), results)
@@ -276,12 +295,16 @@ def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, method: str,
     live_of, cand_of = SOURCES[m.metric]
     cand = [v for w in windows if (v := cand_of(w)) is not None]
     if len(cand) < 2:
-        return MetricResult(m.metric, "no data", m.critical, f"{where}: too few values",
+        why = ("no candidate latency in these windows (a replay measures it with --latency)"
+               if m.metric.startswith("latency") and not cand else "too few values")
+        return MetricResult(m.metric, "no data", m.critical, f"{where}: {why}",
                             scope=scope, windows=len(windows))
     if live_of is None:
         mean, sd = fmean(cand), stdev(cand)
         half = float(sps.t.ppf(1 - alpha, len(cand) - 1)) * sd / math.sqrt(len(cand))
         lo, hi = mean - half, mean + half
+        if m.metric == "output_psi":
+            lo = max(0.0, lo)  # a PSI is never negative
         outcome = _judged(lo, hi, m)
         reason = (f"{where}: mean {mean:.4g}, {level} interval {lo:.4g} to {hi:.4g}, "
                   f"{_relation(outcome, m)} the limit {m.limit:g}")
@@ -297,15 +320,18 @@ def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, method: str,
     change = sign * ((mc - ml) / abs(ml) if m.relative and ml else mc - ml)
     unit = "%" if m.relative and ml else ""
     scale = 100 if unit else 1
-    if p < alpha and change > m.allowed_increase:
-        outcome: Outcome = "fail"
-        reason = (f"{where}: candidate median {mc:.4g} vs live {ml:.4g} "
-                  f"({change * scale:+.3g}{unit} worse, allowed "
-                  f"{m.allowed_increase * scale:g}{unit}; Mann-Whitney p={p:.3g} < {alpha:.3g})")
+    ms = " ms" if m.metric.startswith("latency") else ""
+    medians = f"{where}: candidate median {mc:.4g}{ms} vs live {ml:.4g}{ms}"
+    worse = (f"{change * scale:+.3g}{unit} worse, allowed {m.allowed_increase * scale:g}{unit}")
+    if change > m.allowed_increase:
+        # Worse beyond the bound: a fail when significant; otherwise too few windows to
+        # tell (Mann-Whitney on 4 against 4 cannot go below p = 0.029), which holds.
+        outcome: Outcome = "fail" if p < alpha else "inconclusive"
+        reason = (f"{medians} ({worse}; Mann-Whitney p={p:.3g} "
+                  f"{'<' if p < alpha else '>='} {alpha:.3g})")
     else:
         outcome = "pass"
-        reason = (f"{where}: candidate median {mc:.4g} vs live {ml:.4g} "
-                  f"(p={p:.3g}, {'not significant' if p >= alpha else 'within the bound'})")
+        reason = f"{medians} (within the bound; Mann-Whitney p={p:.3g})"
     return MetricResult(m.metric, outcome, m.critical, reason, mc, ml, p, scope=scope,
                         windows=len(windows))
 
@@ -328,7 +354,13 @@ def _since_change(m: MetricCheck, windows: Sequence[Window], alpha: float, metho
     splits = range(least, len(windows) - least + 1)
     if not splits:
         return MetricResult(m.metric, "no data", m.critical,
-                            f"{m.metric} (since a change): too few windows to look for one",
+                            f"{m.metric} (since a change): too few windows to look for one "
+                            f"({len(windows)}; it needs {2 * least}, min_windows on each side)",
+                            scope="since change", windows=len(windows))
+    if m.metric not in COUNTS and sum(SOURCES[m.metric][1](w) is not None
+                                      for w in windows) < 2 * least:
+        return MetricResult(m.metric, "no data", m.critical,
+                            f"{m.metric} (since a change): too few values",
                             scope="since change", windows=len(windows))
     worse = "greater" if m.direction == "increase" else "less"
     best, p_best = 0, 1.0
@@ -357,20 +389,21 @@ def _since_change(m: MetricCheck, windows: Sequence[Window], alpha: float, metho
                     best, p_best = split, p
         test = "Welch"
     p_adj = min(1.0, p_best * len(splits))
+    tried = f"{len(splits)} split{'s' if len(splits) > 1 else ''}"
     if p_adj >= alpha:
         return MetricResult(m.metric, "pass", m.critical,
                             f"{m.metric} (since a change): none, the later windows are no "
-                            f"worse than the earlier ones ({test} p={p_adj:.3g} over "
-                            f"{len(splits)} splits)", scope="since change",
+                            f"worse than the earlier ones (best {test} p={p_adj:.3g} "
+                            f"corrected over {tried}, >= {alpha:.3g})", scope="since change",
                             windows=len(windows), p_value=p_adj)
     result = _check(m, windows[best:], alpha, method, "since change",
                     f"since window {best + 1} of {len(windows)}, worse from there: {test} "
-                    f"p={p_adj:.3g} over {len(splits)} splits")
+                    f"p={p_adj:.3g} corrected over {tried}, < {alpha:.3g}")
     return replace(result, p_value=p_adj)
 
 
 def _pct(x: float | None) -> str:
-    return f"{100 * (x or 0.0):.3g} %"
+    return f"{100 * (x or 0.0):.4g} %"
 
 
 def _relation(outcome: Outcome, m: MetricCheck) -> str:

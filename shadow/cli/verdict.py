@@ -43,15 +43,19 @@ class _VerdictCommand(click.Command):
                                                 "several).")
 @click.option("--model", default=None, help="Which model (needed when there are several).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="TOML: min_windows, min_pairs, alpha, [[metrics]].")
+              default=None, help="TOML: min_windows, min_pairs, alpha, interval, "
+                                 "since_change, [[metrics]].")
 @json_output("Print the verdict as JSON.")
 def command(replay_json: Path | None, live: bool, candidate: str | None,
             model: str | None, config_file: Path | None, as_json: bool) -> None:
     """PROMOTE (exit 0), HOLD (1) or ROLLBACK (2), with the reason for each metric.
 
-    Per metric, the candidate's per-window values against the live model's (Mann-Whitney U,
-    then an effect-size bound), or against a limit; critical metrics decide alone. A usage
-    or input error (a missing file, a bad config) exits 3, never 1 or 2.
+    A rate (disagreement, candidate errors) by its confidence interval against its limit:
+    above fails, below passes, across it holds; the answers' PSI against the live answers by
+    the t-interval of its mean; latency against live's (Mann-Whitney U and an effect-size
+    bound). The rates and the PSI are judged again since a change for the worse, if the run
+    has one; every test at alpha over the number of tests. Critical metrics decide alone. A
+    usage or input error (a missing file, a bad config) exits 3, never 1 or 2.
 
     \b
     Example:

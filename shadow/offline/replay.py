@@ -130,6 +130,8 @@ class _Run:
                  keep_pairs: bool, latency: bool = False) -> None:
         self.core = core
         self.latency = latency
+        self._warm = False
+        self._batches = 0
         self.keep_pairs = keep_pairs
         self.kept: list[DivergencePair] = []
         self.candidates = candidates
@@ -160,10 +162,21 @@ class _Run:
             self._collect(self.core.flush(), {})
             return
         inputs = [r["inputs"] for _, r in requests]
-        answers: list[list[Answer]] = []
-        for cand in self.candidates:
+        if self.latency and not self._warm:
+            # Untimed first passes: the first candidate would otherwise pay for the warm-up.
+            for cand in self.candidates:
+                cand.engine.infer(inputs[:8])
+            self._warm = True
+        answers: list[list[Answer]] = [[] for _ in self.candidates]
+        # Each batch starts with the next candidate, so that none always runs first (cold
+        # caches after the join's work) when their latency is measured.
+        n = len(self.candidates)
+        start = self._batches % n if self.latency else 0
+        self._batches += 1
+        for j in [*range(start, n), *range(start)]:
+            cand = self.candidates[j]
             t0 = time.perf_counter()
-            answers.append(cand.engine.infer(inputs))
+            answers[j] = cand.engine.infer(inputs)
             self.engine_s[cand.candidate_id] += time.perf_counter() - t0
         # Per partition, one record with every candidate's answers, request by request, as a
         # worker writes them: the outputs' event time then moves as the requests' does, and

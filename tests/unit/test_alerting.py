@@ -157,6 +157,23 @@ def test_an_override_cannot_name_a_candidate_for_a_rule_judged_per_model() -> No
     assert {r.name: r for r in ok.for_pair("m", "*")}["input_drift"].threshold == 0.01
 
 
+@pytest.mark.parametrize("table,why", [
+    ({"metric": "drift.input.*.p", "comparison": "<="},
+     r"'input' matches none of them; did you mean 'drift.inputs.\*.p'\?"),
+    ({"metric": "drift.{inputs,outptu}.*.p", "comparison": "<="},
+     r"did you mean 'drift.\{inputs,output\}.\*.p'\?"),
+    ({"metric": "drift.inputs.*.p"}, "is a p-value.*comparison must be <="),
+    ({"metric": "drift.inputs.*.p", "comparison": "<=", "scope": "modle"},
+     r"scope must be 'candidate' or 'model', got 'modle' \(did you mean 'model'\?\)"),
+    ({"metric": "drift.inputs.*.p", "comparison": "<=", "correction": "bhh"},
+     r"did you mean 'bh'\?"),
+])
+def test_mistakes_in_a_drift_rule_are_refused_with_the_closest_name(
+        table: dict[str, Any], why: str) -> None:
+    with pytest.raises(RuleError, match=why):
+        RuleSet.from_dict({"rules": [{"name": "x", "threshold": 0.01, **table}]})
+
+
 def test_a_brace_group_matches_either_prefix() -> None:
     w = _tested(0, p_in=1e-9, p_out=1e-12)
     rule = Rule("d", "drift.{inputs,output}.*.p", 0.01, comparison="<=", correction="none")
@@ -315,13 +332,13 @@ def test_the_machine_only_makes_legal_transitions(rates: list[float | None], n: 
 def test_a_drift_rule_on_a_feature_the_model_lacks_is_reported_once(
         caplog: pytest.LogCaptureFixture) -> None:
     m = AlertMachine(RuleSet.from_dict({"rules": [{"name": "amount", "threshold": 0.2,
-                                                   "metric": "drift.amount.psi"}]}))
+                                                   "metric": "drift.inputs.amnt.psi"}]}))
     with caplog.at_level("WARNING", logger="shadowstream.join"):
         for i in range(3):
             m.evaluate(window(i, psi=0.9), i)
     warned = [r.message for r in caplog.records if "matches no feature" in r.message
               and r.message.startswith("rule 'amount'")]
-    assert warned == ["rule 'amount': drift.amount.psi matches no feature of m (its "
+    assert warned == ["rule 'amount': drift.inputs.amnt.psi matches no feature of m (its "
                       "features: inputs.amount, inputs.hour)"]
 
 

@@ -57,7 +57,7 @@ def test_five_percent_disagreement_rolls_back_or_holds_as_configured() -> None:
     v = judge(windows(disagree=0.05))
     assert (v.decision, v.exit_code) == ("ROLLBACK", 2)
     assert re.search(r"disagreement_rate \(8 windows\): 200/4,000 = 5 %, 98.6 % interval "
-                     r"4.19 % to 5.91 %, above the limit 2 %", v.reason)
+                     r"4.193 % to 5.907 %, above the limit 2 %", v.reason)
     lenient = JudgeConfig(metrics=(MetricCheck("disagreement_rate", critical=False,
                                                limit=0.02),))
     assert judge(windows(disagree=0.05), lenient).decision == "HOLD"
@@ -153,6 +153,36 @@ def test_answers_unlike_the_live_ones_hold_by_the_t_interval_of_their_psi() -> N
     assert r.outcome == "fail" and v.decision == "HOLD"
 
 
+def test_a_slower_candidate_on_too_few_windows_to_tell_holds_rather_than_passes() -> None:
+    # Mann-Whitney on 4 against 4 windows cannot reach alpha / 7: +300 % was a "pass".
+    v = judge(windows(4, cand_p99=80.0))
+    r = next(r for r in v.results if r.metric == "latency_p99")
+    assert r.outcome == "inconclusive" and v.decision == "HOLD"
+    assert re.search(r"candidate median [\d.]+ ms vs live [\d.]+ ms \(\+\d+% worse, allowed "
+                     r"20%; Mann-Whitney p=0.0286 >= 0.00714\)", r.reason)
+
+
+def test_what_has_no_data_is_said_as_such() -> None:
+    # No candidate latency (a replay without --latency) and no answer drift: the headline
+    # names the metrics without data over the run, the reasons say where latency comes from.
+    ws = windows(8)
+    for w in ws:
+        del w["latency"]["candidate_p99"], w["drift"]["candidate.confidence"]
+    v = judge(ws)
+    assert v.decision == "PROMOTE"
+    assert v.reason == "every metric with data passed (no data: latency_p99, output_psi)"
+    latency = next(r for r in v.results if r.metric == "latency_p99")
+    assert "a replay measures it with --latency" in latency.reason
+    assert {r.metric: r.outcome for r in v.results if r.scope == "since change"}[
+        "output_psi"] == "no data"
+    short = judge(windows(4))
+    assert "it needs 6, min_windows on each side" in short.results[-1].reason
+    assert short.reason == "every metric passed"  # only the since-change checks lack data
+    # A PSI interval does not reach below 0.
+    psi = next(r for r in judge(windows(8, psi=0.001)).results if r.metric == "output_psi")
+    assert psi.interval is not None and psi.interval[0] >= 0
+
+
 def test_not_enough_data_is_a_hold_before_anything_else() -> None:
     v = judge(windows(2, disagree=0.5))
     assert v.decision == "HOLD" and v.reason.startswith("not enough data") and not v.results
@@ -167,11 +197,18 @@ def test_config_file(tmp_path: Path) -> None:
     config = JudgeConfig.from_file(path)
     assert (config.min_windows, config.since_change, config.interval) == (2, False, "wilson")
     assert judge(windows(4, disagree=0.05), config).decision == "PROMOTE"
+    # A table changes the default check of its metric: what it leaves out stays.
+    path.write_text('[[metrics]]\nmetric = "disagreement_rate"\nlimit = 0.011\n')
+    check = {m.metric: m for m in JudgeConfig.from_file(path).metrics}["disagreement_rate"]
+    assert (check.limit, check.critical) == (0.011, True)
+    with pytest.raises(ShadowstreamError, match="needs a limit"):
+        MetricCheck("output_psi")
     for bad, why in (('[[metrics]]\nmetric = "nope"\n', "unknown"),
-                     ('[[metrics]]\nmetric = "disagreement_rate"\n', "needs a limit"),
-                     ('[[metrics]]\nmetric = "output_psi"\nallowed_increase = 0.1\n',
-                      "needs a limit"),
+                     ('[[metrics]]\nmetric = "latency_p99"\nlimit = "20 %"\n',
+                      "limit"),
                      ("since_change = 1\n", "true or false"),
+                     ('[[metrics]]\nmetric = "output_psi"\nlimit = 0.2\nsince_change = false\n',
+                      "top-level setting.*above the first"),
                      ('interval = "wilsn"\n', "exact or wilson")):
         path.write_text(bad)
         with pytest.raises(ShadowstreamError, match=why):
