@@ -33,6 +33,7 @@ from schemas.builders import shadow_output
 from schemas.codec import encode_batch
 from shadow.exceptions import ShadowstreamError, reason_key
 from shadow.offline.recordfile import RecordedMessage
+from shadow.runtime.config import tune_collector
 from shadow.runtime.engine import Answer, InferenceEngine
 
 __all__ = ["ReplayCandidate", "ReplayResult", "replay", "report_windows"]
@@ -101,6 +102,7 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
     config = replace(join or JoinConfig(), partition_idle_s=float("inf"), confirm_delivery=False,
                      candidates={})
     core = JoinCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
+    tune_collector()  # as the worker and the join: a window's entries live long
     run = _Run(core, candidates, top, keep_pairs, latency)
     t0 = time.perf_counter()
     pending: list[RecordedMessage] = []

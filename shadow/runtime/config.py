@@ -3,6 +3,7 @@ CLI takes its option defaults from here without loading torch or Kafka)."""
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,7 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from shadow.settings import Settings
 
-__all__ = ["WorkerConfig"]
+__all__ = ["WorkerConfig", "tune_collector"]
+
+
+def tune_collector() -> None:
+    """Collect the young generation less often, and never again scan what exists now (the
+    model, torch, the libraries). Decoding a batch makes thousands of dicts that live until
+    it is answered: with the default thresholds the cyclic collector ran over and over and
+    tripled decoding's cost (11.6 against 3.6 us a request, measured in process). What is
+    made per request is freed by reference counting; cycles are still collected."""
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
 
 
 class WorkerConfig(BaseModel):

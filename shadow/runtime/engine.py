@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 
@@ -57,9 +57,9 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-@dataclass(frozen=True)
-class Answer:
-    """One row's answer: an output document, or the error that took its place."""
+class Answer(NamedTuple):
+    """One row's answer: an output document, or the error that took its place. A tuple, not
+    a frozen dataclass: one is made for every request, and this is four times cheaper."""
 
     output: dict[str, Any] | None
     error: str | None
@@ -81,6 +81,11 @@ class _Quiet:
 
     def error(self, kind: ErrorKind, rows: int) -> None:
         pass
+
+
+Forwarded = list[tuple[int, int, "torch.Tensor | Exception", float]]
+"""``forward``'s results: per slice its rows (start, stop), the model's result or what it
+raised, and the seconds it took."""
 
 
 @dataclass
@@ -137,24 +142,61 @@ class InferenceEngine:
         return Prepared(inputs, moved, ready)
 
     def run(self, prepared: Prepared) -> list[Answer]:
-        """Answer every row of a prepared batch."""
-        n = len(prepared.inputs)
-        if n == 0:
+        """Answer every row of a prepared batch: ``answer(prepared, forward(prepared))``."""
+        return self.answer(prepared, self.forward(prepared))
+
+    def forward(self, prepared: Prepared) -> Forwarded | None:
+        """The model on a prepared batch, a slice of at most max_batch rows at a time (the
+        collated tensors sliced, not collated again), and no Python per row: the step a
+        worker runs on its inference thread. None when the batch must go the whole way
+        through ``infer`` (it did not collate, or an adapter's tensors are not batch-first)."""
+        inputs, tensors = prepared.inputs, prepared.tensors
+        n = len(inputs)
+        if n == 0 or prepared.error is not None or tensors is None:
+            return None
+        if n > self.max_batch and any(t.dim() == 0 or t.shape[0] != n for t in tensors):
+            return None
+        if prepared.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(prepared.ready)
+            for t in tensors:  # the caching allocator must not reuse them early
+                t.record_stream(torch.cuda.current_stream(self.device))
+        out: Forwarded = []
+        i = 0
+        while i < n:
+            size = self.max_batch  # an OOM shrinks it for the slices still to come
+            t0 = time.perf_counter()
+            part = tensors if n <= size else tuple(t[i:i + size] for t in tensors)
+            stop = min(n, i + size)
+            try:
+                result: torch.Tensor | Exception = self._forward(part)
+            except Exception as exc:
+                result = exc
+            out.append((i, stop, result, time.perf_counter() - t0))
+            i = stop
+        return out
+
+    def answer(self, prepared: Prepared, forwarded: Forwarded | None) -> list[Answer]:
+        """The answers of ``forward``'s results (a slice that raised is narrowed down to its
+        failing rows); with None, the whole way through ``infer``."""
+        inputs = prepared.inputs
+        if not inputs:
             return []
-        t0 = time.perf_counter()
-        if prepared.error is not None:
-            return self._recover(prepared.inputs, prepared.error, t0, "input")
-        if prepared.tensors is None or n > self.max_batch:
-            return self.infer(prepared.inputs)
-        try:
-            if prepared.ready is not None:
-                torch.cuda.current_stream(self.device).wait_event(prepared.ready)
-                for t in prepared.tensors:  # the caching allocator must not reuse them early
-                    t.record_stream(torch.cuda.current_stream(self.device))
-            result = self._forward(prepared.tensors)
-            return self._answers(prepared.inputs, result, t0)
-        except Exception as exc:
-            return self._recover(prepared.inputs, exc, t0)
+        if forwarded is None:
+            if prepared.error is not None:
+                return self._recover(inputs, prepared.error, time.perf_counter(), "input")
+            return self.infer(inputs)
+        out: list[Answer] = []
+        for start, stop, result, seconds in forwarded:
+            rows = inputs[start:stop]
+            t0 = time.perf_counter() - seconds  # as if the answers followed the model at once
+            if isinstance(result, Exception):
+                out.extend(self._recover(rows, result, t0))
+                continue
+            try:
+                out.extend(self._answers(rows, result, t0, seconds))
+            except Exception as exc:
+                out.extend(self._recover(rows, exc, t0))
+        return out
 
     def infer(self, inputs: Sequence[Mapping[str, Any]]) -> list[Answer]:
         """Prepare and run in one go, in chunks of ``max_batch``, narrowing failures down."""
@@ -197,20 +239,24 @@ class InferenceEngine:
             return result.float().cpu()
 
     def _answers(self, inputs: Sequence[Mapping[str, Any]], result: torch.Tensor,
-                 t0: float) -> list[Answer]:
+                 t0: float, seconds: float | None = None) -> list[Answer]:
+        """``seconds``: the model's time when the answers are built later (by ``answer``);
+        else the time since ``t0``."""
         n = len(inputs)
         if result.shape[0] != n:
             raise ValueError(f"the model returned {result.shape[0]} rows for {n} inputs")
-        finite = torch.isfinite(result.reshape(n, -1)).all(dim=1).tolist()
+        all_finite = bool(torch.isfinite(result).all())
         docs = self.candidate.adapter.answers(result)
         if len(docs) != n:
             raise ValueError(f"the adapter returned {len(docs)} answers for {n} rows")
-        seconds = time.perf_counter() - t0
+        if seconds is None:
+            seconds = time.perf_counter() - t0
         self.observer.batch(n, seconds)
         ms = seconds * 1000
-        bad = n - sum(finite)
-        if bad:
-            self.observer.error("non_finite", bad)
+        if all_finite:  # the common case: no per-row check
+            return [Answer(doc, None, ms) for doc in docs]
+        finite = torch.isfinite(result.reshape(n, -1)).all(dim=1).tolist()
+        self.observer.error("non_finite", n - sum(finite))
         return [Answer(doc, None, ms) if ok
                 else Answer(None, "non-finite output (NaN or Inf)", ms, "non_finite")
                 for doc, ok in zip(docs, finite, strict=True)]

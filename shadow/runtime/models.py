@@ -187,10 +187,10 @@ class CardAdapter:
             values: list[Any] = result.reshape(result.shape[0], -1)[:, 0].tolist()
         else:
             values = result.reshape(result.shape[0], -1).tolist()
-        extra: dict[str, Any] = {}
-        if self.card.labels is not None:
-            extra = {"labels" if kind == "probs" else "items": self.card.labels}
-        return [{"kind": kind, "value": v, **extra} for v in values]
+        if self.card.labels is None:
+            return [{"kind": kind, "value": v} for v in values]
+        name, labels = "labels" if kind == "probs" else "items", self.card.labels
+        return [{"kind": kind, "value": v, name: labels} for v in values]
 
 
 @dataclass

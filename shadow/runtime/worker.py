@@ -9,7 +9,7 @@ The loop, on one thread, with inference on a second so that the two overlap::
     decode + validate; what fails goes to dead-letter
     prepare batch N+1 (collate; on CUDA, copy on a side stream)
     finish batch N: its answers -> <prefix>.outputs, each to its request's partition
-    start batch N+1 on the inference thread
+    start batch N+1's model on the inference thread (the answers are built on this one)
     every commit interval: flush the producer, then commit what it delivered
 
 Offsets move only past requests whose output (or dead-letter record) was produced, and are
@@ -34,9 +34,10 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 
-from schemas.builders import dead_letter, shadow_output
+from schemas.builders import dead_letter
 from schemas.codec import as_request, encode_batch, events_of
 from schemas.exceptions import ContractError
+from schemas.records import ShadowOutput
 from shadow import clients
 from shadow.exceptions import (
     KafkaUnreachableError,
@@ -44,14 +45,15 @@ from shadow.exceptions import (
     TopicMismatchError,
     reason_key,
 )
-from shadow.runtime.config import WorkerConfig
-from shadow.runtime.engine import Answer, InferenceEngine, Prepared
+from shadow.runtime.config import WorkerConfig, tune_collector
+from shadow.runtime.engine import Forwarded, InferenceEngine, Prepared
 from shadow.runtime.metrics import WorkerMetrics
 from shadow.settings import Settings
 
 log = logging.getLogger("shadowstream.worker")
 
 _PROGRESS_EVERY_S = 10.0
+OUTPUT_RECORD_EVENTS = 500  # answers per output record
 
 
 class WorkerError(ShadowstreamError):
@@ -64,9 +66,10 @@ class _Batch:
 
     origins: list[tuple[Message, int | None]]  # each request's record, and its index there
     requests: list[dict[str, Any]]  # the valid requests (as_request), in order
+    partitions: list[int]  # each request's input partition (its answer goes there too)
     ends: dict[int, int]  # partition -> next offset once this batch is out (incl. dead letters)
     prepared: Prepared | None = None
-    answers: Future[list[Answer]] | None = None
+    forwarded: Future[Forwarded | None] | None = None  # the model's results, on their way
 
 
 @dataclass
@@ -142,6 +145,7 @@ class ShadowWorker:
     def run(self, until: Callable[[WorkerStats], bool] | None = None) -> WorkerStats:
         """Serve until stop() (or ``until(stats)`` is true), then drain and commit."""
         self._check_topics()
+        tune_collector()
         if self.config.metrics_port is not None:
             start_http_server(self.config.metrics_port, registry=self.registry)
         self._consumer.subscribe([self.requests_topic], on_assign=self._on_assign,
@@ -199,7 +203,7 @@ class ShadowWorker:
     def _decode(self, messages: list[Message]) -> _Batch:
         """The valid requests of the consumed records (one event or a batch each); what is
         not valid goes to dead letter, event by event."""
-        batch = _Batch([], [], {})
+        batch = _Batch([], [], [], {})
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -230,36 +234,53 @@ class ShadowWorker:
                     continue
                 batch.origins.append((msg, index))
                 batch.requests.append(request)
+                batch.partitions.append(partition)
         return batch
 
     def _start(self, batch: _Batch) -> None:
         if batch.requests:
             assert batch.prepared is not None
-            batch.answers = self._pool.submit(self.engine.run, batch.prepared)
+            # Only the model on the inference thread: the answers are built here, in
+            # _finish_inflight, while that thread runs the next batch (Python per row on
+            # both threads would take turns on the GIL).
+            batch.forwarded = self._pool.submit(self.engine.forward, batch.prepared)
         self._inflight = batch
 
     def _finish_inflight(self) -> None:
         batch, self._inflight = self._inflight, None
         if batch is None:
             return
-        answers = batch.answers.result() if batch.answers is not None else []
+        answers = (self.engine.answer(batch.prepared, batch.forwarded.result())
+                   if batch.forwarded is not None and batch.prepared is not None else [])
         cid = self.config.candidate_id
         # One record per input partition: the answers to that partition's requests, in one
         # batch (a record of one event when there is one), on the partition they came from.
         by_partition: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+        schema = ShadowOutput.SCHEMA
+        for partition, request, answer in zip(batch.partitions, batch.requests, answers,
+                                              strict=True):
+            # shadow_output() inlined: this runs for every request.
+            doc = {"schema": schema, "request_id": request["request_id"],
+                   "model": request["model"], "ts": request["ts"], "candidate": cid,
+                   "latency_ms": answer.latency_ms}
+            if answer.output is not None:
+                doc["output"] = answer.output
+            if answer.error is not None:
+                doc["error"] = answer.error
+            by_partition[partition].append(doc)
         for (msg, index), request, answer in zip(batch.origins, batch.requests, answers,
                                                  strict=True):
-            by_partition[msg.partition()].append(shadow_output(
-                request["request_id"], request["model"], request["ts"], cid, answer.output,
-                answer.latency_ms, answer.error))
             if answer.error_kind == "input":  # answered with the error, and kept for a look
                 self._dead_letter(msg, index, None if index is None else request, "model",
                                   f"input does not fit the model: {answer.error}", "inputs",
                                   None)
         for partition, docs in by_partition.items():
-            value = encode_batch(docs) if len(docs) > 1 else orjson.dumps(docs[0])
-            self._produce(self._producer.produce, self.outputs_topic, value,
-                          docs[0]["request_id"].encode(), partition)
+            # Records of at most OUTPUT_RECORD_EVENTS answers: far under Kafka's 1 MB.
+            for i in range(0, len(docs), OUTPUT_RECORD_EVENTS):
+                part = docs[i:i + OUTPUT_RECORD_EVENTS]
+                value = encode_batch(part) if len(part) > 1 else orjson.dumps(part[0])
+                self._produce(self._producer.produce, self.outputs_topic, value,
+                              part[0]["request_id"].encode(), partition)
         n_err = 0
         for a in answers:
             if a.error is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -152,6 +153,30 @@ def test_out_of_memory_halves_the_batch_for_good() -> None:
     seen.clear()
     assert all(a.error is None for a in engine.infer(ROWS[:20]))
     assert seen and max(seen) <= 4  # later batches go straight in at the smaller size
+
+
+def test_a_prepared_batch_larger_than_max_batch_runs_in_slices_collated_once() -> None:
+    # A worker's consumed records carry many events: its batch exceeds max_batch. The
+    # collated tensors run a slice at a time; a failing row is still narrowed to itself.
+    rows = [dict(r) for r in ROWS[:40]]
+    rows[21] = {**rows[21], "amount": 50_000.0}  # the model raises on it
+    cand = load_candidate("tests.models_for_tests:picky")
+    collated: list[int] = []
+    collate = cand.adapter.collate
+
+    def counting(inputs: Any) -> Any:
+        collated.append(len(inputs))
+        return collate(inputs)
+
+    cand.adapter.collate = counting  # type: ignore[method-assign]
+    engine = InferenceEngine(cand, device="cpu", max_batch=8)
+    answers = engine.run(engine.prepare(rows))
+    assert collated[0] == 40 and all(n <= 4 for n in collated[1:])  # only the narrowing
+    assert "amount out of range" in (answers[21].error or "")
+    again = engine.infer(rows)  # chunk by chunk, collated per chunk: the same answers
+    assert [(a.output, a.error, a.error_kind) for a in answers] == [
+        (a.output, a.error, a.error_kind) for a in again]
+    assert sum(a.error is None for a in answers) >= 35
 
 
 def test_map_overlaps_and_keeps_order_and_bf16_runs_on_cpu() -> None:
