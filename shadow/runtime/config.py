@@ -3,6 +3,7 @@ CLI takes its option defaults from here without loading torch or Kafka)."""
 
 from __future__ import annotations
 
+import atexit
 import gc
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,10 @@ def tune_collector() -> None:
     made per request is freed by reference counting; cycles are still collected."""
     gc.set_threshold(50_000, 20, 100)
     gc.freeze()
+    # Frozen objects are never collected, not even at exit, where extension modules that
+    # count their instances (triton's, loaded by torch.compile) would report them leaked.
+    atexit.unregister(gc.unfreeze)  # once, however many workers a process runs
+    atexit.register(gc.unfreeze)
 
 
 class WorkerConfig(BaseModel):
