@@ -99,6 +99,7 @@ def command(candidate: str, candidate_id: str, weights: tuple[str, ...],
     engine = InferenceEngine(loaded, device=device, dtype=dtype, max_batch=max_batch)
     shadow_worker = ShadowWorker(s, bootstrap, config, engine)
     shadow_worker.install_signal_handlers()
+    shadow_worker.check_topics()  # a missing topic is the one line, before any banner
     where = f", metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
     err_console.print(f"worker {candidate_id}: {candidate} on {engine.device} ({dtype}), "
                       f"group {config.group_id(s)}, max batch {max_batch}, "

@@ -144,7 +144,7 @@ class ShadowWorker:
 
     def run(self, until: Callable[[WorkerStats], bool] | None = None) -> WorkerStats:
         """Serve until stop() (or ``until(stats)`` is true), then drain and commit."""
-        self._check_topics()
+        self.check_topics()
         tune_collector()
         if self.config.metrics_port is not None:
             start_http_server(self.config.metrics_port, registry=self.registry)
@@ -177,7 +177,8 @@ class ShadowWorker:
             log.warning("closing the consumer: %s", exc)
         self._producer.flush(self.config.flush_timeout_s)
 
-    def _check_topics(self) -> None:
+    def check_topics(self) -> None:
+        """TopicMismatchError unless the three topics exist with agreeing partitions."""
         try:
             meta = self._consumer.list_topics(timeout=self.settings.kafka_timeout_s)
         except KafkaException as exc:

@@ -135,6 +135,12 @@ def test_a_join_whose_changelog_disagrees_stops_with_one_line(
                      str(free_port()), timeout=60)
     assert no_topics.returncode == 1 and "does not exist. Run `shadow topics create`" in \
         no_topics.stderr and "--partitions" not in no_topics.stderr
+    # A worker on a prefix without topics: that one line, not its start banner before it.
+    worker = _cli(_env(settings_factory(), stack, settings), "worker", "--candidate",
+                  "shadow.sim.traffic:build_model", "--candidate-id", "c1", timeout=60)
+    assert worker.returncode == 1 and len(worker.stderr.strip().splitlines()) == 1, \
+        worker.stderr
+    assert "requests does not exist" in worker.stderr
 
 
 def test_a_join_that_cannot_go_on_exits_with_the_reason_instead_of_looping(
