@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
@@ -33,6 +35,32 @@ def _console(stderr: bool) -> Console:
 
 console = _console(stderr=False)
 err_console = _console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None, *, disable: bool = False
+                 ) -> Iterator[Callable[[int, int | None], None]]:
+    """A progress bar on stderr (done / total and the time left; a count alone while the
+    total is unknown), shown from the first update. Yields ``update(done, total=None)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(),
+                   MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
+                   disable=disable, transient=False)
+    task = bar.add_task(description, total=total)
+
+    def update(done: int, new_total: int | None = None) -> None:
+        if not bar.live.is_started:  # shown once there is something to show, not before
+            bar.start()
+        if new_total is not None:
+            bar.update(task, completed=done, total=new_total)
+        else:
+            bar.update(task, completed=done)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
 
 
 def print_error(message: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shadow.cli import options
-from shadow.cli.common import err_console, kafka, print_json, settings
+from shadow.cli.common import err_console, kafka, print_json, progress_bar, settings
 
 
 @click.command("record")
@@ -33,8 +33,6 @@ def command(topic: str, start: str, end: str, partitions: str | None, output: Pa
       shadow record --topic requests --from 2026-11-22T10:00:00Z \\
           --to 2026-11-22T11:00:00Z -o monday.jsonl.zst
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from shadow.offline.recording import parse_range, record
 
     s = settings()
@@ -45,21 +43,9 @@ def command(topic: str, start: str, end: str, partitions: str | None, output: Pa
                                  param_hint="'--partitions'") from None
     lo, hi = parse_range(start, end)
     bootstrap = kafka(s)
-    bar = Progress("[progress.description]{task.description}", BarColumn(),
-                   MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
-                   disable=as_json)
-    task = bar.add_task(f"recording {topic}", total=None)
-
-    def progress(n: int, total: int) -> None:
-        if not bar.live.is_started:  # shown once there is something to record, not before
-            bar.start()
-        bar.update(task, completed=n, total=total)
-
-    try:
+    with progress_bar(f"recording {topic}", disable=as_json) as progress:
         stats = record(s, bootstrap, topic, lo, hi, output, partitions=parts, force=force,
                        progress=progress)
-    finally:
-        bar.stop()
     if as_json:
         print_json({"topic": topic, "file": str(output), "records": stats.records,
                     "resumed_from": stats.resumed_from,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from shadow.cli import options
-from shadow.cli.common import console, err_console, kafka, settings
+from shadow.cli.common import console, err_console, kafka, progress_bar, settings
 from shadow.cli.views import replay_table
 from shadow.exceptions import ShadowstreamError
 from shadow.settings import Settings
@@ -72,6 +72,7 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
       shadow replay --file monday.jsonl.zst --candidate v13=shadow.sim.traffic:build_model \\
           --window-s 60 --json report.json --report report.html
     """
+    from shadow.offline.recordfile import count_messages
     from shadow.offline.recording import parse_range, read_range, read_recording
     from shadow.offline.replay import ReplayCandidate, replay
     from shadow.runtime.engine import InferenceEngine
@@ -119,9 +120,12 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if to_topic is not None:
         _republish(s, messages, to_topic, rate)
         return
-    with err_console.status("replaying...", spinner="dots") as status:
+    # A recording's size is known by counting its lines (a fraction of replaying them):
+    # the bar then has an end and the time left; a topic range shows its count.
+    total = count_messages(file_) if file_ is not None else None
+    with progress_bar("replaying", total) as progress:
         result = replay(messages, loaded, join=join, batch=max_batch, latency=latency,
-                        source=source, progress=lambda n: status.update(f"replayed {n}"))
+                        source=source, progress=progress)
     if json_out:
         json_out.write_bytes(result.json_bytes())
     if html_out:

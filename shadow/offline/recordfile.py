@@ -29,7 +29,8 @@ import zstandard
 
 from shadow.exceptions import ShadowstreamError
 
-__all__ = ["FORMAT", "RecordedMessage", "encode_line", "header", "read_recording", "time_order"]
+__all__ = ["FORMAT", "RecordedMessage", "count_messages", "encode_line", "header",
+           "read_recording", "time_order"]
 
 FORMAT = "shadow.recording/2"
 
@@ -82,6 +83,26 @@ def read_recording(path: Path) -> Iterator[RecordedMessage]:
         finally:
             for fh in spills.values():
                 fh.close()
+
+
+def count_messages(path: Path) -> int:
+    """How many messages a recording holds, by counting its lines (decompressing, not
+    parsing: a fraction of what replaying them costs), for a progress bar with an end."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise ShadowstreamError(f"{path}: {exc.strerror}") from None
+    lines, last = 0, b"\n"
+    with fh:
+        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+        try:
+            while chunk := reader.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+        except zstandard.ZstdError as exc:
+            raise ShadowstreamError(f"{path}: not a zstd recording ({exc})") from None
+    lines += last != b"\n"  # a last line without its newline
+    return max(0, lines - bool(_header(path)))
 
 
 def encode_line(m: RecordedMessage) -> bytes:

@@ -115,6 +115,8 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
                 progress(run.messages)
     run.batch(pending)
     run.finish()
+    if progress:
+        progress(run.messages)
     if run.requests == 0 and run.dead_lettered == 0:
         raise ShadowstreamError("no mirrored requests in the input")
     seconds = time.perf_counter() - t0

@@ -107,3 +107,26 @@ def test_a_broken_line_names_the_file_and_the_line(tmp_path: Path) -> None:
     path.write_bytes(zstandard.ZstdCompressor().compress(b'{"topic": "t"}\n'))
     with pytest.raises(ShadowstreamError, match="line 1 is not a recorded message"):
         list(read_recording(path))
+
+
+def test_the_messages_of_a_recording_are_counted_for_the_progress_bar(tmp_path: Path) -> None:
+    from shadow.offline.recordfile import count_messages
+
+    messages = [m for part in _partitions(2, 150) for m in part]
+    with_header = tmp_path / "new.jsonl.zst"
+    _write(with_header, messages, {"recording": "shadow.recording/2", "order": "time",
+                                   "topic": "t"})
+    without = tmp_path / "old.jsonl.zst"
+    _write(without, messages)
+    assert count_messages(with_header) == count_messages(without) == 300
+    assert count_messages(with_header) == len(list(read_recording(with_header)))
+    unterminated = tmp_path / "last-line.jsonl.zst"  # a last line without its newline
+    unterminated.write_bytes(zstandard.ZstdCompressor().compress(
+        b'{"recording": "shadow.recording/2", "order": "time", "topic": "t"}\n{}\n{}'))
+    assert count_messages(unterminated) == 2
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(b"not zstd at all")
+    with pytest.raises(ShadowstreamError, match="not a zstd recording"):
+        count_messages(bad)
+    with pytest.raises(ShadowstreamError, match="No such file"):
+        count_messages(tmp_path / "missing.zst")
