@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from itertools import accumulate
 from statistics import fmean, median, stdev
 from typing import Any, Literal
 
@@ -366,16 +367,17 @@ def _since_change(m: MetricCheck, windows: Sequence[Window], alpha: float, metho
     best, p_best = 0, 1.0
     if m.metric in COUNTS:
         counts = [COUNTS[m.metric](w) or (0, 0) for w in windows]
-        k_all, n_all = sum(c[0] for c in counts), sum(c[1] for c in counts)
-        k0 = n0 = 0
-        for i, (k, n) in enumerate(counts[:splits.stop - 1]):
-            k0, n0 = k0 + k, n0 + n
-            if i + 1 in splits and n0 and n_all - n0:
-                k1, n1 = k_all - k0, n_all - n0
+        # Events and trials before each split, as running sums.
+        ks = list(accumulate((c[0] for c in counts), initial=0))
+        ns = list(accumulate((c[1] for c in counts), initial=0))
+        for split in splits:
+            k0, n0 = ks[split], ns[split]
+            k1, n1 = ks[-1] - k0, ns[-1] - n0
+            if n0 and n1:
                 p = float(sps.fisher_exact([[k1, n1 - k1], [k0, n0 - k0]],
                                            alternative=worse).pvalue)
                 if p < p_best:
-                    best, p_best = i + 1, p
+                    best, p_best = split, p
         test = "Fisher"
     else:
         values = [SOURCES[m.metric][1](w) for w in windows]

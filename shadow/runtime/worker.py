@@ -34,10 +34,9 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 
-from schemas.builders import dead_letter
+from schemas.builders import dead_letter, shadow_output
 from schemas.codec import as_request, encode_batch, events_of
 from schemas.exceptions import ContractError
-from schemas.records import ShadowOutput
 from shadow import clients
 from shadow.exceptions import (
     KafkaUnreachableError,
@@ -257,20 +256,11 @@ class ShadowWorker:
         # One record per input partition: the answers to that partition's requests, in one
         # batch (a record of one event when there is one), on the partition they came from.
         by_partition: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
-        schema = ShadowOutput.SCHEMA
-        for partition, request, answer in zip(batch.partitions, batch.requests, answers,
-                                              strict=True):
-            # shadow_output() inlined: this runs for every request.
-            doc = {"schema": schema, "request_id": request["request_id"],
-                   "model": request["model"], "ts": request["ts"], "candidate": cid,
-                   "latency_ms": answer.latency_ms}
-            if answer.output is not None:
-                doc["output"] = answer.output
-            if answer.error is not None:
-                doc["error"] = answer.error
-            by_partition[partition].append(doc)
-        for (msg, index), request, answer in zip(batch.origins, batch.requests, answers,
-                                                 strict=True):
+        for (msg, index), partition, request, answer in zip(
+                batch.origins, batch.partitions, batch.requests, answers, strict=True):
+            by_partition[partition].append(shadow_output(
+                request["request_id"], request["model"], request["ts"], cid, answer.output,
+                answer.latency_ms, answer.error))
             if answer.error_kind == "input":  # answered with the error, and kept for a look
                 self._dead_letter(msg, index, None if index is None else request, "model",
                                   f"input does not fit the model: {answer.error}", "inputs",
