@@ -346,15 +346,7 @@ class Profile:
                      reference_of: Callable[[str], str] | None = None) -> None:
         """``observe`` for many rows at once, a feature at a time: the same counts and bin
         ranges, numeric features binned with numpy."""
-        columns: dict[str, list[float | str]] = {}
-        for row in rows:
-            for name, v in row.items():
-                column = columns.get(name)
-                if column is None:
-                    columns[name] = [v]
-                else:
-                    column.append(v)
-        for name, values in columns.items():
+        for name, values in _columns(rows).items():
             fp = self.features.get(reference_of(name) if reference_of else name)
             if fp is None:
                 continue
@@ -365,8 +357,8 @@ class Profile:
                     continue
                 if h is None:
                     h = hists[name] = fp.empty()
-                h.add_many(np.searchsorted(fp._edges, np.asarray(numbers, dtype=float),
-                                           side="left"), np.asarray(numbers, dtype=float))
+                array = np.asarray(numbers, dtype=float)
+                h.add_many(np.searchsorted(fp._edges, array, side="left"), array)
             else:
                 labels = [v for v in values if type(v) is str]
                 if not labels:
@@ -386,6 +378,19 @@ class Profile:
     def from_dict(cls, doc: Mapping[str, Any]) -> Profile:
         feats = [FeatureProfile.from_dict(f) for f in doc["features"]]
         return cls({f.name: f for f in feats}, doc.get("source", ""))
+
+
+def _columns(rows: Iterable[Mapping[str, float | str]]) -> dict[str, list[float | str]]:
+    """Rows as columns, each in row order."""
+    columns: dict[str, list[float | str]] = {}
+    for row in rows:
+        for name, v in row.items():
+            column = columns.get(name)
+            if column is None:
+                columns[name] = [v]
+            else:
+                column.append(v)
+    return columns
 
 
 def drift(reference: Histogram, window: Histogram,

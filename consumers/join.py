@@ -75,32 +75,50 @@ class JoinCore(WindowClosing):
         given (replay answers them). With ``flush=False`` the table is not written and no
         window closes until ``flush()``: a caller handling many records at once writes their
         changes once (before it commits their offsets)."""
+        return self._handle(topic, partition, offset, key, value, None, seen, flush)
+
+    def handle_events(self, topic: str, partition: int, offset: int, key: bytes | None,
+                      events: list[Any], flush: bool = True) -> list[Outgoing]:
+        """``handle`` for a batch record whose events are already parsed (replay writes its
+        candidates' answers this way: no encoding to decode again). They are validated as
+        any others."""
+        return self._handle(topic, partition, offset, key, None, events, None, flush)
+
+    def _handle(self, topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None, parsed: list[Any] | None,
+                seen: list[dict[str, Any]] | None, flush: bool) -> list[Outgoing]:
         out: list[Outgoing] = []
         self._partition = partition
         if partition in self._outbox_dirty:
             self._write_outbox()
-        for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
-            del self._emitted[start]
-            self.forget(start, out)
-        for doomed in self._doomed.pop(partition, ()):
-            self._drop(partition, doomed)
-        self._dirty[partition].update(self._legacy.pop(partition, {}))
+        if self._emitted:
+            for start in sorted(s for s, pending in self._emitted.items() if pending <= 0):
+                del self._emitted[start]
+                self.forget(start, out)
+        if self._doomed:
+            for doomed in self._doomed.pop(partition, ()):
+                self._drop(partition, doomed)
+        if self._legacy:
+            self._dirty[partition].update(self._legacy.pop(partition, {}))
         tp = f"{topic}:{partition}"
         data = value or b""
         is_request = topic == self.requests_topic
         events: list[Any] = []
         batched = False
-        try:
-            if len(data) > self.config.max_record_bytes:
-                raise ContractError(f"record of {len(data)} bytes is over the limit of "
-                                    f"{self.config.max_record_bytes}")
-            events, batched = events_of(data)
-            if not batched and len(data) > self.config.max_event_bytes:
-                raise ContractError(f"event of {len(data)} bytes is over the limit of "
-                                    f"{self.config.max_event_bytes}")
-        except ContractError as exc:
-            events = []
-            self._dead_event(exc, [topic, partition, offset], key, data, out)
+        if parsed is not None:
+            events, batched = parsed, True
+        else:
+            try:
+                if len(data) > self.config.max_record_bytes:
+                    raise ContractError(f"record of {len(data)} bytes is over the limit of "
+                                        f"{self.config.max_record_bytes}")
+                events, batched = events_of(data)
+                if not batched and len(data) > self.config.max_event_bytes:
+                    raise ContractError(f"event of {len(data)} bytes is over the limit of "
+                                        f"{self.config.max_event_bytes}")
+            except ContractError as exc:
+                events = []
+                self._dead_event(exc, [topic, partition, offset], key, data, out)
         pairs = self._pairs[partition]
         # Per record, not per event: the windows open here, and the progress (below).
         self._open_from = self._closed_for(partition)

@@ -53,8 +53,27 @@ class QuantileSketch:
             self.buckets[i] = self.buckets.get(i, 0) + 1
 
     def extend(self, values: Iterable[float]) -> QuantileSketch:
-        for v in values:
-            self.add(v)
+        """``add`` each value, in order (the same sum to the bit), in one loop: a window's
+        aggregate sketches its values this way."""
+        count, total, lo, hi, zeros = self.count, self.sum, self.min, self.max, self.zeros
+        buckets, gamma_log, log, ceil = self.buckets, self._gamma_log, math.log, math.ceil
+        try:
+            for value in values:
+                if not value >= 0:  # also refuses NaN
+                    raise ValueError(f"QuantileSketch takes non-negative values, got {value!r}")
+                count += 1
+                total += value
+                if value < lo:
+                    lo = value
+                if value > hi:
+                    hi = value
+                if value <= ZERO:
+                    zeros += 1
+                else:
+                    i = ceil(log(value) / gamma_log)
+                    buckets[i] = buckets.get(i, 0) + 1
+        finally:  # what was added before a bad value stays added, as with add
+            self.count, self.sum, self.min, self.max, self.zeros = count, total, lo, hi, zeros
         return self
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:

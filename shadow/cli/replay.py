@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,15 @@ def _split(spec: str) -> tuple[str, str]:
                    "recorded); the report then differs run to run.")
 @click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write a self-contained HTML report.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes to share the recording's partitions among; the report is the "
+                   "same (see docs/replay.md).")
 def command(file_: Path | None, topic: str | None, start: str | None, end: str | None,
             candidates: tuple[str, ...], weights: tuple[str, ...], card: tuple[str, ...],
             adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
             dtype: str, max_batch: int, window_s: float, grace_s: float, reference_size: int,
             profile_file: Path | None, tolerances: Path | None, rules_file: Path | None,
-            json_out: Path | None, html_out: Path | None, latency: bool) -> None:
+            json_out: Path | None, html_out: Path | None, latency: bool, jobs: int) -> None:
     """Replay recorded requests through candidates and judge them like the live pipeline.
 
     Runs in-process with the worker's inference engine and the join's comparators, windows
@@ -70,13 +74,11 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     \b
     Example:
       shadow replay --file monday.jsonl.zst --candidate v13=shadow.sim.traffic:build_model \\
-          --window-s 60 --json report.json --report report.html
+          --window-s 60 --json report.json --report report.html --jobs 4
     """
     from shadow.offline.recordfile import count_messages
     from shadow.offline.recording import parse_range, read_range, read_recording
     from shadow.offline.replay import ReplayCandidate, replay
-    from shadow.runtime.engine import InferenceEngine
-    from shadow.runtime.models import load_candidate
 
     if (file_ is None) == (topic is None):
         raise click.UsageError("give either --file or --topic (with --from and --to)")
@@ -91,6 +93,8 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
                                "leave out --candidate, --json and --report (or --to-topic)")
     if rate is not None and to_topic is None:
         raise click.UsageError("--rate goes with --to-topic")
+    if jobs > 1 and to_topic is not None:
+        raise click.UsageError("--jobs goes with --candidate: --to-topic only re-publishes")
     if file_ is not None and not file_.is_file():
         raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="'--file'")
     s = settings()
@@ -105,10 +109,9 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     loaded = []
     for cid, model in specs:
         f = files[cid]
-        engine = InferenceEngine(load_candidate(model, weights=f.weights, card=f.card,
-                                                adapter=f.adapter),
-                                 device=device, dtype=dtype, max_batch=max_batch)
-        loaded.append(ReplayCandidate(cid, engine))
+        loaded.append(ReplayCandidate.from_spec(
+            cid, model, weights=f.weights, card=f.card, adapter=f.adapter, device=device,
+            dtype=dtype, max_batch=max_batch))
     if topic is not None:
         lo, hi = parse_range(start or "", end or "")
         messages = read_range(s, kafka(s), topic, lo, hi)
@@ -123,9 +126,14 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     # A recording's size is known by counting its lines (a fraction of replaying them):
     # the bar then has an end and the time left; a topic range shows its count.
     total = count_messages(file_) if file_ is not None else None
+    cpus = os.cpu_count() or 1
+    if jobs >= cpus:
+        err_console.print(f"--jobs {jobs} on {cpus} CPUs: the jobs share them with the process "
+                          "that reads the recording and closes the windows; expect little "
+                          "gain (see docs/replay.md)", highlight=False)
     with progress_bar("replaying", total) as progress:
         result = replay(messages, loaded, join=join, batch=max_batch, latency=latency,
-                        source=source, progress=progress)
+                        source=source, progress=progress, jobs=jobs)
     if json_out:
         json_out.write_bytes(result.json_bytes())
     if html_out:

@@ -20,6 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,10 @@ from consumers.rules import ALL_CANDIDATES
 from consumers.windows import WindowAggregate, WindowKey
 from schemas import Alert, ConfigError, DivergencePair, WindowSummary
 from schemas.builders import shadow_output
-from schemas.codec import encode_batch
 from shadow.exceptions import ShadowstreamError, reason_key
 from shadow.offline.recordfile import RecordedMessage
 from shadow.runtime.config import tune_collector
-from shadow.runtime.engine import Answer, InferenceEngine
+from shadow.runtime.engine import Answer, Dtype, InferenceEngine
 
 __all__ = ["ReplayCandidate", "ReplayResult", "replay", "report_windows"]
 
@@ -46,6 +46,27 @@ _REQUESTS, _OUTPUTS = "replay.requests", "replay.outputs"
 class ReplayCandidate:
     candidate_id: str
     engine: InferenceEngine
+    load: Callable[[], InferenceEngine] | None = None
+    """How another process loads the same engine (picklable, e.g. ``engine_loader``'s):
+    what ``replay(jobs=N)`` needs, since a torch model cannot cross a fork safely."""
+
+    @classmethod
+    def from_spec(cls, candidate_id: str, model: str, **engine: Any) -> ReplayCandidate:
+        """A candidate loaded from a model spec (``load_candidate``'s ``weights``, ``card``
+        and ``adapter``, and ``InferenceEngine``'s ``device``, ``dtype``, ``max_batch``), and
+        loadable again in a job process."""
+        load = partial(engine_loader, model, **engine)
+        return cls(candidate_id, load(), load)
+
+
+def engine_loader(model: str, *, weights: Path | None = None, card: Path | None = None,
+                  adapter: str | None = None, device: str = "cpu", dtype: Dtype = "fp32",
+                  max_batch: int = 256) -> InferenceEngine:
+    """An engine for a model spec (module level: a job process can be told to call it)."""
+    from shadow.runtime.models import load_candidate
+
+    return InferenceEngine(load_candidate(model, weights=weights, card=card, adapter=adapter),
+                           device=device, dtype=dtype, max_batch=max_batch)
 
 
 @dataclass
@@ -61,46 +82,59 @@ class ReplayResult:
         return orjson.dumps(self.report, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
 
+_Shown = tuple[dict[str, Any], Answer, tuple[int, int, int]]
+"""A request, one candidate's answer to it, and where the request was (for the top)."""
+
+
 @dataclass
 class _Top:
     """The most divergent pairs of one candidate, with what it takes to show them."""
 
     size: int
-    heap: list[tuple[float, str, int, dict[str, Any]]] = field(default_factory=list)
-    _seen: int = 0
+    heap: list[tuple[float, str, tuple[int, int, int], dict[str, Any]]] = field(
+        default_factory=list)
 
-    def offer(self, score: float, request_id: str, row: dict[str, Any]) -> None:
-        # The arrival number breaks ties: a request id may come twice (two recordings, a
-        # client that reuses ids), and rows themselves do not compare.
-        self._seen += 1
-        item = (score, request_id, -self._seen, row)
+    def would_keep(self, score: float) -> bool:
+        """Whether a pair of this score may enter (a row is built only then)."""
+        return len(self.heap) < self.size or score >= self.heap[0][0]
+
+    def offer(self, score: float, request_id: str, position: tuple[int, int, int],
+              row: dict[str, Any]) -> None:
+        """``position``: the request's partition, offset and index in its record, which
+        break ties (a request id may come twice: two recordings, a client that reuses ids;
+        rows themselves do not compare), the earlier first, whichever process saw it."""
+        item = (score, request_id, (-position[0], -position[1], -position[2]), row)
         if len(self.heap) < self.size:
             heapq.heappush(self.heap, item)
         elif item[:3] > self.heap[0][:3]:
             heapq.heapreplace(self.heap, item)
 
     def rows(self) -> list[dict[str, Any]]:
-        return [row for *_, row in sorted(self.heap, key=lambda t: (-t[0], t[1], -t[2]))]
+        return [row for *_, row in sorted(
+            self.heap, key=lambda t: (-t[0], t[1], tuple(-x for x in t[2])))]
 
 
 def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandidate], *,
            join: JoinConfig | None = None, batch: int = 256, top: int = 20,
            source: dict[str, Any] | None = None, keep_pairs: bool = False,
            progress: Callable[[int], None] | None = None,
-           latency: bool = False) -> ReplayResult:
+           latency: bool = False, jobs: int = 1) -> ReplayResult:
     """Replay recorded mirrored requests through every candidate; the report and timings.
 
     ``latency``: each answer carries the wall time of the inference that made it (its batch's,
     as a worker's answers do), so the windows and the verdict have candidate latency; the
-    report is then no longer the same bytes run to run."""
-    if not candidates:
-        raise ShadowstreamError("replay needs at least one candidate")
-    ids = [c.candidate_id for c in candidates]
-    if len(set(ids)) != len(ids):
-        raise ShadowstreamError(f"candidate ids must differ: {ids}")
-    # Event time only: no partition goes idle by the wall clock in a replay.
-    config = replace(join or JoinConfig(), partition_idle_s=float("inf"), confirm_delivery=False,
-                     candidates={})
+    report is then no longer the same bytes run to run.
+
+    ``jobs``: processes to share the partitions among (``shadow.offline.parallel``); the
+    report is the same bytes as with one."""
+    if jobs > 1:
+        if keep_pairs:
+            raise ShadowstreamError("keep_pairs needs jobs=1")
+        from shadow.offline.parallel import replay_jobs
+
+        return replay_jobs(messages, candidates, jobs, join=join, batch=batch, top=top,
+                           source=source, progress=progress, latency=latency)
+    config = replay_config(join, candidates)
     core = JoinCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
     tune_collector()  # as the worker and the join: a window's entries live long
     run = _Run(core, candidates, top, keep_pairs, latency)
@@ -119,14 +153,20 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
         progress(run.messages)
     if run.requests == 0 and run.dead_lettered == 0:
         raise ShadowstreamError("no mirrored requests in the input")
-    seconds = time.perf_counter() - t0
-    report = run.report(source or {})
-    timing = {"seconds": seconds, "requests_per_s": run.messages / seconds if seconds else 0.0,
-              "candidates": {c.candidate_id: {
-                  "engine_seconds": run.engine_s[c.candidate_id],
-                  "ms_per_request": 1000 * run.engine_s[c.candidate_id] / max(run.requests, 1)}
-                  for c in candidates}}
-    return ReplayResult(report, timing, run.kept)
+    return run.result(time.perf_counter() - t0, source or {})
+
+
+def replay_config(join: JoinConfig | None, candidates: Sequence[ReplayCandidate]
+                  ) -> JoinConfig:
+    """The join's configuration for a replay of these candidates (checked)."""
+    if not candidates:
+        raise ShadowstreamError("replay needs at least one candidate")
+    ids = [c.candidate_id for c in candidates]
+    if len(set(ids)) != len(ids):
+        raise ShadowstreamError(f"candidate ids must differ: {ids}")
+    # Event time only: no partition goes idle by the wall clock in a replay.
+    return replace(join or JoinConfig(), partition_idle_s=float("inf"), confirm_delivery=False,
+                   candidates={})
 
 
 class _Run:
@@ -151,8 +191,10 @@ class _Run:
         self.alerts: list[Alert] = []
         self._out_offsets: dict[int, int] = defaultdict(int)
 
-    def batch(self, messages: list[RecordedMessage]) -> None:
-        requests: list[tuple[int, dict[str, Any]]] = []
+    def batch(self, messages: list[RecordedMessage], close: bool = True) -> None:
+        """Requests, answers and pairs of these messages; then the windows the watermark
+        has passed close, unless not ``close`` (``shadow.offline.parallel`` closes them)."""
+        requests: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
         for m in messages:
             self.messages += 1
             seen: list[dict[str, Any]] = []  # what the core decoded: the valid requests
@@ -160,10 +202,10 @@ class _Run:
             # record may hold a batch of them, far ahead of the last answers).
             self._collect(self.core.handle(_REQUESTS, m.partition, m.offset, m.key, m.value,
                                            seen, flush=False), {})
-            requests.extend((m.partition, r) for r in seen)
+            requests.extend(((m.partition, m.offset, i), r) for i, r in enumerate(seen))
         self.requests += len(requests)
         if not requests:
-            self._collect(self.core.flush(), {})
+            self._collect(self.core.flush(close=close), {})
             return
         inputs = [r["inputs"] for _, r in requests]
         if self.latency and not self._warm:
@@ -171,6 +213,12 @@ class _Run:
             for cand in self.candidates:
                 cand.engine.infer(inputs[:8])
             self._warm = True
+        # The model answers each partition's requests as one batch: float kernels may round
+        # a row differently in a batch of another size, and so the answers (and the report)
+        # are the same whichever job process reads which partitions (--jobs).
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, (position, _) in enumerate(requests):
+            groups[position[0]].append(i)
         answers: list[list[Answer]] = [[] for _ in self.candidates]
         # Each batch starts with the next candidate, so that none always runs first (cold
         # caches after the join's work) when their latency is measured.
@@ -180,39 +228,55 @@ class _Run:
         for j in [*range(start, n), *range(start)]:
             cand = self.candidates[j]
             t0 = time.perf_counter()
-            answers[j] = cand.engine.infer(inputs)
+            if len(groups) == 1:
+                answers[j] = cand.engine.infer(inputs)
+            else:
+                placed: list[Any] = [None] * len(inputs)
+                for _, rows in sorted(groups.items()):
+                    for i, a in zip(rows, cand.engine.infer([inputs[i] for i in rows]),
+                                    strict=True):
+                        placed[i] = a
+                answers[j] = placed
             self.engine_s[cand.candidate_id] += time.perf_counter() - t0
         # Per partition, one record with every candidate's answers, request by request, as a
         # worker writes them: the outputs' event time then moves as the requests' does, and
         # no window closes before every candidate has answered in it.
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        shown: dict[tuple[str, str], tuple[dict[str, Any], Answer]] = {}
-        for i, (partition, r) in enumerate(requests):
+        shown: dict[tuple[str, str], _Shown] = {}
+        for i, (position, r) in enumerate(requests):
             for cand, cand_answers in zip(self.candidates, answers, strict=True):
                 a = cand_answers[i]
                 cid = cand.candidate_id
                 if a.error is not None:
                     self.errors[cid][reason_key(a.error)] += 1
                 # Wall-clock latency makes the report differ run to run: only when asked.
-                by_partition[partition].append(shadow_output(
+                by_partition[position[0]].append(shadow_output(
                     r["request_id"], r["model"], r["ts"], cid, a.output,
                     a.latency_ms if self.latency else 0.0, a.error))
-                shown[(r["request_id"], cid)] = (r, a)
+                shown[(r["request_id"], cid)] = (r, a, position)
         for partition, docs in sorted(by_partition.items()):
             offset = self._out_offsets[partition]
             self._out_offsets[partition] += 1
-            self._collect(self.core.handle(_OUTPUTS, partition, offset,
-                                           docs[0]["request_id"].encode(),
-                                           encode_batch(docs), flush=False), shown)
-        self._collect(self.core.flush(), shown)
+            self._collect(self.core.handle_events(_OUTPUTS, partition, offset,
+                                                  docs[0]["request_id"].encode(), docs,
+                                                  flush=False), shown)
+        self._collect(self.core.flush(close=close), shown)
+
+    def result(self, seconds: float, source: dict[str, Any]) -> ReplayResult:
+        timing = {"seconds": seconds,
+                  "requests_per_s": self.messages / seconds if seconds else 0.0,
+                  "candidates": {c.candidate_id: {
+                      "engine_seconds": self.engine_s[c.candidate_id],
+                      "ms_per_request": 1000 * self.engine_s[c.candidate_id]
+                      / max(self.requests, 1)} for c in self.candidates}}
+        return ReplayResult(self.report(source), timing, self.kept)
 
     def finish(self) -> None:
         out: list[Outgoing] = []
         self.core.sweep(2**62, out)
         self._collect(out, {})
 
-    def _collect(self, out: list[Outgoing],
-                 shown: dict[tuple[str, str], tuple[dict[str, Any], Answer]]) -> None:
+    def _collect(self, out: list[Outgoing], shown: dict[tuple[str, str], _Shown]) -> None:
         for o in out:
             if o.role == "windows":
                 self.windows.append(o.record)
@@ -225,8 +289,7 @@ class _Run:
                 for pair in (o.record if isinstance(o.record, list) else [o.record]):
                     self._pair(pair, shown)
 
-    def _pair(self, pair: dict[str, Any],
-              shown: dict[tuple[str, str], tuple[dict[str, Any], Answer]]) -> None:
+    def _pair(self, pair: dict[str, Any], shown: dict[tuple[str, str], _Shown]) -> None:
         self.pairs += 1
         if self.keep_pairs:
             self.kept.append(DivergencePair.model_validate(pair))
@@ -234,8 +297,11 @@ class _Run:
         seen = shown.get((rid, pair["candidate"]))
         if score is None or seen is None:
             return
-        request, answer = seen
-        self.top[pair["candidate"]].offer(score, rid, {
+        top = self.top[pair["candidate"]]
+        if not top.would_keep(score):
+            return
+        request, answer, position = seen
+        top.offer(score, rid, position, {
             "request_id": rid, "model": pair["model"], "ts": pair["ts"],
             "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],
             "inputs": request["inputs"], "live": request["live"].get("output"),

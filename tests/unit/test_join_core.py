@@ -356,6 +356,41 @@ def test_a_crash_between_flushes_loses_nothing_committed() -> None:
         assert got.model_dump(exclude={"ts"}) == s.model_dump(exclude={"ts"}), key
 
 
+def test_a_windows_aggregate_is_its_entries_added_one_by_one_to_the_bit() -> None:
+    # aggregate() reads each entry once for its window and segment and fills the sketches
+    # and drift bins a column at a time: the numbers of WindowAggregate.add, in order.
+    log, _ = traffic(600, seed=3)
+    core = make_core()
+    run(core, log.messages)
+    entries = [e for _, e in sorted(core.entries.items())]
+    entries.append({"m": "m", "ts": entries[0]["ts"], "p": 0, "c": {}, "dl": "bad"})
+    cands = {"m": {"c1", "c2", "c3"}}  # c3 never answered: every request unmatched for it
+    fast = aggregate(entries, cands, WINDOW, core.profiles)
+    slow: dict[Any, WindowAggregate] = {}
+    for entry in entries:
+        start = entry["ts"] - entry["ts"] % WINDOW
+        for cand in sorted(cands["m"] | set(entry["c"])):
+            for segment in (None, entry.get("seg")) if entry.get("seg") else (None,):
+                key = (entry["m"], cand, start, segment)
+                agg = slow.get(key, WindowAggregate())
+                if agg.add(entry, cand, core.profiles.get("m")):
+                    slow[key] = agg
+    assert len(fast) == len(slow) >= 6 and any(k.segment for k in fast)
+    for key, agg in fast.items():
+        got = agg.to_state()
+        want = slow[(key.model, key.candidate, key.start, key.segment)].to_state()
+        hists, want_hists = got.pop("histograms"), want.pop("histograms")
+        assert got == want, key  # counts, sketches and sums: the same floats
+        assert hists.keys() == want_hists.keys()
+        for name, h in hists.items():  # the moments of a column: numpy's sum, not one by one
+            w = want_hists[name]
+            assert (h["counts"], h.get("lo"), h.get("hi")) == (w["counts"], w.get("lo"),
+                                                               w.get("hi")), name
+            for moment in ("mean", "m2"):
+                assert h.get(moment) == pytest.approx(w.get(moment), rel=1e-9, abs=1e-12)
+    assert any(a.unmatched_shadow for k, a in fast.items() if k.candidate == "c3")
+
+
 def test_window_aggregates_merge_exactly() -> None:
     log, _ = traffic()
     core = make_core()

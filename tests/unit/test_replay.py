@@ -41,7 +41,7 @@ def recorded(n: int, spec: TrafficSpec, model: torch.nn.Module) -> list[Recorded
 
 
 def candidate(cid: str, spec: str = "shadow.sim.traffic:build_model") -> ReplayCandidate:
-    return ReplayCandidate(cid, InferenceEngine(load_candidate(spec), device="cpu"))
+    return ReplayCandidate.from_spec(cid, spec, device="cpu", max_batch=64)
 
 
 def run(messages: list[RecordedMessage], *cands: ReplayCandidate) -> Any:

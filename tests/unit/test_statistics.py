@@ -173,7 +173,21 @@ def test_sketch_refuses_negative_and_nan() -> None:
     for bad in (-1.0, math.nan):
         with pytest.raises(ValueError):
             QuantileSketch().add(bad)
+        with pytest.raises(ValueError):
+            QuantileSketch().extend([1.0, bad])
     assert QuantileSketch().quantile(0.5) is None
+    kept = QuantileSketch()
+    with pytest.raises(ValueError):
+        kept.extend([2.0, -1.0, 3.0])
+    assert kept.count == 1 and kept.sum == 2.0  # what came before the bad value, as add
+
+
+@given(st.lists(st.floats(0, 1e9) | st.just(0.0) | st.floats(0, 1e-8), max_size=300))
+def test_sketch_extend_is_add_one_by_one_to_the_bit(values: list[float]) -> None:
+    one_by_one = QuantileSketch()
+    for v in values:
+        one_by_one.add(v)
+    assert QuantileSketch().extend(values).to_dict() == one_by_one.to_dict()
 
 
 # -- drift ---------------------------------------------------------------------------------
