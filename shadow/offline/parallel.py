@@ -25,6 +25,9 @@ is in the recording, not by which process saw it first.
 from __future__ import annotations
 
 import multiprocessing
+import queue
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -214,7 +217,7 @@ class _Jobs:
         for conn, proc in zip(self.conns, self.procs, strict=True):
             try:
                 reply, _ = _receive(conn)
-            except EOFError:
+            except (EOFError, OSError):
                 proc.join(timeout=5)
                 raise ShadowstreamError(f"a replay job (pid {proc.pid}) ended unexpectedly "
                                         f"(exit code {proc.exitcode}); run with --jobs 1 "
@@ -246,34 +249,97 @@ def replay_jobs(messages: Iterable[RecordedMessage], candidates: Sequence[Replay
     run = _Run(core, candidates, top, False, latency)
     t0 = time.perf_counter()
     workers = _Jobs(jobs, candidates, config, top, latency)
+    closer = _Closer(core, run)
+    # The closing thread holds the interpreter for long stretches: hand it over sooner to
+    # the thread that feeds the jobs (it waits on them, its turns are short).
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     try:
-        parent = _Parent(core, run, workers, jobs)
+        parent = _Parent(core, workers, jobs, closer)
         for chunk in _chunks(messages, batch):
             parent.step(chunk)
             if progress:
                 progress(parent.messages)
-        parent.finish()
+        parent.finish(run)
     finally:
+        sys.setswitchinterval(switch)
+        closer.stop()
         workers.close()
     if run.requests == 0 and run.dead_lettered == 0:
         raise ShadowstreamError("no mirrored requests in the input")
     return run.result(time.perf_counter() - t0, source or {})
 
 
+class _Closer:
+    """Closes the windows whose entries the jobs handed over, in order, in a thread: the
+    jobs go on with the next batches meanwhile (closing a large window takes seconds)."""
+
+    def __init__(self, core: JoinCore, run: _Run) -> None:
+        self.core, self.run = core, run
+        self.tasks: queue.Queue[tuple[list[Any], int] | None] = queue.Queue()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="replay-closer", daemon=True)
+        self.thread.start()
+
+    def close(self, shipped: list[Any], watermark: int) -> None:
+        """Close these windows (at the watermark of when they were due), after those before."""
+        self._check()
+        if any(shipped):
+            self.tasks.put((shipped, watermark))
+
+    def drain(self) -> None:
+        """Wait until every window handed over has closed."""
+        self.tasks.join()
+        self._check()
+
+    def stop(self) -> None:
+        self.tasks.put(None)
+        self.thread.join(timeout=60)
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            try:
+                if self.failed is None:
+                    self._close(*task)
+            except BaseException as exc:  # raised again in the feeding thread
+                self.failed = exc
+            finally:
+                self.tasks.task_done()
+        self.tasks.task_done()
+
+    def _close(self, shipped: list[Any], watermark: int) -> None:
+        core = self.core
+        for windows in shipped:
+            for start, entries in windows:
+                keys = core.windows[start]
+                for key, entry in entries:
+                    core.entries[key] = entry
+                    keys.add(key)
+        out: list[Outgoing] = []
+        core.sweep(watermark, out)
+        self.run._collect(out, {})
+
+
 class _Parent:
-    def __init__(self, core: JoinCore, run: _Run, jobs: _Jobs, n: int) -> None:
-        self.core, self.run, self.jobs, self.n = core, run, jobs, n
+    """Feeds the jobs batch by batch and decides what one process would have (see the
+    module docstring); the windows close in the ``_Closer``'s thread."""
+
+    def __init__(self, core: JoinCore, jobs: _Jobs, n: int, closer: _Closer) -> None:
+        self.core, self.jobs, self.n, self.closer = core, jobs, n, closer
         self.closes: list[int] = []
         self.watermark = 0
         self.sent: set[str] = set(core.profiles)  # references the jobs have
         self.opened: list[int] = []  # windows open in any job after the last batch
-        self.pending: tuple[list[Any], int] = ([], 0)  # entries handed over, to close
         self.messages = 0
 
     def step(self, chunk: list[RecordedMessage]) -> None:
-        """One batch: to the jobs, with the windows to close first. While they work, the
-        windows they handed over last time close here; then what this batch tells of the
-        next ones."""
+        """One batch: to the jobs, with the windows to close first, whose entries come
+        back with the replies, to the closer; then what this batch tells of the next
+        windows."""
         rows: list[list[RecordedMessage]] = [[] for _ in range(self.n)]
         order: dict[tuple[int, int], int] = {}
         for i, m in enumerate(chunk):
@@ -284,16 +350,15 @@ class _Parent:
         fresh = {m: p for m, p in core.profiles.items() if m not in self.sent}
         self.sent.update(fresh)
         self.jobs.send(self.closes, fresh, rows, last=False)
-        self._close_pending()
         replies = self.jobs.receive()
-        self.pending = ([r["shipped"] for r in replies], self.watermark)
+        self.closer.close([r["shipped"] for r in replies], self.watermark)
         learned = [item for r in replies for item in r["learned"]]
         known = {model: cands for r in replies for model, cands in r["candidates"].items()
                  if not core.candidates[model].issuperset(cands)}
         if known or any(model not in core.profiles for _, model, _ in learned):
-            # These windows' numbers are those of this batch's start: close them before
-            # the candidates or the reference change.
-            self._close_pending()
+            # The windows handed over are closed with the candidates and reference of
+            # when they were due: before these change.
+            self.closer.drain()
         for model, cands in known.items():
             core.candidates[model].update(cands)
         for r in replies:
@@ -309,47 +374,29 @@ class _Parent:
         self.opened = sorted({s for r in replies for s in r["open"]})
         self.closes = [s for s in self.opened if s <= limit]
 
-    def finish(self) -> None:
+    def finish(self, run: _Run) -> None:
         """Every window still open closes (as ``replay``'s end), and the jobs' totals."""
         self.jobs.send(self.opened, {}, [[] for _ in range(self.n)], last=True)
-        self._close_pending()
         replies = self.jobs.receive()
-        self.pending = ([r["shipped"] for r in replies], 2**62)
-        self._close_pending()
-        self._totals([r["run"] for r in replies])
+        self.closer.close([r["shipped"] for r in replies], 2**62)
+        self.closer.drain()
+        _totals(run, [r["run"] for r in replies])
 
-    def _close_pending(self) -> None:
-        """Close the windows whose entries the jobs handed over (at the watermark then)."""
-        shipped, watermark = self.pending
-        self.pending = ([], 0)
-        if not any(shipped):
-            return
-        core = self.core
-        for windows in shipped:
-            for start, entries in windows:
-                keys = core.windows[start]
-                for key, entry in entries:
-                    core.entries[key] = entry
-                    keys.add(key)
-        out: list[Outgoing] = []
-        core.sweep(watermark, out)
-        self.run._collect(out, {})
 
-    def _totals(self, runs: list[dict[str, Any]]) -> None:
-        run = self.run
-        for r in runs:
-            run.messages += r["messages"]
-            run.requests += r["requests"]
-            run.pairs += r["pairs"]
-            run.dead_lettered += r["dead_lettered"]
-            run.dead_letter_reasons.update(r["dead_letter_reasons"])
-            for cid, counts in r["errors"].items():
-                run.errors[cid].update(counts)
-            for cid, seconds in r["engine_s"].items():
-                run.engine_s[cid] += seconds
-            for cid, heap in r["top"].items():
-                for score, rid, where, row in heap:
-                    run.top[cid].offer(score, rid, tuple(where), row)
+def _totals(run: _Run, runs: list[dict[str, Any]]) -> None:
+    for r in runs:
+        run.messages += r["messages"]
+        run.requests += r["requests"]
+        run.pairs += r["pairs"]
+        run.dead_lettered += r["dead_lettered"]
+        run.dead_letter_reasons.update(r["dead_letter_reasons"])
+        for cid, counts in r["errors"].items():
+            run.errors[cid].update(counts)
+        for cid, seconds in r["engine_s"].items():
+            run.engine_s[cid] += seconds
+        for cid, heap in r["top"].items():
+            for score, rid, where, row in heap:
+                run.top[cid].offer(score, rid, tuple(where), row)
 
 
 def _chunks(messages: Iterable[RecordedMessage], size: int) -> Iterator[list[RecordedMessage]]:

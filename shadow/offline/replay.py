@@ -126,7 +126,8 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
     report is then no longer the same bytes run to run.
 
     ``jobs``: processes to share the partitions among (``shadow.offline.parallel``); the
-    report is the same bytes as with one."""
+    report is the same bytes as with one. The jobs are spawned: a script that calls this
+    runs its work under ``if __name__ == "__main__":``."""
     if jobs > 1:
         if keep_pairs:
             raise ShadowstreamError("keep_pairs needs jobs=1")
