@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -382,14 +383,10 @@ class Profile:
 
 def _columns(rows: Iterable[Mapping[str, float | str]]) -> dict[str, list[float | str]]:
     """Rows as columns, each in row order."""
-    columns: dict[str, list[float | str]] = {}
+    columns: defaultdict[str, list[float | str]] = defaultdict(list)
     for row in rows:
         for name, v in row.items():
-            column = columns.get(name)
-            if column is None:
-                columns[name] = [v]
-            else:
-                column.append(v)
+            columns[name].append(v)
     return columns
 
 
