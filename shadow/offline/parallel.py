@@ -19,7 +19,15 @@ and decides what one process would have decided at the end of each batch:
 - the candidates each model is known to have (for the unmatched counts).
 
 The report's top requests are merged from each job's; ties are broken by where the request
-is in the recording, not by which process saw it first.
+is in the recording, not by which process saw it first. And the model answers each
+partition's requests of a batch as one batch in every case (``_Run.batch``): float kernels
+may round a row differently in a batch of another size.
+
+The jobs are spawned (a torch that ran in the parent hangs in a forked child) and load the
+candidates themselves (``ReplayCandidate.load``). Parent and jobs talk in JSON (the entries
+are the join's table format) plus the recorded bytes; a job that fails sends its error.
+It pays where there are more CPUs than jobs: the parent reads, packs and closes, and the
+entries of every window cross a pipe (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -52,7 +60,6 @@ from shadow.runtime.config import tune_collector
 from shadow.runtime.engine import InferenceEngine
 
 __all__ = ["replay_jobs"]
-
 
 
 def _send(conn: Connection, doc: dict[str, Any], blob: bytes = b"") -> None:

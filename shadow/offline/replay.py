@@ -1,11 +1,12 @@
 """``shadow replay``: recorded requests through candidates, judged by the live pipeline's code.
 
-No Faust and no Kafka on this path, and no logic of its own: each recorded request and each
-candidate's answer go through ``JoinCore.handle`` exactly as the join app feeds it (same
-decoding, pairs, dead letters, windows, drift), and the answers come from the worker's
-``InferenceEngine``, written as ``shadow.output/1`` documents in one batch record per
-partition, as a worker writes them. Several candidates run side by
-side in one pass over the file.
+No Faust and no Kafka on this path, and no logic of its own: each recorded request goes
+through ``JoinCore.handle`` exactly as the join app feeds it (same decoding, pairs, dead
+letters, windows, drift), and the answers come from the worker's ``InferenceEngine``, as
+``shadow.output/1`` documents in one batch per partition, as a worker writes them (handed to
+the core parsed, ``handle_events``, and validated as any). Several candidates run side by
+side in one pass over the file; ``jobs`` shares the partitions among processes
+(``shadow.offline.parallel``).
 
 The JSON report is the same bytes for the same input and models: the core runs on a fixed
 clock, windows close by event time only, and the candidates' latencies (wall time, so never

@@ -24,6 +24,12 @@ class WorkerMetrics:
             buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=registry,
         ).labels(candidate)
+        self.batch_latency = Histogram(
+            "shadow_worker_batch_seconds", "Time from a batch consumed to its answers handed "
+            "to the producer (decode, the model, outputs)", ["candidate"],
+            buckets=(1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        ).labels(candidate)
         self.events = Counter("shadow_worker_events", "Requests handled, by outcome",
                               ["candidate", "outcome"], registry=registry)
         self.errors = Counter("shadow_worker_errors", "Errors by kind (rows affected)",

@@ -69,6 +69,7 @@ class _Batch:
     ends: dict[int, int]  # partition -> next offset once this batch is out (incl. dead letters)
     prepared: Prepared | None = None
     forwarded: Future[Forwarded | None] | None = None  # the model's results, on their way
+    consumed: float = field(default_factory=time.perf_counter)  # when its records came
 
 
 @dataclass
@@ -283,6 +284,7 @@ class ShadowWorker:
         if n_err:
             self.metrics.events.labels(cid, "error").inc(n_err)
         self._done.update(batch.ends)
+        self.metrics.batch_latency.observe(time.perf_counter() - batch.consumed)
 
     def _produce(self, produce: Any, topic: str, value: bytes, key: bytes | None,
                  partition: int = -1) -> None:

@@ -89,6 +89,11 @@ def test_outputs_match_the_models_own_answers_on_the_requests_partition(
     assert 'shadow_worker_events_total{candidate="cand-a",outcome="answered"} 500.0' in text
     assert 'shadow_worker_batch_size_count{candidate="cand-a"}' in text
     assert 'shadow_worker_inference_seconds_bucket{candidate="cand-a",le="0.001"}' in text
+    # Each batch's latency, consumed to produced, as a histogram with its batches counted.
+    [batches] = [float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith('shadow_worker_batch_seconds_count{candidate="cand-a"}')]
+    assert batches >= 1
+    assert 'shadow_worker_batch_seconds_bucket{candidate="cand-a",le="10.0"}' in text
     assert 'shadow_worker_consumer_lag{candidate="cand-a",partition="0"} 0.0' in text
     assert "shadow_worker_events_per_second" in text
     got = _outputs(pipeline, stack.kafka_bootstrap, 500)
