@@ -37,7 +37,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -54,6 +54,7 @@ from shadow.offline.replay import (
     ReplayCandidate,
     ReplayResult,
     _Run,
+    batches,
     replay_config,
 )
 from shadow.runtime.config import tune_collector
@@ -263,7 +264,7 @@ def replay_jobs(messages: Iterable[RecordedMessage], candidates: Sequence[Replay
     sys.setswitchinterval(0.0005)
     try:
         parent = _Parent(core, workers, jobs, closer)
-        for chunk in _chunks(messages, batch):
+        for chunk in batches(messages, batch):
             parent.step(chunk)
             if progress:
                 progress(parent.messages)
@@ -404,15 +405,3 @@ def _totals(run: _Run, runs: list[dict[str, Any]]) -> None:
         for cid, heap in r["top"].items():
             for score, rid, where, row in heap:
                 run.top[cid].offer(score, rid, tuple(where), row)
-
-
-def _chunks(messages: Iterable[RecordedMessage], size: int) -> Iterator[list[RecordedMessage]]:
-    chunk: list[RecordedMessage] = []
-    for m in messages:
-        chunk.append(m)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -141,21 +141,40 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
     tune_collector()  # as the worker and the join: a window's entries live long
     run = _Run(core, candidates, top, keep_pairs, latency)
     t0 = time.perf_counter()
-    pending: list[RecordedMessage] = []
-    for message in messages:
-        pending.append(message)
-        if len(pending) >= batch:
-            run.batch(pending)
-            pending = []
-            if progress:
-                progress(run.messages)
-    run.batch(pending)
+    for chunk in batches(messages, batch):
+        run.batch(chunk)
+        if progress:
+            progress(run.messages)
     run.finish()
     if progress:
         progress(run.messages)
     if run.requests == 0 and run.dead_lettered == 0:
         raise ShadowstreamError("no mirrored requests in the input")
     return run.result(time.perf_counter() - t0, source or {})
+
+
+BATCH_BYTES_PER_MESSAGE = 512
+"""A replay batch ends at ``batch`` messages or ``batch`` x this many bytes of them, whichever
+comes first: records of many events (the mirror's) then make batches of a few hundred
+requests too, not of tens of thousands (measured: 18k against 22k requests/s with records of
+20 events). Bytes, not events: the process that feeds ``--jobs`` cuts the same batches
+without decoding."""
+
+
+def batches(messages: Iterable[RecordedMessage], size: int
+            ) -> Iterator[list[RecordedMessage]]:
+    """The recording cut into replay batches (see ``BATCH_BYTES_PER_MESSAGE``)."""
+    budget = size * BATCH_BYTES_PER_MESSAGE
+    chunk: list[RecordedMessage] = []
+    held = 0
+    for m in messages:
+        chunk.append(m)
+        held += len(m.value)
+        if len(chunk) >= size or held >= budget:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
 
 
 def replay_config(join: JoinConfig | None, candidates: Sequence[ReplayCandidate]
