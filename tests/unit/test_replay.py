@@ -282,3 +282,17 @@ def test_replay_evaluates_the_joins_alert_rules_into_its_report() -> None:
     console = Console(record=True, width=200)
     console.print(replay_table(result))
     assert "other on fraud-scorer: alerts firing: disagreement" in console.export_text()
+
+
+def test_a_replay_batch_ends_at_its_messages_or_their_bytes() -> None:
+    from shadow.offline.replay import BATCH_BYTES_PER_MESSAGE, batches
+
+    def message(size: int) -> RecordedMessage:
+        return RecordedMessage("t", 0, 0, T0, None, b"x" * size)
+
+    small = [message(100) for _ in range(10)]
+    assert [len(c) for c in batches(small, 4)] == [4, 4, 2]
+    # Records of many events: the batch ends by bytes, well before 4 of them.
+    big = [message(2 * BATCH_BYTES_PER_MESSAGE) for _ in range(5)]
+    assert [len(c) for c in batches(big, 4)] == [2, 2, 1]
+    assert list(batches([], 4)) == []
