@@ -6,6 +6,7 @@ configuration objects they fill (``JoinConfig``, ``InferenceEngine``), never res
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,22 @@ def pipeline_topic(_ctx: click.Context, _param: click.Parameter, value: str | No
 
     if value in ROLES:
         return settings().topic(value)
+    return value
+
+
+def output_file(_ctx: click.Context, param: click.Parameter, value: Path | None
+                ) -> Path | None:
+    """A file to write: its folder must exist, said before the work rather than after it
+    (a replay of an hour would be lost to a typo in ``--json``)."""
+    if value is None:
+        return None
+    folder = value.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{str(value)!r}: the folder {str(folder)!r} does not exist",
+                                 param=param)
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"{str(value)!r}: the folder {str(folder)!r} is not writable",
+                                 param=param)
     return value
 
 

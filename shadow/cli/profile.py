@@ -25,6 +25,7 @@ def command() -> None:
 @command.command("build")
 @options.time_range()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              callback=options.output_file,
               help="The profile file to write (JSON).")
 @click.option("--bins", type=click.IntRange(2, 10_000), default=100, show_default=True,
               help="Quantile bins per numeric feature.")

@@ -17,6 +17,7 @@ from shadow.cli.common import err_console, kafka, print_json, progress_bar, sett
 @click.option("--partitions", default=None, metavar="P,P,...",
               help="Only these partitions (default: all).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              callback=options.output_file,
               help="The recording to write (zstd JSON lines).")
 @click.option("--force", is_flag=True, help="Overwrite an existing complete recording.")
 @options.json_output()

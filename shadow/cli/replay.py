@@ -48,6 +48,7 @@ def _split(spec: str) -> tuple[str, str]:
 @options.windows()
 @options.rules()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              callback=options.output_file,
               default=None, help="Write the report as JSON (same bytes for the same input, "
                                  "unless --latency).")
 @click.option("--latency", is_flag=True, default=False,
@@ -55,10 +56,12 @@ def _split(spec: str) -> tuple[str, str]:
                    "and the verdict judge candidate latency (against the live latency "
                    "recorded); the report then differs run to run.")
 @click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              callback=options.output_file,
               default=None, help="Write a self-contained HTML report.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes to share the recording's partitions among; the report is the "
-                   "same (see docs/replay.md).")
+              help="Processes to share the recording's partitions among (partition p to job "
+                   "p mod N: more jobs than partitions leave some idle); the report is the "
+                   "same. It pays with more CPUs than jobs (see docs/replay.md).")
 def command(file_: Path | None, topic: str | None, start: str | None, end: str | None,
             candidates: tuple[str, ...], weights: tuple[str, ...], card: tuple[str, ...],
             adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
@@ -129,8 +132,8 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     cpus = os.cpu_count() or 1
     if jobs >= cpus:
         err_console.print(f"--jobs {jobs} on {cpus} CPUs: the jobs share them with the process "
-                          "that reads the recording and closes the windows; expect little "
-                          "gain (see docs/replay.md)", highlight=False)
+                          "that reads the recording and closes the windows, and it is likely "
+                          "slower than one job here (see docs/replay.md)", highlight=False)
     with progress_bar("replaying", total) as progress:
         result = replay(messages, loaded, join=join, batch=max_batch, latency=latency,
                         source=source, progress=progress, jobs=jobs)

@@ -32,8 +32,10 @@ entries of every window cross a pipe (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
+import signal
 import sys
 import threading
 import time
@@ -122,7 +124,14 @@ class _JobCore(JoinCore):
 def _job(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine]]],
          config: JoinConfig, top: int, latency: bool, threads: int) -> None:
     """A job process: batches in, what the parent needs out, until told to finish. What
-    goes wrong is sent as ``{"error": ...}`` (then it stops), not lost with the process."""
+    goes wrong is sent as ``{"error": ...}`` (then it stops), not lost with the process;
+    when the parent is gone (Ctrl-C, an error there), it just ends."""
+    with contextlib.suppress(EOFError, OSError):
+        _serve(conn, loads, config, top, latency, threads)
+
+
+def _serve(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine]]],
+           config: JoinConfig, top: int, latency: bool, threads: int) -> None:
     try:
         torch.set_num_threads(threads)
         candidates = [ReplayCandidate(cid, load()) for cid, load in loads]
@@ -133,10 +142,7 @@ def _job(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine]]
         _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
         return
     while True:
-        try:
-            doc, blob = _receive(conn)
-        except EOFError:  # the parent is gone
-            return
+        doc, blob = _receive(conn)
         last = doc["last"]
         try:
             profiles = {m: Profile.from_dict(p) for m, p in doc["profiles"].items()}
@@ -203,14 +209,23 @@ class _Jobs:
         threads = max(1, torch.get_num_threads() // n)
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
-        for _ in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_job, args=(child, loads, config, top, latency, threads),
-                               daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
+        # Started with Ctrl-C ignored (kept across exec, and Python then installs no
+        # handler): a Ctrl-C while they import torch stops this process, which ends them,
+        # instead of printing a traceback from each.
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for _ in range(n):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_job, daemon=True,
+                                   args=(child, loads, config, top, latency, threads))
+                proc.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(proc)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, before)
 
     def send(self, closes: list[int], profiles: dict[str, Profile],
              messages: list[list[RecordedMessage]], last: bool) -> None:

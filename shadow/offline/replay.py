@@ -75,7 +75,8 @@ class ReplayResult:
     report: dict[str, Any]
     """Deterministic: what ``--json`` writes."""
     timing: dict[str, Any] = field(default_factory=dict)
-    """Wall-clock figures: total seconds, requests/s, per candidate engine time per row."""
+    """Wall-clock figures: total seconds, requests/s (requests, not records), per candidate
+    engine time per row."""
     pairs: list[DivergencePair] = field(default_factory=list)
     """Every pair, when asked for (``keep_pairs``)."""
 
@@ -285,7 +286,7 @@ class _Run:
 
     def result(self, seconds: float, source: dict[str, Any]) -> ReplayResult:
         timing = {"seconds": seconds,
-                  "requests_per_s": self.messages / seconds if seconds else 0.0,
+                  "requests_per_s": self.requests / seconds if seconds else 0.0,
                   "candidates": {c.candidate_id: {
                       "engine_seconds": self.engine_s[c.candidate_id],
                       "ms_per_request": 1000 * self.engine_s[c.candidate_id]

@@ -281,6 +281,15 @@ def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
         (("topics",), "error: `shadow topics` needs a command: create, delete, list"),
         (("topics", "creat"), "error: No such command 'creat'; did you mean 'create'?"),
         (("worker", "--gpu"), "error: No such option: --gpu; did you mean --group?"),
+        # Said before an hour of replay, not after it (with a traceback).
+        (("replay", "--file", __file__, "--candidate", "x", "--json", "/nonexistent/r.json"),
+         "error: Invalid value for '--json': '/nonexistent/r.json': the folder '/nonexistent' "
+         "does not exist"),
+        (("record", "--topic", "t", "--from", "beginning", "--to", "end", "-o",
+          "/nonexistent/x.zst"), "error: Invalid value for '-o' / '--output': "
+                                  "'/nonexistent/x.zst': the folder '/nonexistent' does not exist"),
+        (("replay", "--file", __file__, "--candidate", "x", "--jobs", "0"),
+         "error: Invalid value for '--jobs': 0 is not in the range x>=1."),
     ]:
         run = _cli(*args, cwd=tmp_path)
         assert run.returncode == 2 and run.stderr.strip().splitlines()[0].startswith(start), \

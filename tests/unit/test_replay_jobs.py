@@ -68,6 +68,10 @@ def test_jobs_give_the_report_of_one_process_to_the_byte() -> None:
     assert report["candidates"]["broken"]["errors"]["count"] > 0
     for jobs in (2, 3):
         assert replayed(messages, jobs).json_bytes() == one.json_bytes(), jobs
+    # The rate is of requests (a batch record holds several), as the terminal says.
+    assert report["messages"] < report["requests"]
+    assert one.timing["requests_per_s"] == pytest.approx(
+        report["requests"] / one.timing["seconds"])
 
 
 def test_jobs_refuse_what_they_cannot_do() -> None:
