@@ -136,7 +136,7 @@ def _serve(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine
         torch.set_num_threads(threads)
         candidates = [ReplayCandidate(cid, load()) for cid, load in loads]
         core = _JobCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
-        tune_collector()
+        tune_collector(middle=1000)
         run = _Run(core, candidates, top, False, latency)
     except Exception as exc:
         _send(conn, {"error": f"{type(exc).__name__}: {exc}"})

@@ -139,7 +139,7 @@ def replay(messages: Iterable[RecordedMessage], candidates: Sequence[ReplayCandi
                            source=source, progress=progress, latency=latency)
     config = replay_config(join, candidates)
     core = JoinCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
-    tune_collector()  # as the worker and the join: a window's entries live long
+    tune_collector(middle=1000)  # as the worker; a window's entries live long
     run = _Run(core, candidates, top, keep_pairs, latency)
     t0 = time.perf_counter()
     for chunk in batches(messages, batch):
