@@ -102,40 +102,15 @@ class WindowAggregate:
 
     def add(self, entry: Mapping[str, Any], candidate: str, profile: Profile | None) -> bool:
         """Count one request entry for one candidate; False when it is not this candidate's.
-        (``aggregate`` counts a window's entries at once, to the same numbers.)"""
+        (``aggregate`` counts a window's entries at once, with the same rules.)"""
         live = entry.get("live")
         answer = entry.get("c", {}).get(candidate)
-        if "dl" in entry:  # the request itself could not be decoded
-            self.requests += 1
-            self.dead_lettered += 1
-            return True
-        if live is None and answer is None:
+        dead = "dl" in entry
+        if not dead and live is None and answer is None:
             return False
-        self.requests += 1
-        if live is not None:
-            self.live_latency.add(live["lat"])
-            if profile is not None:
-                profile.observe(self.histograms, live.get("f", {}))
-        if answer is not None:
-            self.candidate_latency.add(answer["lat"])
-            if profile is not None and "f" in answer:
-                profile.observe(self.histograms, answer["f"], _reference_name)
-        if live is None:
-            self.unmatched_live += 1
-        elif answer is None:
-            self.unmatched_shadow += 1
-        elif "dl" in answer:
-            self.dead_lettered += 1
-        else:
-            self.pairs += 1
-            self.candidate_errors += answer.get("err") is not None
-            result = answer.get("r")
-            if result is not None:
-                self.compared += 1
-                self.disagreements += bool(result["d"])
-                self.divergence.add(result["s"])
-                for k, v in result["m"].items():
-                    self.metric_sums[k] = self.metric_sums.get(k, 0.0) + v
+        one = _Gathered()
+        one.take(dead, live, answer)
+        self.merge(one.aggregate(profile))
         return True
 
     def merge(self, other: WindowAggregate) -> WindowAggregate:
