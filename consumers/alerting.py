@@ -27,6 +27,7 @@ from consumers.rules import (
     ALL_CANDIDATES,
     Rule,
     RuleSet,
+    control_rate,
     counts,
     evidence_step,
     metric_feature,
@@ -55,11 +56,22 @@ class RuleState:
 
 def _measured(rule: Rule, value: float, s: WindowSummary) -> str:
     """What the alert says was measured: the metric's value, or a cusum rule's evidence."""
+    over = (f" over the control {s.control.candidate}"
+            if s.control is not None and _judges_divergence(rule) else "")
     if rule.test != "cusum":
-        return f"{rule.metric} = {value:.4g}"
+        return f"{rule.metric}{over} = {value:.4g}"
     k, n = counts(s, rule.metric) or (0, 0)
     return (f"{rule.metric}: evidence {value:.3g} nats that it is {rule.target:g} rather than "
-            f"{rule.baseline:g} (this window {k}/{n})")
+            f"{rule.baseline:g}{over} (this window {k}/{n})")
+
+
+def _judges_divergence(rule: Rule) -> bool:
+    return rule.metric == "disagreement_rate" or rule.metric.startswith("divergence.")
+
+
+def _over(floor: float, excess: float) -> float:
+    """A rate ``excess`` above the control's ``floor``, kept inside (0, 1) for the LLR."""
+    return min(max(floor + excess, 1e-6), 1 - 1e-6)
 
 
 def alert_id(model: str, candidate: str, rule: str, window_start: int, state: str) -> str:
@@ -96,7 +108,11 @@ class AlertMachine:
             return None
         k, n = found
         assert rule.baseline is not None and rule.target is not None  # checked by Rule
-        st.evidence = max(0.0, st.evidence + evidence_step(k, n, rule.baseline, rule.target))
+        baseline, target = rule.baseline, rule.target
+        floor = control_rate(s, rule.metric)
+        if floor is not None:  # an excess over the control's rate in the same window
+            baseline, target = _over(floor, baseline), _over(floor, target)
+        st.evidence = max(0.0, st.evidence + evidence_step(k, n, baseline, target))
         return st.evidence
 
     def severity(self, model: str, candidate: str, rule: str) -> str:
@@ -112,6 +128,8 @@ class AlertMachine:
         for rule in self.rules.for_pair(summary.model, summary.candidate):
             # A model's rule is judged on the first candidate's summary of a window; the
             # other candidates' summaries of that window are then "seen before".
+            if summary.is_control and rule.scope != "model" and _judges_divergence(rule):
+                continue  # a control's divergence is the noise floor, not a fault
             candidate = ALL_CANDIDATES if rule.scope == "model" else summary.candidate
             key = f"{summary.model}|{candidate}|{rule.name}"
             doc = self.states.get(key)

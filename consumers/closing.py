@@ -17,7 +17,7 @@ import orjson
 
 from consumers.entries import ALERTS_KEY, META_KEY, OUTBOX_KEY, Outgoing, Role, request_of
 from consumers.state import JoinState
-from consumers.windows import aggregate, window_start
+from consumers.windows import aggregate, window_start, with_controls
 from schemas import Alert, WindowSummary, encode
 
 __all__ = ["PART_SCHEMA", "PROGRESS_SCHEMA", "WindowClosing"]
@@ -50,8 +50,9 @@ class WindowClosing(JoinState):
         aggs = aggregate((e for _, e in entries), self.candidates, self.config.window_ms,
                          self.profiles)
         now = now_ms if now_ms is not None else self.clock()
-        return [aggs[k].summary(k, self.config.window_ms, self.profiles.get(k.model), now)
-                for k in sorted(aggs, key=lambda k: k.sort_key())]
+        return with_controls([aggs[k].summary(k, self.config.window_ms,
+                                              self.profiles.get(k.model), now)
+                              for k in sorted(aggs, key=lambda k: k.sort_key())])
 
     @staticmethod
     def exemplars(entries: list[tuple[str, dict[str, Any]]], k: int = 10

@@ -3,7 +3,9 @@
 A :class:`Profile` holds, per feature, the reference's binning: for a numeric feature the
 edges of ``bins`` quantile bins of the reference sample (bins are ``(e[i-1], e[i]]``, with an
 open bin below the first edge and above the last), for a categorical one its categories (the
-most frequent ``max_categories``, the rest pooled as ``OTHER``). A window keeps a
+most frequent ``max_categories``, the rest pooled as ``OTHER``; a text feature with more
+distinct values than that and than half its reference, such as an id or a free-text message,
+is not watched: a window's values would be new whatever happens). A window keeps a
 :class:`Histogram` on the same bins: counts, and for numeric bins the least and greatest value
 seen, so histograms of partitions, workers and windows merge by addition.
 
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -310,8 +312,12 @@ class Profile:
                 sample: list[float | str] = list(numbers)
             else:
                 labels = [v for v in vs if isinstance(v, str)]
-                freq = sorted({c: labels.count(c) for c in set(labels)}.items(),
-                              key=lambda kv: (-kv[1], kv[0]))
+                counted = Counter(labels)
+                if len(counted) > max_categories and 2 * len(counted) > len(labels):
+                    # Mostly distinct (ids, free text): a window would hold values the
+                    # reference never saw, which is no drift. Not watched.
+                    continue
+                freq = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
                 cats = tuple(c for c, _ in freq[:max_categories])
                 fp = FeatureProfile(name, "categorical", categories=cats)
                 sample = list(labels)

@@ -234,6 +234,8 @@ class JoinCore(WindowClosing):
                                   "f": output_features(output, "candidate")}
         if output is not None:
             answer["o"] = output
+        if o.get("control"):
+            answer["ctl"] = True  # kept with the entry: a restart knows its controls again
         entry["c"][cand] = answer
         if "live" in entry:
             self._pair(rid, entry, cand, answer, out, pairs)

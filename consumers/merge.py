@@ -38,7 +38,7 @@ from consumers.closing import PART_SCHEMA, PROGRESS_SCHEMA
 from consumers.drift import Profile
 from consumers.entries import Outgoing, Role, drop_at, put_at
 from consumers.rules import RuleSet
-from consumers.windows import WindowAggregate, WindowKey
+from consumers.windows import WindowAggregate, WindowKey, with_controls
 from schemas import ShadowstreamError, WindowSummary, encode
 
 __all__ = ["MergeConfig", "MergeCore", "MergeError", "MergeStats", "check_peers"]
@@ -242,6 +242,7 @@ class MergeCore:
                    "top": [list(r) for r in top]}
             out.append(Outgoing(Role.EXEMPLARS, f"{model}/{cand}".encode(), orjson.dumps(doc),
                                 record=doc))
+        summaries = with_controls(summaries)
         for summary in summaries:
             out.append(Outgoing(Role.WINDOWS, f"{summary.model}/{summary.candidate}".encode(),
                                 encode(summary), start, summary))

@@ -24,7 +24,13 @@ the features that match, e.g. ``drift.inputs.*.psi`` over the inputs, ``drift.*.
 feature; the alert names the feature; ``drift.<pattern>.p`` is the tests' p-values corrected
 for testing the features at once), and the derived
 ``unmatched_rate`` ((unmatched_live + unmatched_shadow) / requests), ``candidate_error_rate``
-(candidate_errors / pairs) and ``dead_letter_rate``.
+(candidate_errors / pairs) and ``dead_letter_rate``. A JSON model's ``divergence.mean_field:<path>``
+is the rate at which one field differed (``divergence.mean_field:$.status``).
+
+With a control (a candidate flagged ``control``: a second copy of the live model),
+``disagreement_rate`` and ``divergence.<name>`` are the candidate's excess over the control's
+in the same window, and a ``cusum`` rule's baseline and target are read as excesses over the
+control's rate: only divergence beyond the live model's own variability counts.
 
 ``direction`` says which way is bad: ``up`` (comparison ``>`` or ``>=``, clear threshold at or
 below the threshold), ``down`` (``<``/``<=``, clear threshold at or above), or ``both`` (the
@@ -49,7 +55,7 @@ from schemas.exceptions import ConfigError, closest, refuse_unknown
 from schemas.records import LatencySummary
 
 __all__ = ["ALL_CANDIDATES", "COUNTED", "DEFAULT_RULES", "Rule", "RuleError", "RuleSet",
-           "counts", "evidence_step", "metric_feature", "metric_value"]
+           "control_rate", "counts", "evidence_step", "metric_feature", "metric_value"]
 
 Comparison = Literal[">", ">=", "<", "<="]
 Direction = Literal["up", "down", "both"]
@@ -237,6 +243,8 @@ def _check_metric(rule: str, metric: str) -> None:
                               f"divergence.<q>, latency.<name>, drift.<feature>.<stat>, "
                               f"drift.*.<stat> or one of {list(_DERIVED)})"
                               + (f"; did you mean {hint!r}?" if hint else ""))
+    if head == "divergence" and name.startswith("mean_field:$"):
+        return  # one JSON field's difference rate (its name is the document's own)
     if name not in names:
         hint = closest(name, names)
         tip = f"; did you mean {metric[:len(metric) - len(name)] + hint!r}?" if hint else ""
@@ -366,12 +374,19 @@ def metric_value(summary: WindowSummary, metric: str, rule: Rule | None = None
         return s.candidate_errors / s.pairs if s.pairs else None
     if metric == "dead_letter_rate":
         return s.dead_lettered / s.requests if s.requests else None
+    if metric == "disagreement_rate" and s.control is not None:
+        return s.control.excess_disagreement_rate  # judged over the noise floor
     if metric in _NUMBERS:
         v = getattr(s, metric)
         return None if v is None else float(v)
     head, _, rest = metric.partition(".")
     if head == "divergence":
-        return s.divergence.get(rest)
+        v = s.divergence.get(rest)
+        if v is None or s.control is None:
+            return v
+        # A field the control's answers never had differed in none of them.
+        floor = s.control.divergence.get(rest, 0.0 if rest.startswith("mean_field:") else None)
+        return None if floor is None else v - floor
     if head == "latency":
         return getattr(s.latency, rest, None)
     if rest.endswith(".p"):
@@ -424,6 +439,15 @@ def _drift_max(s: WindowSummary, rest: str) -> tuple[str, float] | None:
         return None
     v, f = max(values, key=lambda t: (t[0], t[1]))
     return f, v
+
+
+def control_rate(summary: WindowSummary, metric: str) -> float | None:
+    """The control's rate of a counted metric in the window (what a candidate's CUSUM
+    measures its excess over), None without a control."""
+    c = summary.control
+    if metric != "disagreement_rate" or c is None or not c.compared:
+        return None
+    return c.disagreements / c.compared
 
 
 def counts(summary: WindowSummary, metric: str) -> tuple[int, int] | None:

@@ -6,6 +6,9 @@ In the manner of Kayenta's canary judge, with the error control a release gate n
   pooled over the windows and judged by its confidence interval (Clopper-Pearson, or Wilson)
   against its limit: *fail* when the interval lies above the limit, *pass* when it lies below,
   *inconclusive* when it straddles it (at the limit a mean alone is a coin flip);
+- with a control (a second copy of the live model, its windows beside the candidate's), the
+  disagreement rate judged is the candidate's excess over the control's, by Newcombe's
+  interval of the difference: the live model's own variability is not held against it;
 - another one-sided metric (the candidate's answers' PSI against the live answers) by the
   t-interval of its per-window mean, the same way;
 - a metric with a live counterpart (latency) by a two-sided Mann-Whitney U test of the
@@ -76,6 +79,13 @@ def _disagreements(w: Window) -> tuple[int, int] | None:
     # candidate error is compared.
     n = int(w.get("pairs", 0)) - int(w.get("candidate_errors", 0))
     return round(rate * n), n
+
+
+def _control_disagreements(w: Window) -> tuple[int, int] | None:
+    c = w.get("control")
+    if not isinstance(c, Mapping) or not c.get("compared"):
+        return None
+    return int(c["disagreements"]), int(c["compared"])
 
 
 def _errors(w: Window) -> tuple[int, int] | None:
@@ -287,6 +297,9 @@ def _check(m: MetricCheck, windows: Sequence[Window], alpha: float, method: str,
         if not n:
             return MetricResult(m.metric, "no data", m.critical, f"{where}: no values",
                                 scope=scope, windows=len(windows))
+        control = _pooled_control(m, windows)
+        if control is not None:
+            return _excess(m, (k, n), control, alpha, method, scope, where, level, windows)
         lo, hi = rate_interval(k, n, alpha, method)
         outcome = _judged(lo, hi, m)
         reason = (f"{where}: {k:,}/{n:,} = {_pct(k / n)}, {level} interval {_pct(lo)} to "
@@ -344,6 +357,46 @@ def _one_sided(m: MetricCheck) -> bool:
 def _pooled(m: MetricCheck, windows: Sequence[Window]) -> tuple[int, int]:
     counted = [c for w in windows if (c := COUNTS[m.metric](w)) is not None]
     return sum(c[0] for c in counted), sum(c[1] for c in counted)
+
+
+def _pooled_control(m: MetricCheck, windows: Sequence[Window]
+                    ) -> tuple[str, int, int] | None:
+    """The control's pooled (name, disagreements, compared) over the windows where both
+    were compared, None without a control."""
+    if m.metric != "disagreement_rate":
+        return None
+    counted = [(c, w["control"]["candidate"]) for w in windows
+               if (c := _control_disagreements(w)) is not None]
+    if not counted:
+        return None
+    return (counted[0][1], sum(c[0] for c, _ in counted), sum(c[1] for c, _ in counted))
+
+
+def _excess(m: MetricCheck, cand: tuple[int, int], control: tuple[str, int, int],
+            alpha: float, method: str, scope: Scope, where: str, level: str,
+            windows: Sequence[Window]) -> MetricResult:
+    """The candidate's rate minus the control's, by Newcombe's hybrid score interval of a
+    difference of two proportions (each side's own interval, Clopper-Pearson or Wilson,
+    combined), judged against the limit as a rate is: what the live model's own
+    variability makes the control disagree is not held against the candidate."""
+    (k1, n1), (name, k0, n0) = cand, control
+    p1, p0 = k1 / n1, k0 / n0
+    l1, u1 = rate_interval(k1, n1, alpha, method)
+    l0, u0 = rate_interval(k0, n0, alpha, method)
+    d = p1 - p0
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    outcome = _judged(lo, hi, m)
+    reason = (f"{where}: {_pct(p1)} against the control {name}'s {_pct(p0)} "
+              f"({k1:,}/{n1:,} and {k0:,}/{n0:,}), excess {_signed_pct(d)}, {level} interval "
+              f"{_signed_pct(lo)} to {_signed_pct(hi)}, {_relation(outcome, m)} the limit "
+              f"{_pct(m.limit)}")
+    return MetricResult(m.metric, outcome, m.critical, reason, d, p0, scope=scope,
+                        windows=len(windows), interval=(lo, hi))
+
+
+def _signed_pct(x: float) -> str:
+    return f"{100 * x:+.4g} %"
 
 
 def _since_change(m: MetricCheck, windows: Sequence[Window], alpha: float, method: str,

@@ -19,12 +19,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers.compare import json_leaves, text_tokens
 from consumers.drift import Histogram, Profile, drift, feature_names, features_of
 from consumers.sketch import QuantileSketch
 from schemas import WindowSummary
+from schemas.records import ControlSummary
 
 __all__ = ["WindowAggregate", "WindowKey", "aggregate", "output_features", "request_features",
-           "top1_as_live", "window_start"]
+           "top1_as_live", "window_start", "with_controls"]
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 SKETCH_ACCURACY = 0.01
@@ -38,13 +40,21 @@ def output_features(output: Mapping[str, Any] | None,
                     prefix: str = "") -> dict[str, float | str]:
     """What drift watches in an answer: one or two numbers or labels per output kind, named
     ``<prefix>.<name>`` (``prefix`` "output" for the live answer, "candidate" for a
-    candidate's)."""
+    candidate's). A text: its length in words (``tokens``) and characters (``chars``), and
+    whether it is empty (``empty``, "true" or "false": its rate is what a test compares); a
+    JSON document: its number of fields (``fields``)."""
     if not output:
         return {}
     kind, value = output.get("kind"), output.get("value")
     names = feature_names(prefix)
     if kind == "scalar":
         return {names["value"]: float(value)}  # type: ignore[arg-type]
+    if kind == "text":
+        text = value if isinstance(value, str) else ""
+        return {names["tokens"]: float(len(text_tokens(text))), names["chars"]: float(len(text)),
+                names["empty"]: "true" if not text.strip() else "false"}
+    if kind == "json":
+        return {names["fields"]: float(json_leaves(value))}
     if not isinstance(value, list) or not value:
         return {}
     if kind == "probs":
@@ -99,6 +109,8 @@ class WindowAggregate:
     candidate_latency: QuantileSketch = field(
         default_factory=lambda: QuantileSketch(SKETCH_ACCURACY))
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    control: bool = False
+    """The candidate is a control (its answers said so)."""
 
     def add(self, entry: Mapping[str, Any], candidate: str, profile: Profile | None) -> bool:
         """Count one request entry for one candidate; False when it is not this candidate's.
@@ -117,6 +129,7 @@ class WindowAggregate:
         for name in ("requests", "pairs", "unmatched_live", "unmatched_shadow", "dead_lettered",
                      "candidate_errors", "compared", "disagreements"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.control = self.control or other.control
         for k, v in other.metric_sums.items():
             self.metric_sums[k] = self.metric_sums.get(k, 0.0) + v
         self.divergence.merge(other.divergence)
@@ -158,6 +171,7 @@ class WindowAggregate:
             "drift": self._drift(profile, undefined),
             "undefined_statistics": len(undefined) + _drop_non_finite(div),
             "state": self.to_state(),
+            "is_control": True if self.control else None,
         })
 
     def _drift(self, profile: Profile | None, undefined: list[str]
@@ -181,7 +195,8 @@ class WindowAggregate:
         return out
 
     def to_state(self) -> dict[str, Any]:
-        return {"requests": self.requests, "pairs": self.pairs,
+        control = {"control": True} if self.control else {}
+        return {**control, "requests": self.requests, "pairs": self.pairs,
                 "unmatched_live": self.unmatched_live, "unmatched_shadow": self.unmatched_shadow,
                 "dead_lettered": self.dead_lettered, "candidate_errors": self.candidate_errors,
                 "compared": self.compared, "disagreements": self.disagreements,
@@ -196,6 +211,7 @@ class WindowAggregate:
                                          "unmatched_shadow", "dead_lettered",
                                          "candidate_errors", "compared", "disagreements")})
         agg.metric_sums = dict(doc["metric_sums"])
+        agg.control = bool(doc.get("control", False))
         agg.divergence = QuantileSketch.from_dict(doc["divergence"])
         agg.live_latency = QuantileSketch.from_dict(doc["live_latency"])
         agg.candidate_latency = QuantileSketch.from_dict(doc["candidate_latency"])
@@ -282,13 +298,14 @@ class _Gathered:
     """One window key's entries as ``WindowAggregate.add`` counts them, its values kept in
     columns to be sketched and binned at once (``aggregate``)."""
 
-    __slots__ = ("candidate_errors", "candidate_latency", "candidate_rows", "dead_lettered",
-                 "live_latency", "live_rows", "pairs", "requests", "results",
+    __slots__ = ("candidate_errors", "candidate_latency", "candidate_rows", "control",
+                 "dead_lettered", "live_latency", "live_rows", "pairs", "requests", "results",
                  "unmatched_live", "unmatched_shadow")
 
     def __init__(self) -> None:
         self.requests = self.pairs = self.unmatched_live = self.unmatched_shadow = 0
         self.dead_lettered = self.candidate_errors = 0
+        self.control = False
         self.live_latency: list[float] = []
         self.candidate_latency: list[float] = []
         self.live_rows: list[Mapping[str, float | str]] = []
@@ -305,6 +322,8 @@ class _Gathered:
             self.live_latency.append(live["lat"])
             self.live_rows.append(live.get("f", {}))
         if answer is not None:
+            if "ctl" in answer:
+                self.control = True
             self.candidate_latency.append(answer["lat"])
             if "f" in answer:
                 self.candidate_rows.append(answer["f"])
@@ -327,6 +346,7 @@ class _Gathered:
                               self.unmatched_shadow, self.dead_lettered,
                               self.candidate_errors, len(results),
                               sum(bool(r["d"]) for r in results))
+        agg.control = self.control
         agg.live_latency.extend(self.live_latency)
         agg.candidate_latency.extend(self.candidate_latency)
         agg.divergence.extend([r["s"] for r in results])
@@ -340,3 +360,32 @@ class _Gathered:
         return agg
 
 
+
+
+def with_controls(summaries: list[WindowSummary]) -> list[WindowSummary]:
+    """Each candidate's summary with its model's control beside it (the control's summary
+    of the same window and segment), when the model has one: what rules and verdicts judge
+    the candidate's excess by. A model with several controls is compared with the first by
+    name; without one, the summaries are returned as they are."""
+    controls: dict[tuple[str, int, str | None], WindowSummary] = {}
+    for s in sorted(summaries, key=lambda s: s.candidate):
+        if s.is_control:
+            controls.setdefault((s.model, s.window_start, s.segment), s)
+    if not controls:
+        return summaries
+    out = []
+    for s in summaries:
+        c = controls.get((s.model, s.window_start, s.segment))
+        if c is None or s.is_control:
+            out.append(s)
+            continue
+        state = c.state or {}
+        excess = (s.disagreement_rate - c.disagreement_rate
+                  if s.disagreement_rate is not None and c.disagreement_rate is not None
+                  else None)
+        out.append(s.model_copy(update={"control": ControlSummary(
+            candidate=c.candidate, compared=int(state.get("compared", 0)),
+            disagreements=int(state.get("disagreements", 0)),
+            disagreement_rate=c.disagreement_rate, excess_disagreement_rate=excess,
+            divergence=dict(c.divergence))}))
+    return out

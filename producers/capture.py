@@ -147,6 +147,15 @@ class _HttpCapture:
         self.extract = extract or _default_extract(output_field)
         self.max_body_bytes = max_body_bytes
 
+    def _response(self, body: bytes) -> Any:
+        try:
+            return _json(body)
+        except orjson.JSONDecodeError:
+            # A text model's service may answer plain text: mirrored as the text it is.
+            if _mirror_of(self.mirror).config.output_kind == "text":
+                return body.decode("utf-8", "replace")
+            raise
+
     def wanted(self, method: str, path: str) -> bool:
         return method.upper() in self.methods and (self.paths is None or path in self.paths)
 
@@ -155,7 +164,8 @@ class _HttpCapture:
         latency_ms = (time.perf_counter() - t0) * 1000
         try:
             request_json = _json(req)
-            response_json = _json(resp) if exc is None and status and status < 400 else None
+            response_json = (self._response(resp) if exc is None and status and status < 400
+                             else None)
             ins, out = self.extract(request_json, response_json)
         except Exception as err:
             _count_capture_failure(self.mirror, err)

@@ -30,7 +30,8 @@ class MirrorConfig(BaseModel):
     live_version: str = "live"
     """Version of the production model, recorded with each answer."""
     output_kind: OutputKind = "scalar"
-    """How the model's answers are compared: scalar, vector, probs, scores, embedding."""
+    """How the model's answers are compared: scalar, vector, probs, scores, embedding, text,
+    json."""
     topic: str = Field(default_factory=lambda: topic_name(env_prefix(), "requests"))
     """The requests topic: ``<SHADOW_TOPIC_PREFIX>.requests`` (``shadow.requests`` when the
     variable is unset), as the pipeline's own processes name it."""

@@ -64,11 +64,23 @@ def _output_problem(out: Mapping[str, Any]) -> str | None:
     if kind == "scalar":
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"a scalar answer must be a number, got {value!r:.80}"
+    elif kind == "text":
+        if not isinstance(value, str):
+            return f"a text answer must be a string, got {value!r:.80}"
+    elif kind == "json":
+        if not isinstance(value, dict | list):
+            return f"a json answer must be a JSON object or array, got {value!r:.80}"
     elif not isinstance(value, list) or not value or isinstance(value[0], bool) \
             or not isinstance(value[0], int | float):
         return (f"a {kind} answer must be a non-empty list of numbers, got {value!r:.80} "
                 f"(MirrorConfig.output_kind is {kind!r})")
     return None
+
+
+def _is_wire_output(out: Mapping[str, Any]) -> bool:
+    """``{"kind": ..., "value": ...}`` as the contract writes an answer (a JSON service's own
+    document is anything else)."""
+    return set(out) <= {"kind", "value", "labels", "items"} and out.get("kind") in OUTPUT_KINDS
 
 
 class Mirror:
@@ -327,6 +339,8 @@ class Mirror:
 
     def _output(self, output: Any) -> dict[str, Any]:
         if isinstance(output, Mapping):
+            if self._output_kind == "json" and not _is_wire_output(output):
+                return {"kind": "json", "value": dict(output)}  # the service's document
             return dict(output)
         if hasattr(output, "tolist"):  # numpy arrays, torch tensors
             output = output.tolist()

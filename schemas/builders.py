@@ -14,8 +14,10 @@ _MAX_TEXT = 256  # a reason, request id or model name longer than this is cut
 
 
 def shadow_output(request_id: str, model: str, ts: int, candidate: str, output: Any,
-                  latency_ms: float, error: str | None = None) -> dict[str, Any]:
-    """A ``shadow.output/1`` document: a candidate's answer (or error) to one request."""
+                  latency_ms: float, error: str | None = None, control: bool = False
+                  ) -> dict[str, Any]:
+    """A ``shadow.output/1`` document: a candidate's answer (or error) to one request;
+    ``control`` for a control's (a second copy of the live model)."""
     doc: dict[str, Any] = {"schema": ShadowOutput.SCHEMA, "request_id": request_id,
                            "model": model, "ts": ts, "candidate": candidate,
                            "latency_ms": latency_ms}
@@ -23,6 +25,8 @@ def shadow_output(request_id: str, model: str, ts: int, candidate: str, output: 
         doc["output"] = output
     if error is not None:
         doc["error"] = error
+    if control:
+        doc["control"] = True
     return doc
 
 

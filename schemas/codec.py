@@ -168,7 +168,7 @@ def as_output(doc: Any) -> dict[str, Any]:
             and _name(doc.get("request_id")) and _name(doc.get("model"))
             and _epoch(doc.get("ts")) and _name(doc.get("candidate"))
             and _millis(doc.get("latency_ms")) and _answer(doc.get("output"))
-            and _optional_str(doc.get("error"))):
+            and _optional_str(doc.get("error")) and _optional_bool(doc.get("control"))):
         return doc
     return _validate(doc, ShadowOutput).model_dump(by_alias=True, exclude_none=True)
 
@@ -186,6 +186,10 @@ def _epoch(v: Any) -> bool:
 
 def _millis(v: Any) -> bool:
     return type(v) in _NUMBER and 0 <= v < math.inf
+
+
+def _optional_bool(v: Any) -> bool:
+    return v is None or type(v) is bool
 
 
 def _optional_str(v: Any) -> bool:
@@ -216,6 +220,11 @@ def _answer(o: Any) -> bool:
         return False
     if kind == "scalar":
         return type(value) in _NUMBER and -math.inf < value < math.inf
+    if kind == "text":
+        return type(value) is str and len(value) <= 1_000_000
+    if kind == "json":
+        # Nested values are JSON already (orjson decoded them); the typed record says no more.
+        return type(value) is dict or type(value) is list
     return _numbers(value) and _strings(o.get("labels")) and _strings(o.get("items"))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
-OutputKind = Literal["scalar", "vector", "probs", "scores", "embedding"]
+OutputKind = Literal["scalar", "vector", "probs", "scores", "embedding", "text", "json"]
 OUTPUT_KINDS: frozenset[str] = frozenset(get_args(OutputKind))
 """The output kinds, for checks that do not go through the typed records."""
 AlertState = Literal["ok", "pending", "firing", "resolved"]
@@ -66,8 +66,31 @@ class EmbeddingOutput(BaseModel):
     value: Numbers
 
 
+def _json_document(value: Any) -> Any:
+    if not isinstance(value, dict | list):
+        raise ValueError("must be a JSON object or array")
+    return value
+
+
+class TextOutput(BaseModel):
+    """A generated text (compared after a documented normalisation, see consumers.compare)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+    kind: Literal["text"] = "text"
+    value: Annotated[str, Field(max_length=1_000_000)]
+
+
+class JsonOutput(BaseModel):
+    """A JSON document (an object or an array), compared field by field by JSON path."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+    kind: Literal["json"] = "json"
+    value: Annotated[Any, AfterValidator(_json_document)]
+
+
 ModelOutput = Annotated[
-    ScalarOutput | VectorOutput | ProbsOutput | ScoresOutput | EmbeddingOutput,
+    ScalarOutput | VectorOutput | ProbsOutput | ScoresOutput | EmbeddingOutput | TextOutput
+    | JsonOutput,
     Field(discriminator="kind"),
 ]
 
@@ -114,6 +137,9 @@ class ShadowOutput(_Record):
     output: ModelOutput | None = None
     latency_ms: Millis
     error: str | None = None
+    control: StrictBool | None = None
+    """True for a control: a second copy of the live model, whose divergence from live is the noise
+    floor the other candidates of the model are judged against."""
 
 
 class DivergencePair(_Record):
@@ -144,6 +170,22 @@ class LatencySummary(BaseModel):
     candidate_p99: float | None = None
 
 
+class ControlSummary(BaseModel):
+    """The control's numbers in the same window (and segment), beside a candidate's: the
+    noise floor its divergence is judged against."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+    candidate: NonEmptyStr
+    """The control's name."""
+    compared: Annotated[int, Field(ge=0)]
+    disagreements: Annotated[int, Field(ge=0)]
+    disagreement_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    excess_disagreement_rate: Annotated[float, Field(ge=-1, le=1)] | None = None
+    """The candidate's disagreement rate minus the control's."""
+    divergence: dict[str, float] = Field(default_factory=dict)
+    """The control's divergence statistics (as the candidate's ``divergence``)."""
+
+
 class WindowSummary(_Record):
     """Everything measured for one closed event-time window of one model and candidate."""
 
@@ -170,6 +212,11 @@ class WindowSummary(_Record):
     """Statistics that could not be computed on this window: left out, never NaN."""
     state: dict[str, Any] | None = None
     """Mergeable counts, sketches and histograms (consumers.windows.WindowAggregate)."""
+    is_control: StrictBool | None = None
+    """True when this candidate is a control (a second copy of the live model)."""
+    control: ControlSummary | None = None
+    """The model's control in the same window, when it has one: rules and verdicts then
+    judge this candidate's excess over it."""
 
 
 class Alert(_Record):

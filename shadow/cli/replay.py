@@ -37,6 +37,10 @@ def _split(spec: str) -> tuple[str, str]:
 @click.option("--candidate", "candidates", multiple=True,
               metavar="[ID=]MODEL", help="A candidate (repeatable): TorchScript, .pt2 or "
                                          "package.module:factory, optionally named ID=...")
+@click.option("--control", "controls", multiple=True, metavar="[ID=]MODEL",
+              help="A control (repeatable, usually once): a second copy of the live model, "
+                   "run beside the candidates. The candidates are then judged on their "
+                   "divergence beyond the control's (docs/generative.md).")
 @options.model_files()
 @click.option("--to-topic", default=None, metavar="T2",
               help="Instead of judging here, re-publish the requests to this topic for the "
@@ -63,7 +67,8 @@ def _split(spec: str) -> tuple[str, str]:
                    "p mod N: more jobs than partitions leave some idle); the report is the "
                    "same. It pays with more CPUs than jobs (see docs/replay.md).")
 def command(file_: Path | None, topic: str | None, start: str | None, end: str | None,
-            candidates: tuple[str, ...], weights: tuple[str, ...], card: tuple[str, ...],
+            candidates: tuple[str, ...], controls: tuple[str, ...], weights: tuple[str, ...],
+            card: tuple[str, ...],
             adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
             dtype: str, max_batch: int, window_s: float, grace_s: float, reference_size: int,
             profile_file: Path | None, tolerances: Path | None, rules_file: Path | None,
@@ -90,8 +95,10 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if file_ is not None and (start is not None or end is not None):
         raise click.UsageError("--from and --to go with --topic; a recording is replayed whole")
     if not candidates and to_topic is None:
-        raise click.UsageError("give at least one --candidate (or --to-topic)")
-    if to_topic is not None and (candidates or json_out or html_out):
+        raise click.UsageError("give at least one --candidate (or --to-topic)"
+                               + (": a --control is judged against nothing alone"
+                                  if controls else ""))
+    if to_topic is not None and (candidates or controls or json_out or html_out):
         raise click.UsageError("--to-topic re-publishes the messages and judges nothing: "
                                "leave out --candidate, --json and --report (or --to-topic)")
     if rate is not None and to_topic is None:
@@ -101,20 +108,21 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if file_ is not None and not file_.is_file():
         raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="'--file'")
     s = settings()
-    specs = [_split(spec) for spec in candidates]
-    ids = [cid for cid, _ in specs]
+    specs = [(*_split(spec), False) for spec in candidates]
+    specs += [(*_split(spec), True) for spec in controls]
+    ids = [cid for cid, _, _ in specs]
     if len(set(ids)) != len(ids):
-        raise click.BadParameter(f"candidate ids must differ: {ids} (name them ID=MODEL)",
-                                 param_hint="'--candidate'")
+        raise click.BadParameter(f"candidate and control ids must differ: {ids} (name them "
+                                 "ID=MODEL)", param_hint="'--candidate'")
     files = options.files_by_candidate(ids, weights, card, adapter) if ids else {}
     join = options.join_config(window_s, grace_s, reference_size, profile_file, tolerances,
                                rules=options.rule_set(rules_file))
     loaded = []
-    for cid, model in specs:
+    for cid, model, control in specs:
         f = files[cid]
         loaded.append(ReplayCandidate.from_spec(
             cid, model, weights=f.weights, card=f.card, adapter=f.adapter, device=device,
-            dtype=dtype, max_batch=max_batch))
+            dtype=dtype, max_batch=max_batch, control=control))
     if topic is not None:
         lo, hi = parse_range(start or "", end or "")
         messages = read_range(s, kafka(s), topic, lo, hi)

@@ -92,7 +92,9 @@ def command(replay_json: Path | None, live: bool, candidate: str | None,
 def _pick(groups: dict[tuple[str, str], list[dict[str, Any]]], model: str | None,
           candidate: str | None) -> tuple[str, str]:
     keys = [k for k in groups if (model is None or k[0] == model)
-            and (candidate is None or k[1] == candidate)]
+            and (candidate is None or k[1] == candidate)
+            # A control is the noise floor: judged only when named.
+            and (candidate is not None or not any(w.get("is_control") for w in groups[k]))]
     if not keys:
         raise ShadowstreamError("no windows for that model and candidate"
                                 f" (have: {', '.join('/'.join(k) for k in groups) or 'none'})")

@@ -82,14 +82,25 @@ def demo_summary(d: dict[str, Any]) -> Group:
     verdict = Text("pipeline behaved as designed", "bold green") if d["ok"] else \
         Text("pipeline did NOT behave as designed: " + "; ".join(d["reasons"]), "bold red")
     table = Table("what", "value", title="summary", title_justify="left")
-    for key in ("seconds", "requests", "pairs", "unmatched", "dead_lettered", "windows",
-                "turn_at", "shift_at", "dropped"):
-        value = d[key]
+    for key in ("scenario", "seconds", "requests", "pairs", "unmatched", "dead_lettered",
+                "windows", "turn_at", "shift_at", "dropped"):
+        value = d.get(key)
+        if value in (None, ""):
+            continue  # turn_at and shift_at are the fraud scenario's
         table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
+    for cid, c in d.get("candidates", {}).items():
+        excess = c.get("excess_over_control")
+        table.add_row(f"{c['role']} {cid}",
+                      f"disagreement {fmt(c.get('disagreement_rate'))}"
+                      + (f", excess over the control {excess:+.3f}" if excess is not None
+                         else "")
+                      + (f", verdict {c['verdict']}" if "verdict" in c else "")
+                      + (", disagreement alert firing" if c.get("disagreement_alert") else ""))
     table.add_row("publish() p50 / p99", f"{d['publish_us']['p50']:.1f} / "
                                          f"{d['publish_us']['p99']:.1f} us")
     for a in d["alerts"]:
-        table.add_row(f"alert {a['rule']}", f"{a['state']} (window ending {a['window_end']}, "
+        who = f" {a['candidate']}" if "candidate" in a else ""
+        table.add_row(f"alert {a['rule']}{who}", f"{a['state']} (window ending {a['window_end']}, "
                                             f"value {fmt(a['value'])})")
     for k, v in d["where"].items():
         table.add_row(f"look in {k}", v)

@@ -50,6 +50,10 @@ def _id(value: str) -> str:
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="A model this candidate shadows (repeatable); requests of other models go "
                    "to dead-letter as unknown. Default: every request.")
+@click.option("--control", is_flag=True,
+              help="This candidate is a control: a second copy of the live model. Its "
+                   "divergence from live is the noise floor; the model's other candidates "
+                   "are judged on their excess over it (docs/generative.md).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="torch intra-op threads for CPU inference (default: torch's choice, one per "
                    "core). Fewer leave cores to Kafka and decoding: on 2 vCPUs one thread "
@@ -57,7 +61,8 @@ def _id(value: str) -> str:
 def command(candidate: str, candidate_id: str, weights: tuple[str, ...],
             card: tuple[str, ...], adapter: tuple[str, ...], device: str, dtype: str,
             max_batch: int, max_wait_ms: float, group: str | None, metrics_port: int | None,
-            session_timeout_ms: int, models: tuple[str, ...], threads: int | None) -> None:
+            session_timeout_ms: int, models: tuple[str, ...], control: bool,
+            threads: int | None) -> None:
     """Run a candidate model on mirrored requests and publish its answers.
 
     Consumes <prefix>.requests in its own consumer group (several candidates shadow the same
@@ -95,13 +100,14 @@ def command(candidate: str, candidate_id: str, weights: tuple[str, ...],
     config = WorkerConfig(candidate_id=candidate_id,
                           max_batch=max_batch, max_wait_ms=max_wait_ms, group=group,
                           metrics_port=metrics_port, session_timeout_ms=session_timeout_ms,
-                          models=models)
+                          models=models, control=control)
     engine = InferenceEngine(loaded, device=device, dtype=dtype, max_batch=max_batch)
     shadow_worker = ShadowWorker(s, bootstrap, config, engine)
     shadow_worker.install_signal_handlers()
     shadow_worker.check_topics()  # a missing topic is the one line, before any banner
     where = f", metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
-    err_console.print(f"worker {candidate_id}: {candidate} on {engine.device} ({dtype}), "
+    role = " (control)" if control else ""
+    err_console.print(f"worker {candidate_id}{role}: {candidate} on {engine.device} ({dtype}), "
                       f"group {config.group_id(s)}, max batch {max_batch}, "
                       f"max wait {max_wait_ms:g} ms{where}", highlight=False)
     labels = {"prefix": s.topic_prefix, "candidate": candidate_id}

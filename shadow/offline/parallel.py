@@ -121,7 +121,7 @@ class _JobCore(JoinCore):
         self.learned.append((self._at, model, features))
 
 
-def _job(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine]]],
+def _job(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine], bool]],
          config: JoinConfig, top: int, latency: bool, threads: int) -> None:
     """A job process: batches in, what the parent needs out, until told to finish. What
     goes wrong is sent as ``{"error": ...}`` (then it stops), not lost with the process;
@@ -130,11 +130,12 @@ def _job(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine]]
         _serve(conn, loads, config, top, latency, threads)
 
 
-def _serve(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine]]],
+def _serve(conn: Connection, loads: list[tuple[str, Callable[[], InferenceEngine], bool]],
            config: JoinConfig, top: int, latency: bool, threads: int) -> None:
     try:
         torch.set_num_threads(threads)
-        candidates = [ReplayCandidate(cid, load()) for cid, load in loads]
+        candidates = [ReplayCandidate(cid, load(), control=control)
+                      for cid, load, control in loads]
         core = _JobCore(config, {}, _REQUESTS, _OUTPUTS, clock=lambda: 0)
         tune_collector(middle=1000)
         run = _Run(core, candidates, top, False, latency)
@@ -203,7 +204,7 @@ class _Jobs:
                 raise ShadowstreamError(
                     f"candidate {c.candidate_id} cannot be loaded in a job process: make it "
                     "with ReplayCandidate.from_spec (or give its load), or use one job")
-            loads.append((c.candidate_id, c.load))
+            loads.append((c.candidate_id, c.load, c.control))
         # Spawned, not forked: a torch that has run here (its thread pools) hangs in a fork.
         ctx = multiprocessing.get_context("spawn")
         threads = max(1, torch.get_num_threads() // n)

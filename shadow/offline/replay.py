@@ -27,9 +27,10 @@ from typing import Any
 
 import orjson
 
+from consumers.compare import Tolerance, json_diff, text_ops
 from consumers.join import JoinConfig, JoinCore, Outgoing
 from consumers.rules import ALL_CANDIDATES
-from consumers.windows import WindowAggregate, WindowKey
+from consumers.windows import WindowAggregate, WindowKey, with_controls
 from schemas import Alert, ConfigError, DivergencePair, WindowSummary
 from schemas.builders import shadow_output
 from shadow.exceptions import ShadowstreamError, reason_key
@@ -50,14 +51,17 @@ class ReplayCandidate:
     load: Callable[[], InferenceEngine] | None = None
     """How another process loads the same engine (picklable, e.g. ``engine_loader``'s):
     what ``replay(jobs=N)`` needs, since a torch model cannot cross a fork safely."""
+    control: bool = False
+    """A control: a second copy of the live model, the other candidates' noise floor."""
 
     @classmethod
-    def from_spec(cls, candidate_id: str, model: str, **engine: Any) -> ReplayCandidate:
+    def from_spec(cls, candidate_id: str, model: str, *, control: bool = False,
+                  **engine: Any) -> ReplayCandidate:
         """A candidate loaded from a model spec (``load_candidate``'s ``weights``, ``card``
         and ``adapter``, and ``InferenceEngine``'s ``device``, ``dtype``, ``max_batch``), and
         loadable again in a job process."""
         load = partial(engine_loader, model, **engine)
-        return cls(candidate_id, load(), load)
+        return cls(candidate_id, load(), load, control)
 
 
 def engine_loader(model: str, *, weights: Path | None = None, card: Path | None = None,
@@ -274,7 +278,7 @@ class _Run:
                 # Wall-clock latency makes the report differ run to run: only when asked.
                 by_partition[position[0]].append(shadow_output(
                     r["request_id"], r["model"], r["ts"], cid, a.output,
-                    a.latency_ms if self.latency else 0.0, a.error))
+                    a.latency_ms if self.latency else 0.0, a.error, cand.control))
                 shown[(r["request_id"], cid)] = (r, a, position)
         for partition, docs in sorted(by_partition.items()):
             offset = self._out_offsets[partition]
@@ -323,11 +327,14 @@ class _Run:
         if not top.would_keep(score):
             return
         request, answer, position = seen
-        top.offer(score, rid, position, {
-            "request_id": rid, "model": pair["model"], "ts": pair["ts"],
-            "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],
-            "inputs": request["inputs"], "live": request["live"].get("output"),
-            "candidate": answer.output})
+        live = request["live"].get("output")
+        row = {"request_id": rid, "model": pair["model"], "ts": pair["ts"],
+               "score": score, "disagree": pair["disagree"], "metrics": pair["metrics"],
+               "inputs": request["inputs"], "live": live, "candidate": answer.output}
+        if pair.get("kind") in ("text", "json"):  # what the report shows side by side
+            row["diff"] = answer_diff(live, answer.output,
+                                      self.core.config.tolerances.for_model(pair["model"]))
+        top.offer(score, rid, position, row)
 
     def _deterministic(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Candidate latencies are wall time (zero unless measured): in the report only when
@@ -340,13 +347,21 @@ class _Run:
 
     def report(self, source: dict[str, Any]) -> dict[str, Any]:
         per: dict[str, dict[str, Any]] = {}
+        overall: dict[tuple[str, str], tuple[WindowSummary, WindowAggregate]] = {}
+        for w in self.windows:
+            if (w.candidate, w.model) not in overall:
+                overall[(w.candidate, w.model)] = self._overall(w.candidate, w.model)
+        # Each candidate's whole run beside its model's control's, as its windows are.
+        beside = {(o.candidate, o.model): o for o in with_controls(
+            [o for o, _ in overall.values()])}
         for cand in self.candidates:
             cid = cand.candidate_id
             mine = [w for w in self.windows if w.candidate == cid]
             models = sorted({w.model for w in mine})
             errors = self.errors[cid]
             per[cid] = {
-                "models": {m: self._model_report(cid, m, [w for w in mine if w.model == m])
+                "models": {m: self._model_report(cid, m, [w for w in mine if w.model == m],
+                                                 beside[(cid, m)], overall[(cid, m)][1])
                            for m in models},
                 "errors": {"count": sum(errors.values()), "reasons": _top(errors)},
                 "top": self.top[cid].rows()}
@@ -356,16 +371,20 @@ class _Run:
                 "window_ms": self.core.config.window_ms, "candidates": per,
                 "candidate_latency": "measured" if self.latency else "left out"}
 
-    def _model_report(self, cid: str, model: str, windows: list[WindowSummary]
-                      ) -> dict[str, Any]:
-        overall = [w for w in windows if w.segment is None]
+    def _overall(self, cid: str, model: str) -> tuple[WindowSummary, WindowAggregate]:
+        """One candidate's whole run on one model, as one window (and its aggregate)."""
+        overall = [w for w in self.windows
+                   if w.candidate == cid and w.model == model and w.segment is None]
         merged = WindowAggregate()
         for w in overall:
             merged.merge(WindowAggregate.from_state(w.state))  # type: ignore[arg-type]
         start = min(w.window_start for w in overall)
         end = max(w.window_end for w in overall)
         key = WindowKey(model, cid, start)
-        summary = merged.summary(key, end - start, self.core.profiles.get(model), 0)
+        return merged.summary(key, end - start, self.core.profiles.get(model), 0), merged
+
+    def _model_report(self, cid: str, model: str, windows: list[WindowSummary],
+                      summary: WindowSummary, merged: WindowAggregate) -> dict[str, Any]:
         drop = {"state", "ts", "schema_"}
         gamma = (1 + merged.divergence.accuracy) / (1 - merged.divergence.accuracy)
         histogram = ([[0.0, merged.divergence.zeros]] if merged.divergence.zeros else []) + [
@@ -385,6 +404,21 @@ class _Run:
                                              "window_end", "message"})
                        for a in self.alerts
                        if a.model == model and a.candidate in (cid, ALL_CANDIDATES)]}
+
+
+DIFF_ROWS = 50
+"""At most this many rows of a JSON answers' field diff in a report."""
+
+
+def answer_diff(live: Any, candidate: Any, tol: Tolerance) -> list[list[Any]]:
+    """Two text answers word by word (``[tag, live words, candidate words]``), or two JSON
+    answers field by field (``[path, status, live value, candidate value]``, the fields that
+    differ first, at most ``DIFF_ROWS``)."""
+    if live["kind"] == "text":
+        return [list(op) for op in text_ops(live["value"], candidate["value"])]
+    rows = json_diff(live["value"], candidate["value"], tol)
+    rows.sort(key=lambda d: d.status == "equal")  # stable: by path within each group
+    return [[d.path, d.status, d.live, d.candidate] for d in rows[:DIFF_ROWS]]
 
 
 def _top(counts: Counter[str], n: int = 10) -> dict[str, int]:

@@ -27,18 +27,30 @@ svg.chart{background:#fff;border:1px solid #ddd;margin:.3em 0 1em;max-width:100%
 .PROMOTE{background:#2e7d32}.HOLD{background:#b26a00}.ROLLBACK{background:#c62828}
 .fail{color:#c62828;font-weight:600}.pass{color:#2e7d32}.nodata{color:#777}.inconclusive{color:#b26a00}
 .empty{color:#777;font-style:italic}.note{color:#555;font-size:13px;max-width:820px}
+.diff{font-size:12px;max-width:330px;text-align:left}del{background:#fdd;text-decoration:none}
+ins{background:#dfd;text-decoration:none}tr.equal td{color:#777}tr.different td.s,
+tr.missing td.s,tr.extra td.s{color:#c62828;font-weight:600}
 """
 
 # What a reader calls each number; the score's own unit depends on the output kind.
 _SCORE = {"probs": "JS divergence, bits", "scores": "1 - rank-biased overlap",
-          "embedding": "cosine distance", "regression": "absolute error"}
+          "embedding": "cosine distance", "regression": "absolute error",
+          "text": "1 - token F1", "json": "share of fields that differ"}
 _MEANS = {"mean_js_divergence": "mean JS divergence (bits)",
           "mean_total_variation": "mean total variation distance",
           "mean_confidence_delta": "mean confidence change (candidate - live)",
           "mean_top1_agree": "top-1 agreement", "mean_topk_overlap": "mean top-k overlap",
           "mean_rbo": "mean rank-biased overlap", "mean_cosine_distance": "mean cosine distance",
           "mean_abs_error": "mean absolute error", "mean_rel_error": "mean relative error",
-          "mean_mean_abs_error": "mean of per-vector mean absolute error"}
+          "mean_mean_abs_error": "mean of per-vector mean absolute error",
+          "mean_exact_match": "exact match (normalised)", "mean_token_f1": "mean token F1",
+          "mean_rouge_l": "mean ROUGE-L", "mean_edit_distance": "mean edit distance "
+          "(normalised)", "mean_length_ratio": "mean length ratio (candidate / live words)",
+          "mean_field_difference_rate": "mean share of fields that differ",
+          "mean_fields_compared": "fields compared per answer",
+          "mean_fields_different": "fields different per answer",
+          "mean_fields_missing": "fields missing per answer",
+          "mean_fields_extra": "fields extra per answer"}
 _DECADES = [("0", 0.0, 0.0), ("< 0.0001", 0.0, 1e-4), ("0.0001-0.001", 1e-4, 1e-3),
             ("0.001-0.01", 1e-3, 1e-2), ("0.01-0.1", 1e-2, 0.1), ("0.1-1", 0.1, 1.0),
             ("≥ 1", 1.0, float("inf"))]
@@ -66,6 +78,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.3g} %"
 
 
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.3g} %"
+
+
 def _clock(ms: float) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%H:%M:%S")
 
@@ -81,7 +97,8 @@ def _source(source: dict[str, Any]) -> str:
 def _kind(overall: dict[str, Any]) -> str:
     names = set(overall.get("divergence", {}))
     for metric, kind in (("mean_js_divergence", "probs"), ("mean_rbo", "scores"),
-                         ("mean_cosine_distance", "embedding")):
+                         ("mean_cosine_distance", "embedding"), ("mean_token_f1", "text"),
+                         ("mean_field_difference_rate", "json")):
         if metric in names:
             return kind
     return "regression"
@@ -139,6 +156,12 @@ def _verdicts(r: dict[str, Any], models: list[str], config: JudgeConfig) -> str:
             rep = cand["models"].get(model)
             if rep is None:
                 continue
+            if rep["overall"].get("is_control"):
+                rows.append(f"<tr><td class=l><b>{_e(cid)}</b></td><td class=l>{_e(model)}"
+                            "</td><td class=l>control</td><td class=l>The noise floor: a "
+                            "second copy of the live model. Not judged; the candidates are "
+                            "judged on their disagreement beyond its.</td></tr>")
+                continue
             v = judge([w for w in rep["windows"] if "segment" not in w], config)
             checks = "".join(
                 f"<li class='{'nodata' if m.outcome == 'no data' else m.outcome}'>"
@@ -182,6 +205,10 @@ def _comparison(overall: dict[str, dict[str, Any]], cids: list[str], score: str,
             row("pairs", [_n(x["pairs"]) for x in o]),
             row("coverage (pairs / requests)", [_pct(x.get("coverage")) for x in o]),
             row("disagreement rate", [_pct(x.get("disagreement_rate")) for x in o]),
+            *([row("excess over the control (disagreement rate)",
+                   ["control" if x.get("is_control") else
+                    _signed(x.get("control", {}).get("excess_disagreement_rate"))
+                    for x in o])] if any(x.get("is_control") for x in o) else []),
             row("unmatched: no live answer / no candidate answer",
                 [f"{x['unmatched_live']:,} / {x['unmatched_shadow']:,}" for x in o]),
             row("dead-lettered", [_n(x["dead_lettered"]) for x in o]),
@@ -191,7 +218,9 @@ def _comparison(overall: dict[str, dict[str, Any]], cids: list[str], score: str,
                         [_n(x.get("divergence", {}).get(q)) for x in o]))
     means = sorted({k for x in o for k in x.get("divergence", {}) if k.startswith("mean_")})
     for k in means:
-        label = _MEANS.get(k, k.removeprefix("mean_").replace("_", " "))
+        label = (f"{k.removeprefix('mean_field:')} differs (share of pairs)"
+                 if k.startswith("mean_field:") else
+                 _MEANS.get(k, k.removeprefix("mean_").replace("_", " ")))
         rows.append(row(label, [_n(x.get("divergence", {}).get(k)) for x in o]))
     rows.append(row("engine time per request (ms, this machine)",
                     [f"{timing['candidates'][c]['ms_per_request']:.3f}" for c in cids]))
@@ -307,12 +336,40 @@ def _top_requests(r: dict[str, Any], cids: list[str]) -> str:
             f"<tr><td class=l>{_e(t['request_id'])}</td><td>{t['score']:.4g}</td>"
             f"<td>{'yes' if t['disagree'] else 'no'}</td>"
             f"<td class=l><pre>{_e(_j(t['inputs']))}</pre></td>"
-            f"<td class=l><pre>{_e(_j(t['live']))}</pre></td>"
-            f"<td class=l><pre>{_e(_j(t['candidate']))}</pre></td></tr>" for t in top)
+            + (_side_by_side(t) if "diff" in t else
+               f"<td class=l><pre>{_e(_j(t['live']))}</pre></td>"
+               f"<td class=l><pre>{_e(_j(t['candidate']))}</pre></td>")
+            + "</tr>" for t in top)
         out.append(f"<h3>{_e(cid)}</h3><table><tr><th class=l>request</th><th>divergence</th>"
                    f"<th>disagree</th><th class=l>inputs</th><th class=l>live answer</th>"
                    f"<th class=l>candidate answer</th></tr>{rows}</table>")
     return "".join(out)
+
+
+def _side_by_side(t: dict[str, Any]) -> str:
+    """Two text answers with the words that differ marked, or two JSON answers as a table of
+    their fields (those that differ first)."""
+    if t["live"]["kind"] == "text":
+        live, cand = [], []
+        for tag, a, b in t["diff"]:
+            if tag == "equal":
+                live.append(_e(a))
+                cand.append(_e(b))
+                continue
+            if a:
+                live.append(f"<del>{_e(a)}</del>")
+            if b:
+                cand.append(f"<ins>{_e(b)}</ins>")
+        return (f"<td class='l diff'>{' '.join(live)}</td>"
+                f"<td class='l diff'>{' '.join(cand)}</td>")
+    rows = "".join(
+        f"<tr class='{_e(status)}'><td class=l>{_e(path)}</td><td class='l s'>{_e(status)}"
+        f"</td><td class=l>{_e(_j(a) if status != 'extra' else '')}</td>"
+        f"<td class=l>{_e(_j(b) if status != 'missing' else '')}</td></tr>"
+        for path, status, a, b in t["diff"])
+    return (f"<td class='l diff' colspan=2><table><tr><th class=l>field</th>"
+            f"<th class=l></th><th class=l>live</th><th class=l>candidate</th></tr>{rows}"
+            "</table></td>")
 
 
 _ROUNDING = 1e-9  # divergences below this are float rounding, not a different answer

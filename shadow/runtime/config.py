@@ -51,6 +51,9 @@ class WorkerConfig(BaseModel):
     commit_interval_s: float = Field(1.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
     """How soon the group notices a dead worker and hands its partitions to the others."""
+    control: bool = False
+    """This candidate is a control: a second copy of the live model, whose divergence from
+    live is the noise floor the model's other candidates are judged against."""
     flush_timeout_s: float = Field(60.0, gt=0)
     metrics_port: int | None = None
 

@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from schemas.exceptions import closest
@@ -52,12 +52,32 @@ class Feature(BaseModel):
     """Multiplies the (transformed) value."""
     size: int | None = Field(None, ge=1)
     """For a list of numbers: its required length (checked per row)."""
+    tokens: int | None = Field(None, ge=1, le=65536)
+    """For a string: this many character ids in the card's ``vocab`` (id ``i + 1`` is
+    ``vocab[i]``; 0 pads, and stands for a character not in it), cut or padded."""
 
     @property
     def width(self) -> int:
         if self.one_hot is not None:
             return len(self.one_hot)
-        return self.size or 1
+        return self.tokens or self.size or 1
+
+
+class JsonField(BaseModel):
+    """One field of a JSON answer, from the next values of the model's output row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    """Dotted path in the document (``quote.price``)."""
+    labels: list[str] | None = Field(None, min_length=2)
+    """A choice: takes one value per label, and is the label of the largest."""
+    digits: int | None = Field(None, ge=0, le=15)
+    """A number rounded to this many digits (0: an integer)."""
+
+    @property
+    def width(self) -> int:
+        return len(self.labels) if self.labels else 1
 
 
 class ModelCard(BaseModel):
@@ -69,6 +89,25 @@ class ModelCard(BaseModel):
     output: OutputKind
     labels: list[str] | None = None
     """Class names (probs) or item ids (scores), carried with each answer."""
+    vocab: str | None = Field(None, min_length=1)
+    """The characters of ``tokens`` features and of a ``text`` answer (the module answers
+    character ids, 0 ending the text)."""
+    fields: list[JsonField] | None = Field(None, min_length=1)
+    """A ``json`` answer's fields, in the order of the module's output values."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelCard:
+        if self.vocab is None and (self.output == "text"
+                                   or any(f.tokens for f in self.features)):
+            raise ValueError("vocab: missing (a text answer or a tokens feature needs the "
+                             "characters it is written in)")
+        if self.vocab is not None and len(set(self.vocab)) != len(self.vocab):
+            raise ValueError("vocab: a character appears twice")
+        if self.output == "json" and not self.fields:
+            raise ValueError("fields: missing (a json answer is built from them)")
+        if self.fields and self.output != "json":
+            raise ValueError(f"fields: only for output = \"json\", not {self.output!r}")
+        return self
 
     @classmethod
     def load(cls, path: Path) -> ModelCard:
@@ -91,12 +130,17 @@ class ModelCard(BaseModel):
 
 
 def _card_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # A misspelt key also leaves the right one missing: the misspelling says more.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in err["loc"]]
     where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+    if not loc:  # the card as a whole (a key that needs another)
+        return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         parent, key = where.rpartition(".")[0], loc[-1]
-        known = Feature.model_fields if "features" in loc[:-1] else ModelCard.model_fields
+        known = (Feature.model_fields if "features" in loc[:-1] else
+                 JsonField.model_fields if "fields" in loc[:-1] else ModelCard.model_fields)
         hint = closest(key, known)
         tip = f" (did you mean {hint!r}?)" if hint else f" (known: {', '.join(known)})"
         return f"unknown key {key!r}{f' in {parent}' if parent else ''}{tip}"
@@ -135,6 +179,7 @@ class CardAdapter:
     def __init__(self, card: ModelCard) -> None:
         self.card = card
         self.width = sum(f.width for f in card.features)
+        self._ids = {ch: i + 1 for i, ch in enumerate(card.vocab or "")}
 
     def featurize(self, inputs: Mapping[str, Any]) -> list[float]:
         """One row's features, in float64 (for checking a card against other code)."""
@@ -165,6 +210,10 @@ class CardAdapter:
                     out[:, col] = [v == c for v in values]
                     col += 1
                 continue
+            if f.tokens is not None:
+                out[:, col:col + f.tokens] = self._encode(f, values)
+                col += f.tokens
+                continue
             try:
                 if any(type(v) is bool or type(v) is str for v in values):
                     raise TypeError
@@ -181,8 +230,24 @@ class CardAdapter:
             col += f.width
         return out
 
+    def _encode(self, f: Feature, values: Sequence[Any]) -> np.ndarray:
+        assert f.tokens is not None
+        ids = np.zeros((len(values), f.tokens), dtype=np.float64)
+        get = self._ids.get
+        for row, text in enumerate(values):
+            if type(text) is not str:
+                raise TypeError(f"inputs.{f.field} is not a string")
+            ids[row, :min(len(text), f.tokens)] = [get(ch, 0) for ch in text[:f.tokens]]
+        return ids
+
     def answers(self, result: torch.Tensor) -> list[dict[str, Any]]:
         kind = self.card.output
+        if kind == "text":
+            return [{"kind": "text", "value": self._text(row)}
+                    for row in result.reshape(result.shape[0], -1).tolist()]
+        if kind == "json":
+            return [{"kind": "json", "value": self._document(row)}
+                    for row in result.reshape(result.shape[0], -1).tolist()]
         if kind == "scalar":
             values: list[Any] = result.reshape(result.shape[0], -1)[:, 0].tolist()
         else:
@@ -191,6 +256,35 @@ class CardAdapter:
             return [{"kind": kind, "value": v} for v in values]
         name, labels = "labels" if kind == "probs" else "items", self.card.labels
         return [{"kind": kind, "value": v, name: labels} for v in values]
+
+
+    def _text(self, ids: list[float]) -> str:
+        vocab, chars = self.card.vocab or "", []
+        for x in ids:
+            i = round(x)
+            if i <= 0 or i > len(vocab):  # 0 ends the text; an id out of range too
+                break
+            chars.append(vocab[i - 1])
+        return "".join(chars)
+
+    def _document(self, values: list[float]) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        at = 0
+        for f in self.card.fields or ():
+            if f.labels:
+                part = values[at:at + len(f.labels)]
+                value: Any = f.labels[part.index(max(part))]  # the first of equal maxima
+            elif f.digits == 0:
+                value = round(values[at])
+            else:
+                value = values[at] if f.digits is None else round(values[at], f.digits)
+            at += f.width
+            node = doc
+            *parents, last = f.name.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        return doc
 
 
 @dataclass
@@ -299,7 +393,8 @@ def _example_inputs(card: ModelCard) -> dict[str, Any]:
     """One request's inputs as the card describes them (zeros, the first category)."""
     inputs: dict[str, Any] = {}
     for f in card.features:
-        value: Any = f.one_hot[0] if f.one_hot else [0.0] * f.size if f.size else 0.0
+        value: Any = (f.one_hot[0] if f.one_hot else (card.vocab or "a")[0] if f.tokens
+                      else [0.0] * f.size if f.size else 0.0)
         node = inputs
         *parents, last = f.field.split(".")
         for p in parents:
@@ -326,6 +421,10 @@ def check_card(candidate: Candidate, card: ModelCard, card_source: str = "its ca
         raise ModelLoadError(where, f"the model returns {type(result).__name__}, not a tensor: "
                                     "give it an --adapter")
     per_row = result.reshape(result.shape[0], -1).shape[1] if result.dim() else 1
+    fields_width = sum(f.width for f in card.fields or ())
+    if card.output == "json" and per_row != fields_width:
+        raise ModelLoadError(where, f"the card's fields take {fields_width} values per "
+                                    f"request, the model answers {per_row}")
     if card.output == "scalar" and per_row != 1:
         raise ModelLoadError(where, f"the card says output = \"scalar\", the model answers "
                                     f"{per_row} values per request")

@@ -261,7 +261,7 @@ class ShadowWorker:
                 batch.origins, batch.partitions, batch.requests, answers, strict=True):
             by_partition[partition].append(shadow_output(
                 request["request_id"], request["model"], request["ts"], cid, answer.output,
-                answer.latency_ms, answer.error))
+                answer.latency_ms, answer.error, self.config.control))
             if answer.error_kind == "input":  # answered with the error, and kept for a look
                 self._dead_letter(msg, index, None if index is None else request, "model",
                                   f"input does not fit the model: {answer.error}", "inputs",

@@ -114,6 +114,10 @@ class DemoSummary:
     publish_us: dict[str, float]
     dropped: int
     where: dict[str, str] = field(default_factory=dict)
+    scenario: str = "fraud"
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per candidate (text and json scenarios): its role, pairs, disagreement, excess over
+    the control, alert and verdict."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from shadow.settings import Settings
 from shadow.stack import Endpoints
@@ -38,3 +39,40 @@ def test_short_demo_sees_what_it_injected(settings: Settings, stack: Endpoints) 
     assert subprocess.run([sys.executable, "-m", "shadow.cli", "stack", "status"], env=env,
                           capture_output=True, text=True, timeout=60, cwd=REPO
                           ).stdout.count("running") >= 2
+
+
+@pytest.mark.parametrize("scenario", ["text", "json"])
+def test_generative_and_json_demos_judge_against_the_control(
+        settings: Settings, stack: Endpoints, scenario: str) -> None:
+    """Through the real pipeline (mirror, three workers, the join app, Redis alerts, the
+    windows topic): a candidate equal to live is promoted although it differs from live by
+    sampling; the retrained one is rolled back and alerted on; the control is not."""
+    duration, rate = 40, 100
+    env = {**os.environ, "SHADOW_STATE_DIR": str(settings.state_dir), "PYTHONPATH": str(REPO)}
+    for name in ("SHADOW_KAFKA_BOOTSTRAP", "SHADOW_REDIS_URL", "SHADOW_TOPIC_PREFIX"):
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, "-m", "shadow.cli", "demo", "--scenario", scenario,
+                          "--duration", str(duration), "--rate", str(rate), "--window-s", "5",
+                          "--json"], env=env, capture_output=True, text=True, timeout=400,
+                         cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = orjson.loads(run.stdout)
+    assert summary["ok"] and summary["reasons"] == [] and summary["scenario"] == scenario
+    assert summary["requests"] == duration * rate and summary["pairs"] == 3 * duration * rate
+    model = {"text": "support-chat", "json": "shipping-quote"}[scenario]
+    same, bad = (summary["candidates"][f"{model}-{c}"] for c in ("same", "retrained"))
+    control = summary["candidates"][f"{model}-control"]
+    assert control["role"] == "control" and "verdict" not in control
+    assert same["verdict"] == "PROMOTE" and bad["verdict"] == "ROLLBACK"
+    assert bad["disagreement_alert"] and not same["disagreement_alert"]
+    if scenario == "text":  # sampling alone: live, control and the same weights differ
+        assert same["disagreement_rate"] > 0.1 and control["disagreement_rate"] > 0.1
+        assert abs(same["excess_over_control"]) < 0.05
+    # The gate a CI job runs says the same, from the windows topic.
+    prefix = summary["where"]["topics"].split(".requests")[0]
+    gate = subprocess.run([sys.executable, "-m", "shadow.cli", "verdict", "--live", "--model",
+                           model, "--candidate", f"{model}-retrained"],
+                          env={**env, "SHADOW_TOPIC_PREFIX": prefix}, capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert gate.returncode == 2, gate.stdout + gate.stderr
+    assert "over" not in gate.stderr and "control" in gate.stdout

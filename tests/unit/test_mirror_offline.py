@@ -202,3 +202,39 @@ def test_the_mirror_writes_to_the_prefix_of_shadow_topic_prefix(
     monkeypatch.delenv("SHADOW_TOPIC_PREFIX")
     assert MirrorConfig(bootstrap="b:9092", model="m").topic == "shadow.requests"
     assert MirrorConfig(bootstrap="b:9092", model="m", topic="x").topic == "x"
+
+
+@pytest.mark.parametrize(("kind", "answer", "expected"), [
+    ("text", "Your parcel ships on Monday.", "Your parcel ships on Monday."),
+    ("json", {"status": "ok", "kind": "express"}, {"status": "ok", "kind": "express"}),
+    ("json", [{"sku": "a1"}], [{"sku": "a1"}]),
+    # An answer already written as the contract writes it is taken as it is.
+    ("json", {"kind": "json", "value": {"a": 1}}, {"a": 1}),
+])
+def test_text_and_json_answers_are_mirrored_as_such(kind: str, answer: object,
+                                                     expected: object) -> None:
+    import orjson
+
+    m = _mirror(output_kind=kind)
+    m._stop.set()  # park the shipper: encode by hand
+    m._shipper.join(5)
+    assert m.publish("r1", {"prompt": "when?"}, answer)
+    doc = orjson.loads(m._encode(m._buffer[0]))  # type: ignore[arg-type]
+    assert doc["live"]["output"] == {"kind": kind, "value": expected}
+    m.close(timeout_s=0)
+
+
+@pytest.mark.parametrize(("kind", "answer", "words"), [
+    ("text", 3, "a text answer must be a string"),
+    ("json", "ok", "a json answer must be a JSON object or array"),
+])
+def test_a_text_or_json_answer_of_the_wrong_type_is_dropped_with_the_reason(
+        kind: str, answer: object, words: str, caplog: pytest.LogCaptureFixture) -> None:
+    m = _mirror(output_kind=kind)
+    m._stop.set()
+    m._shipper.join(5)
+    assert m.publish("r1", {"x": 1}, answer)
+    with caplog.at_level("WARNING", logger="shadowstream.mirror"):
+        assert m._encode(m._buffer[0]) is None
+    assert m.metrics.snapshot().dropped["invalid_output"] == 1 and words in caplog.text
+    m.close(timeout_s=0)

@@ -80,6 +80,9 @@ OUTPUTS = {
     "probs": {"kind": "probs", "value": [0.7, 0.2, 0.1], "labels": ["a", "b", "c"]},
     "scores": {"kind": "scores", "value": [3.1, 2.2, 0.4], "items": ["x", "y", "z"]},
     "embedding": {"kind": "embedding", "value": [0.1, 0.2, 0.3, 0.4]},
+    "text": {"kind": "text", "value": "The parcel ships on Monday."},
+    "json": {"kind": "json", "value": {"status": "ok", "items": [{"sku": "a1", "qty": 2}],
+                                       "note": None}},
 }
 
 
@@ -103,6 +106,10 @@ BAD = [
     ("live.output.value[1]",
      lambda d: d["live"].update(output={"kind": "probs", "value": [0.5, "x"]}), "number"),
     ("live.output", lambda d: d["live"].update(output={"kind": "image", "value": 1}), "tag"),
+    ("live.output.value", lambda d: d["live"].update(output={"kind": "text", "value": 3}),
+     "string"),
+    ("live.output.value", lambda d: d["live"].update(output={"kind": "json", "value": "ok"}),
+     "object or array"),
     ("ts", lambda d: d.update(ts="yesterday"), "integer"),
     ("request_id", lambda d: d.update(request_id=""), "at least 1"),
     ("inputs", lambda d: d.update(inputs=[1, 2]), "dictionary"),
@@ -197,7 +204,11 @@ def _answers() -> st.SearchStrategy:
         st.fixed_dictionaries({"kind": st.sampled_from(["probs", "vector", "scores",
                                                        "embedding"]), "value": numbers},
                               optional={"labels": st.lists(st.text(max_size=3)),
-                                        "items": st.lists(st.text(max_size=3))}))
+                                        "items": st.lists(st.text(max_size=3))}),
+        st.fixed_dictionaries({"kind": st.just("text"), "value": st.text(max_size=5)}),
+        st.fixed_dictionaries({"kind": st.just("json"), "value": st.one_of(
+            st.dictionaries(st.text(max_size=2), st.one_of(st.none(), st.integers(), st.text(
+                max_size=2)), max_size=3), st.lists(st.integers(), max_size=3))}))
 
 
 def _valid_request() -> st.SearchStrategy:
@@ -220,7 +231,8 @@ def _valid_output() -> st.SearchStrategy:
          "model": st.text(min_size=1, max_size=5), "ts": st.integers(0, 2**45),
          "candidate": st.text(min_size=1, max_size=256),
          "latency_ms": st.one_of(st.floats(0, 1e4), st.integers(0, 9))},
-        optional={"output": _answers(), "error": st.text(max_size=3)})
+        optional={"output": _answers(), "error": st.text(max_size=3),
+                  "control": st.booleans()})
 
 
 def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
