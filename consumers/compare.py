@@ -27,6 +27,8 @@ json       fields_compared, fields_different, fields_missing,  any field not equ
 text: both sides are normalised (``normalize_text``: Unicode NFKC, casefold, whitespace runs
 collapsed to one space, stripped) before every metric; tokens are the ``\\w+`` runs of the
 normalised text (punctuation dropped). Both token lists empty count as a perfect match.
+With ``min_semantic`` set, also ``semantic_similarity``: the cosine of the two texts'
+sentence embeddings (the optional ``semantic`` extra; the core never needs it).
 
 json: a field-level diff by JSON path (``json_diff``): ``$`` the root, ``$.name`` an object
 key (``$["odd key"]``, JSON-quoted, when the key is not an identifier), ``$.a[0]`` an array
@@ -43,6 +45,7 @@ document cannot flood the window's metrics.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import re
@@ -50,6 +53,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -79,7 +83,7 @@ METRICS = ("abs_error", "rel_error", "mean_abs_error", "top1_agree", "js_diverge
            "total_variation", "confidence_delta", "topk_overlap", "rbo", "cosine_distance",
            "exact_match", "edit_distance", "token_f1", "rouge_l", "length_ratio",
            "field_difference_rate", "fields_compared", "fields_different", "fields_missing",
-           "fields_extra")
+           "fields_extra", "semantic_similarity")
 """Every per-request metric a comparator names (a window has ``divergence.mean_<metric>``)."""
 
 _EPS = 1e-12
@@ -111,6 +115,10 @@ class Tolerance:
     """text: disagree when the token F1 is below this."""
     max_edit_distance: float | None = None
     """text: also disagree when the normalised edit distance exceeds this."""
+    min_semantic: float | None = None
+    """text: also disagree when the cosine similarity of the two texts' sentence embeddings
+    is below this (the ``semantic`` extra: WordLlama's static embeddings, loaded from its
+    wheel, about 0.1 ms a pair on a CPU)."""
     ignore: tuple[str, ...] = ()
     """json: paths expected to differ (ids, timestamps), ``[*]`` any index; with their
     subtrees."""
@@ -150,7 +158,7 @@ class Tolerances(FromToml):
 
 
 _PATH_KEYS = ("ignore", "sets")
-_UNIT_KEYS = ("min_token_f1", "max_edit_distance", "max_field_difference")
+_UNIT_KEYS = ("min_token_f1", "max_edit_distance", "max_field_difference", "min_semantic")
 _PATTERN = re.compile(r'\$(?:\.[A-Za-z_][A-Za-z0-9_]*|\[(?:\d+|\*|"(?:[^"\\]|\\.)*")\])*')
 
 
@@ -170,6 +178,9 @@ def _tolerance(base: Tolerance, table: Any, source: str, where: str) -> Toleranc
         if key in _UNIT_KEYS and value > 1:
             raise ConfigError(source, f"must be within [0, 1], got {value!r}",
                               key=f"{where} {key}")
+        if key == "min_semantic" and importlib.util.find_spec("wordllama") is None:
+            raise ConfigError(source, "needs the semantic extra: pip install "
+                                      "'shadowstream[semantic]'", key=f"{where} {key}")
         values[key] = value
     return replace(base, **values)
 
@@ -362,7 +373,31 @@ def _text(a: Any, b: Any, tol: Tolerance, *_: Any) -> Comparison:
                "rouge_l": rouge, "length_ratio": len(tb) / max(len(ta), 1)}
     disagree = f1 < tol.min_token_f1 or (tol.max_edit_distance is not None and
                                          edit > tol.max_edit_distance)
+    if tol.min_semantic is not None:
+        similarity = semantic_similarity(na, nb)
+        metrics["semantic_similarity"] = similarity
+        disagree = disagree or similarity < tol.min_semantic
     return Comparison("text", 1.0 - f1, disagree, metrics)
+
+
+def semantic_similarity(a: str, b: str) -> float:
+    """Cosine similarity of two texts' sentence embeddings, -1 to 1 (1 for two empty texts);
+    needs the ``semantic`` extra."""
+    if not a.strip() and not b.strip():
+        return 1.0
+    return max(-1.0, min(1.0, float(_embedder().similarity(a, b))))
+
+
+@functools.cache
+def _embedder() -> Any:
+    try:
+        import wordllama
+    except ImportError:
+        raise ComparisonError("semantic similarity needs the semantic extra: pip install "
+                              "'shadowstream[semantic]'") from None
+    # The weights and the tokenizer come in the wheel: load them from there, never download.
+    return wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent,
+                                    disable_download=True)
 
 
 def text_ops(live: str, candidate: str) -> list[tuple[str, str, str]]:

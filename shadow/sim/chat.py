@@ -47,9 +47,11 @@ min_token_f1 = 0.9   # disagree when a word in ten differs
 """The tolerance the demo and the tests judge this model's answers with."""
 
 _TEMPLATES = ("where is my parcel {n}?", "when does order {n} ship?",
-              "can i change the address of order {n}?", "refund for a broken {item}, please",
-              "how long does delivery to {city} take?", "my {item} arrived late, order {n}",
-              "i would like to cancel order {n}", "do you ship a {item} to {city}?")
+              "can i change the address of order {n}?", "refund for order {n}, a broken {item}",
+              "how long does delivery of {n} to {city} take?", "my {item} arrived late, order {n}",
+              "i would like to cancel order {n}", "can order {n} go to {city}?")
+# Every message names an order: a copy samples a message the same way every time (replays
+# repeat), so repeated messages would make its samples far from independent.
 _ITEMS = ("phone", "lamp", "kettle", "chair", "bike")
 _CITIES = ("paris", "lyon", "berlin", "madrid", "rome")
 

@@ -482,3 +482,26 @@ def test_tolerances_from_toml(tmp_path: Path) -> None:
 def test_bad_tolerances(table: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Tolerances.from_dict({"default": table}, source="tol.toml")
+
+
+def test_semantic_similarity_is_optional_and_loads_offline() -> None:
+    """The ``semantic`` extra (installed with ``dev``): WordLlama's bundled weights, no
+    network. A paraphrase scores higher than an unrelated text; it only decides with
+    ``min_semantic``."""
+    from consumers.compare import semantic_similarity
+
+    assert semantic_similarity("", "") == 1.0
+    near = semantic_similarity("where is my parcel", "where is my package")
+    far = semantic_similarity("where is my parcel", "refund for a broken lamp")
+    assert near > far + 0.2 and -1.0 <= far <= near <= 1.0
+    live = {"kind": "text", "value": "where is my parcel"}
+    cand = {"kind": "text", "value": "where is my package"}
+    plain = compare(live, cand, Tolerance(min_token_f1=0.5))
+    assert "semantic_similarity" not in plain.metrics and not plain.disagree
+    strict = compare(live, cand, Tolerance(min_token_f1=0.5, min_semantic=0.9))
+    assert strict.metrics["semantic_similarity"] == pytest.approx(near, abs=1e-6)
+    assert strict.disagree
+    tol = Tolerances.from_dict({"models": {"chat": {"min_semantic": 0.4}}})
+    assert tol.for_model("chat").min_semantic == 0.4
+    with pytest.raises(ConfigError, match=r"within \[0, 1\]"):
+        Tolerances.from_dict({"default": {"min_semantic": 1.5}})
