@@ -22,6 +22,8 @@ from schemas import Alert, WindowSummary, encode
 
 __all__ = ["PART_SCHEMA", "PROGRESS_SCHEMA", "WindowClosing"]
 
+EXEMPLAR_FIELDS = 5
+"""The differing fields a JSON exemplar names."""
 PART_SCHEMA = "window.part/1"
 PROGRESS_SCHEMA = "window.progress/1"
 
@@ -56,15 +58,22 @@ class WindowClosing(JoinState):
 
     @staticmethod
     def exemplars(entries: list[tuple[str, dict[str, Any]]], k: int = 10
-                  ) -> dict[tuple[str, str], list[tuple[str, float]]]:
-        """The ``k`` most divergent requests of a window per model and candidate."""
-        top: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
+                  ) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+        """The ``k`` most divergent requests of a window per model and candidate:
+        ``(request id, score)``, and for JSON answers the fields that differed as a third
+        item (at most ``EXEMPLAR_FIELDS``)."""
+        top: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
         for key, entry in entries:
             if "live" not in entry:
                 continue
             for cand, answer in entry["c"].items():
-                if answer.get("r"):
-                    top[(entry["m"], cand)].append((request_of(key), answer["r"]["s"]))
+                r = answer.get("r")
+                if r:
+                    fields = [f.removeprefix("field:") for f, v in r["m"].items()
+                              if v and f.startswith("field:")][:EXEMPLAR_FIELDS]
+                    top[(entry["m"], cand)].append(
+                        (request_of(key), r["s"], fields) if fields else
+                        (request_of(key), r["s"]))
         return {pair: sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
                 for pair, rows in top.items()}
 

@@ -140,16 +140,22 @@ class RedisAlertSink:
             self._retry_at = time.monotonic() + self.retry_s
 
     def record_exemplars(self, model: str, candidate: str, window_start: int,
-                         top: list[tuple[str, float]]) -> None:
+                         top: list[tuple[Any, ...]]) -> None:
         """A window's most divergent requests, in the sorted set
         ``<prefix>:exemplars:<model>:<candidate>`` (member ``<window_start>:<request_id>``,
-        score the divergence), trimmed to the ``exemplars_max`` highest. Best effort."""
+        score the divergence), trimmed to the ``exemplars_max`` highest. For a JSON answer,
+        the fields that differed in ``<prefix>:exemplar:<model>:<candidate>:<member>``
+        (comma-separated paths; kept as long as alert ids are). Best effort."""
         if not top or time.monotonic() < self._retry_at:
             return
         key = f"{self.prefix}:exemplars:{model}:{candidate}"
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.zadd(key, {f"{window_start}:{rid}": score for rid, score in top})
+            pipe.zadd(key, {f"{window_start}:{row[0]}": row[1] for row in top})
+            for row in top:
+                if len(row) > 2 and row[2]:
+                    pipe.set(f"{self.prefix}:exemplar:{model}:{candidate}:{window_start}:"
+                             f"{row[0]}", ",".join(row[2]), ex=self.dedupe_ttl_s)
             pipe.zremrangebyrank(key, 0, -self.exemplars_max - 1)
             pipe.execute()
         except redis.RedisError:

@@ -62,6 +62,10 @@ def _split(spec: str) -> tuple[str, str]:
 @click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path),
               callback=options.output_file,
               default=None, help="Write a self-contained HTML report.")
+@click.option("--verdict-config", "verdict_file", type=click.Path(dir_okay=False, exists=True,
+                                                                  path_type=Path),
+              default=None, help="The report's verdict with this configuration (as "
+                                 "`shadow verdict --config`); default: the shipped one.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to share the recording's partitions among (partition p to job "
                    "p mod N: more jobs than partitions leave some idle); the report is the "
@@ -72,7 +76,8 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
             adapter: tuple[str, ...], to_topic: str | None, rate: float | None, device: str,
             dtype: str, max_batch: int, window_s: float, grace_s: float, reference_size: int,
             profile_file: Path | None, tolerances: Path | None, rules_file: Path | None,
-            json_out: Path | None, html_out: Path | None, latency: bool, jobs: int) -> None:
+            json_out: Path | None, html_out: Path | None, latency: bool,
+            verdict_file: Path | None, jobs: int) -> None:
     """Replay recorded requests through candidates and judge them like the live pipeline.
 
     Runs in-process with the worker's inference engine and the join's comparators, windows
@@ -108,6 +113,14 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if file_ is not None and not file_.is_file():
         raise click.BadParameter(f"{str(file_)!r}: no such file", param_hint="'--file'")
     s = settings()
+    if verdict_file is not None and html_out is None:
+        raise click.UsageError("--verdict-config goes with --report (it decides the HTML "
+                               "report's verdict; `shadow verdict --config` judges the JSON)")
+    verdict = None
+    if verdict_file is not None:
+        from consumers.verdict import JudgeConfig
+
+        verdict = JudgeConfig.from_file(verdict_file)  # a bad file: one line, before the work
     specs = [(*_split(spec), False) for spec in candidates]
     specs += [(*_split(spec), True) for spec in controls]
     ids = [cid for cid, _, _ in specs]
@@ -150,7 +163,7 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
     if html_out:
         from shadow.offline.report import html_report
 
-        html_out.write_text(html_report(result))
+        html_out.write_text(html_report(result, verdict))
     console.print(replay_table(result))
     console.print(f"{result.report['requests']} requests in {result.timing['seconds']:.1f} s "
                   f"({result.timing['requests_per_s']:,.0f}/s), "

@@ -24,7 +24,7 @@ padding:4px 9px;text-align:right;vertical-align:top}th{background:#f3f3f3}td.l,t
 text-align:left}pre{margin:0;font-size:12px;white-space:pre-wrap;max-width:330px}
 svg.chart{background:#fff;border:1px solid #ddd;margin:.3em 0 1em;max-width:100%;height:auto}
 .badge{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600}
-.PROMOTE{background:#2e7d32}.HOLD{background:#b26a00}.ROLLBACK{background:#c62828}
+.PROMOTE{background:#2e7d32}.control{background:#555}.HOLD{background:#b26a00}.ROLLBACK{background:#c62828}
 .fail{color:#c62828;font-weight:600}.pass{color:#2e7d32}.nodata{color:#777}.inconclusive{color:#b26a00}
 .empty{color:#777;font-style:italic}.note{color:#555;font-size:13px;max-width:820px}
 .diff{font-size:12px;max-width:330px;text-align:left}del{background:#fdd;text-decoration:none}
@@ -158,7 +158,8 @@ def _verdicts(r: dict[str, Any], models: list[str], config: JudgeConfig) -> str:
                 continue
             if rep["overall"].get("is_control"):
                 rows.append(f"<tr><td class=l><b>{_e(cid)}</b></td><td class=l>{_e(model)}"
-                            "</td><td class=l>control</td><td class=l>The noise floor: a "
+                            "</td><td class=l><span class='badge control'>control</span>"
+                            "</td><td class=l>The noise floor: a "
                             "second copy of the live model. Not judged; the candidates are "
                             "judged on their disagreement beyond its.</td></tr>")
                 continue
@@ -173,7 +174,8 @@ def _verdicts(r: dict[str, Any], models: list[str], config: JudgeConfig) -> str:
     return ("<h2 id='verdict'>Verdict</h2><table><tr><th class=l>candidate</th>"
             "<th class=l>model</th><th class=l>decision</th><th class=l>why</th></tr>"
             f"{''.join(rows)}</table><p class='note'>The judge of <code>shadow verdict</code> "
-            f"with its default configuration (at least {config.min_windows} windows of "
+            f"with {'its default configuration' if config == JudgeConfig() else '--verdict-config'}"
+            f" (at least {config.min_windows} windows of "
             f"{config.min_pairs} pairs; critical metrics decide alone). "
             + ("Candidate latency is the inference time on the machine that replayed "
                "(--latency), against the live latency recorded in production.</p>"
@@ -216,8 +218,12 @@ def _comparison(overall: dict[str, dict[str, Any]], cids: list[str], score: str,
     for q in ("p50", "p90", "p99", "max", "mean"):
         rows.append(row(f"divergence {q} ({score})",
                         [_n(x.get("divergence", {}).get(q)) for x in o]))
-    means = sorted({k for x in o for k in x.get("divergence", {}) if k.startswith("mean_")})
-    for k in means:
+    names = {k for x in o for k in x.get("divergence", {}) if k.startswith("mean_")}
+    fields = [k for k in names if k.startswith("mean_field:")]
+    # A JSON model's fields: the most divergent first, at most ten.
+    top_fields = sorted(fields, key=lambda k: (-max(x.get("divergence", {}).get(k, 0.0)
+                                                    for x in o), k))[:_FIELD_ROWS]
+    for k in sorted(names - set(fields)) + top_fields:
         label = (f"{k.removeprefix('mean_field:')} differs (share of pairs)"
                  if k.startswith("mean_field:") else
                  _MEANS.get(k, k.removeprefix("mean_").replace("_", " ")))
@@ -372,6 +378,7 @@ def _side_by_side(t: dict[str, Any]) -> str:
             "</table></td>")
 
 
+_FIELD_ROWS = 10
 _ROUNDING = 1e-9  # divergences below this are float rounding, not a different answer
 
 

@@ -83,3 +83,70 @@ def test_the_report_reads_in_chromium_with_labelled_charts(tmp_path: Path) -> No
     assert found["header"][1:] == ["v13", "v14", "broken"]  # candidates side by side
     assert found["badges"] == ["PROMOTE", "ROLLBACK", "ROLLBACK"]
     assert (tmp_path / "report.png").stat().st_size > 50_000
+
+
+_SIDE_BY_SIDE = """() => {
+  const cells = [...document.querySelectorAll('td.diff')];
+  const page = document.documentElement.clientWidth;
+  const wide = cells.filter(c => c.getBoundingClientRect().right > page + 1).length;
+  return {cells: cells.length, wide,
+          del: document.querySelectorAll('td.diff del').length,
+          ins: document.querySelectorAll('td.diff ins').length,
+          fields: [...document.querySelectorAll('td.diff tr.different td.s')].length,
+          badges: [...document.querySelectorAll('.badge')].map(b => b.textContent)};
+}"""
+
+
+@pytest.mark.parametrize("kind", ["text", "json"])
+def test_text_and_json_answers_read_side_by_side_in_chromium(tmp_path: Path,
+                                                             kind: str) -> None:
+    """The most divergent requests of a text model with the differing words marked, of a
+    JSON model as a table of fields; the control is named as such, not judged."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium "
+                    "(apt-get install chromium)", pytrace=False)
+    import itertools
+
+    from playwright.sync_api import sync_playwright
+
+    from shadow.sim import chat, quotes
+    from tests.unit.test_generative import VERDICT, _recorded, _replay
+
+    if kind == "text":
+        rows = [(p.request_id, {"message": p.message}, p.segment)
+                for p in itertools.islice(chat.prompts(seed=2), 4000)]
+        result = _replay(_recorded("support-chat", "shadow.sim.chat:build_chat", rows),
+                         chat.TOLERANCES, "shadow.sim.chat",
+                         {"same": "build_chat_same", "v2": "build_chat_retrained"},
+                         "build_chat_control")
+    else:
+        rows = [(q.request_id, q.inputs, q.segment)
+                for q in itertools.islice(quotes.requests(seed=2), 4000)]
+        result = _replay(_recorded("shipping-quote", "shadow.sim.quotes:build_quotes", rows),
+                         quotes.TOLERANCES, "shadow.sim.quotes",
+                         {"same": "build_quotes_same", "v2": "build_quotes_retrained"},
+                         "build_quotes_control")
+    page_file = tmp_path / "report.html"
+    page_file.write_text(html_report(result, VERDICT))
+    console: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: console.append(f"page error: {e}"))
+            page.goto(page_file.as_uri(), wait_until="load")
+            found = page.evaluate(_CHECK)
+            side = page.evaluate(_SIDE_BY_SIDE)
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert console == [] and found["problems"] == [], found["problems"]
+    assert side["badges"] == ["PROMOTE", "ROLLBACK", "control"]
+    assert side["cells"] > 0 and side["wide"] == 0  # nothing runs off the page
+    if kind == "text":
+        assert side["del"] > 0 and side["ins"] > 0
+    else:
+        assert side["fields"] > 0
