@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -181,3 +182,57 @@ def test_wsgi_middleware_with_a_real_flask_app(
     events = _events(consumer_factory, topic, 5)
     assert {rid: e[0].live.output.value for rid, e in events.items()} == answers
     assert events["f-3"][0].inputs == {"a": 3, "b": 0.5}
+
+
+def test_middlewares_mirror_a_text_and_a_json_service_as_such(
+    stack: Endpoints, topic_factory: Callable[..., str], consumer_factory: Callable
+) -> None:
+    """A generative service answering plain text (Flask), and a JSON service whose whole
+    response is the answer (Starlette): mirrored as text and as the document."""
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    text_topic, json_topic = topic_factory(partitions=2), topic_factory(partitions=2)
+    chat = Mirror(_config(stack, text_topic, output_kind="text"), CollectorRegistry())
+    app = Flask("chat")
+
+    @app.post("/reply")
+    def reply() -> tuple[str, int, dict[str, str]]:
+        from flask import request
+
+        return f"you said: {request.get_json()['message']}", 200, {"Content-Type": "text/plain"}
+
+    app.wsgi_app = MirrorWSGIMiddleware(app.wsgi_app, chat, output_field=None)
+    flask_client = app.test_client()
+    for i in range(4):  # the body read, as a server sends it: the middleware mirrors then
+        assert flask_client.post("/reply", json={"message": f"hello {i}"},
+                                 headers={"X-Request-ID": f"t-{i}"}).get_data() == \
+            f"you said: hello {i}".encode()
+    chat.close()
+    assert chat.metrics.snapshot().published == 4, chat.metrics.snapshot()
+
+    quotes = Mirror(_config(stack, json_topic, output_kind="json"), CollectorRegistry())
+
+    async def quote(request: Any) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"price": 2.5 * body["kg"], "service": "parcel", "kind": "std"})
+
+    client = TestClient(MirrorASGIMiddleware(Starlette(routes=[Route("/quote", quote,
+                                                                     methods=["POST"])]),
+                                             quotes, output_field=None))
+    for i in range(4):
+        assert client.post("/quote", json={"kg": i},
+                           headers={"X-Request-ID": f"q-{i}"}).status_code == 200
+    quotes.close()
+    assert quotes.metrics.snapshot().published == 4, quotes.metrics.snapshot()
+    texts = _events(consumer_factory, text_topic, 4)
+    assert {rid: (e[0].live.output.kind, e[0].live.output.value)
+            for rid, e in texts.items()} == {f"t-{i}": ("text", f"you said: hello {i}")
+                                             for i in range(4)}
+    docs = _events(consumer_factory, json_topic, 4)
+    assert docs["q-2"][0].live.output.kind == "json"
+    assert docs["q-2"][0].live.output.value == {"price": 5.0, "service": "parcel",
+                                                 "kind": "std"}

@@ -306,3 +306,36 @@ def test_a_topic_option_takes_a_role_of_the_pipeline(monkeypatch: pytest.MonkeyP
     # Any other name is a topic's own, even one that looks like another prefix's.
     assert pipeline_topic(None, None, "shadow.requests") == "shadow.requests"  # type: ignore[arg-type]
     assert pipeline_topic(None, None, None) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--control", "shadow.sim.chat:build_chat_control"],
+     "a --control is judged against nothing alone"),
+    (["--candidate", "c=shadow.sim.chat:build_chat", "--control",
+      "c=shadow.sim.chat:build_chat_control"], "candidate and control ids must differ"),
+    (["--candidate", "shadow.sim.chat:build_chat", "--verdict-config", "pyproject.toml"],
+     "--verdict-config goes with --report"),
+])
+def test_replay_control_mistakes_are_one_line(tmp_path: Path, args: list[str],
+                                              words: str) -> None:
+    recording = tmp_path / "r.jsonl.zst"
+    recording.write_bytes(b"")
+    result = CliRunner().invoke(main, ["replay", "--file", str(recording), *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+def test_a_bad_verdict_config_for_the_report_is_refused_before_the_work(tmp_path: Path) -> None:
+    recording, bad = tmp_path / "r.jsonl.zst", tmp_path / "v.toml"
+    recording.write_bytes(b"")
+    bad.write_text("[[metrics]]\nmetric = \"disagreement\"\nlimit = 0.05\n")
+    result = CliRunner().invoke(main, ["replay", "--file", str(recording), "--candidate",
+                                       "shadow.sim.chat:build_chat", "--report",
+                                       str(tmp_path / "r.html"), "--verdict-config", str(bad)])
+    assert result.exit_code != 0 and "disagreement_rate" in result.output
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_worker_help_says_what_a_control_is() -> None:
+    text = CliRunner().invoke(main, ["worker", "--help"]).output
+    assert "--control" in text and "noise floor" in text
