@@ -483,7 +483,9 @@ class _JoinCollector(Collector):
                       "live_latency_p99_ms": w.latency.live_p99,
                       "drift_psi_max": max((d["psi"] for d in w.drift.values() if "psi" in d),
                                            default=None),
-                      "end_ms": w.window_end}
+                      "end_ms": w.window_end,
+                      "excess_disagreement_rate": (w.control.excess_disagreement_rate
+                                                   if w.control is not None else None)}
             for name, value in values.items():
                 if value is not None:
                     gauges[name].add_metric([model, cand], value)
@@ -496,6 +498,14 @@ class _JoinCollector(Collector):
                     if stat in stats:
                         drift.add_metric([model, cand, feature, stat], stats[stat])
         yield drift
+        fields = GaugeMetricFamily("shadow_window_field_difference_rate",
+                                   "Share of the last closed window's pairs in which a JSON "
+                                   "field differed", labels=["model", "candidate", "field"])
+        for (model, cand), w in sorted(self.windows.latest.items()):
+            for name, value in sorted(w.divergence.items()):
+                if name.startswith("mean_field:"):
+                    fields.add_metric([model, cand, name.removeprefix("mean_field:")], value)
+        yield fields
 
     def _alerts(self) -> Iterator[Any]:
         active = GaugeMetricFamily("shadow_alert_active", "1 while an alert rule is firing",
@@ -530,6 +540,8 @@ _WINDOW_GAUGES = {
     "live_latency_p99_ms": "Live latency p99 of the last closed window",
     "drift_psi_max": "Largest PSI over features in the last closed window",
     "end_ms": "End of the last closed window (epoch ms)",
+    "excess_disagreement_rate": "Disagreement rate of the last closed window minus its "
+                                "control's (only with a control)",
 }
 
 

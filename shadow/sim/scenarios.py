@@ -235,6 +235,13 @@ def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
         if excess:
             row["excess_over_control"] = sum(excess) / len(excess)
         row["disagreement_alert"] = (cid, "disagreement") in firing
+        exported = [v for k, v in metrics.items()
+                    if k.startswith("shadow_window_excess_disagreement_rate{")
+                    and f'candidate="{cid}"' in k]
+        if control == bool(exported):
+            reasons.append(f"{cid}: the join exports an excess over the control for "
+                           f"{'the control itself' if control else 'none'} "
+                           "(shadow_window_excess_disagreement_rate)")
         if control:
             if not all(w.get("is_control") for w in mine) or not mine:
                 reasons.append(f"{cid}: its windows are not marked as the control's")
@@ -257,6 +264,10 @@ def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
         reasons.append(f"the retrained candidate was not rolled back: {bad['reason']}")
     if not bad["disagreement_alert"]:
         reasons.append("no disagreement alert on the retrained candidate")
+    if sc.output_kind == "json" and not any(
+            k.startswith("shadow_window_field_difference_rate{") and 'field="$.service"' in k
+            for k in metrics):
+        reasons.append("the join exports no difference rate for the field $.service")
     p99 = _quantile(publish, 0.99) if publish else 0.0
     if p99 > 1000:
         reasons.append(f"publish() p99 {p99:.0f} us: production was slowed down")
