@@ -217,3 +217,18 @@ def test_a_json_exemplar_names_the_fields_that_differed() -> None:
     window = _windows(out)[0]
     assert window.divergence["mean_field:$.status"] == pytest.approx(10 / 30)
     assert window.divergence["mean_field:$.price"] == 0.0
+
+
+def test_an_alert_rule_can_watch_one_json_field() -> None:
+    from consumers.alerting import AlertMachine
+    from consumers.rules import RuleError
+
+    rules = RuleSet.from_dict({"rules": [{
+        "name": "status_changed", "metric": "divergence.mean_field:$.status",
+        "comparison": ">=", "threshold": 0.2, "min_samples": 100, "severity": "critical"}]})
+    alerts = [a for a in AlertMachine(rules).evaluate(_summary(0.3, None), 0)
+              if a.rule == "status_changed"]  # beside the shipped rules
+    assert [(a.state, a.value) for a in alerts] == [("firing", 0.3)]
+    with pytest.raises(RuleError, match="unknown metric"):
+        RuleSet.from_dict({"rules": [{"name": "x", "metric": "divergence.mean_feild:$.a",
+                                      "threshold": 0.2}]})
