@@ -56,7 +56,7 @@ class RuleState:
 
 def _measured(rule: Rule, value: float, s: WindowSummary) -> str:
     """What the alert says was measured: the metric's value, or a cusum rule's evidence."""
-    over = (f" over the control {s.control.candidate}"
+    over = (f" over the control {s.control.candidate!r}"
             if s.control is not None and _judges_divergence(rule) else "")
     if rule.test != "cusum":
         return f"{rule.metric}{over} = {value:.4g}"
@@ -89,15 +89,17 @@ class AlertMachine:
         self.states: MutableMapping[str, dict[str, Any]] = {} if states is None else states
         self._warned: set[tuple[str, str]] = set()
 
-    def _warn_unmatched(self, rule: Rule, s: WindowSummary) -> None:
-        """A drift metric that names no feature of the model can never fire: say so, once
-        (feature names are only known once windows come)."""
+    def _warn_unmatched(self, rule: Rule, s: WindowSummary, what: str,
+                        names: list[str]) -> None:
+        """A drift metric that names no feature of the model, or a field rate that names no
+        field of its answers, can never fire: say so, once (feature and field names are
+        only known once windows come)."""
         key = (s.model, rule.name)
         if key in self._warned:
             return
         self._warned.add(key)
-        log.warning("rule %r: %s matches no feature of %s (its features: %s)", rule.name,
-                    rule.metric, s.model, ", ".join(sorted(s.drift)))
+        log.warning("rule %r: %s matches no %s of %s (its %ss: %s)", rule.name, rule.metric,
+                    what, s.model, what, ", ".join(names))
 
     @staticmethod
     def _evidence(rule: Rule, st: RuleState, s: WindowSummary) -> float | None:
@@ -148,7 +150,11 @@ class AlertMachine:
         value = (self._evidence(rule, st, s) if rule.test == "cusum"
                  else metric_value(s, rule.metric, rule))
         if value is None and rule.metric.startswith("drift.") and s.drift:
-            self._warn_unmatched(rule, s)
+            self._warn_unmatched(rule, s, "feature", sorted(s.drift))
+        fields = [k.removeprefix("mean_field:") for k in s.divergence
+                  if k.startswith("mean_field:")]
+        if value is None and rule.metric.startswith("divergence.mean_field:") and fields:
+            self._warn_unmatched(rule, s, "field", sorted(fields))
         if value is None or samples(s, rule.metric) < rule.min_samples:
             return None
         before = st.state

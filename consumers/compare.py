@@ -185,6 +185,12 @@ def _tolerance(base: Tolerance, table: Any, source: str, where: str) -> Toleranc
     return replace(base, **values)
 
 
+def is_json_path(path: str) -> bool:
+    """Whether ``path`` is a JSON path as fields are named (``$.a.b[0]``, ``$["odd key"]``,
+    ``[*]`` for any index)."""
+    return _PATTERN.fullmatch(path) is not None
+
+
 def _patterns(value: Any, source: str, key: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise ConfigError(source, f"must be a list of JSON paths, got {value!r}", key=key)

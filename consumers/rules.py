@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-from consumers.compare import METRICS
+from consumers.compare import METRICS, is_json_path
 from consumers.config import FromToml
 from consumers.drift import STATISTICS, Correction, adjust
 from consumers.windows import QUANTILES
@@ -243,8 +243,16 @@ def _check_metric(rule: str, metric: str) -> None:
                               f"divergence.<q>, latency.<name>, drift.<feature>.<stat>, "
                               f"drift.*.<stat> or one of {list(_DERIVED)})"
                               + (f"; did you mean {hint!r}?" if hint else ""))
-    if head == "divergence" and name.startswith("mean_field:$"):
-        return  # one JSON field's difference rate (its name is the document's own)
+    if head == "divergence" and (":" in name or name.startswith("mean_field")) \
+            and name not in names:
+        # One JSON field's difference rate: the field is the document's own (a misspelt
+        # one is said when windows come, in the join's log), its path is checked here.
+        path = name.partition(":")[2]
+        if not name.startswith("mean_field:") or not is_json_path(path):
+            raise RuleError(rule, f"unknown metric {metric!r}: one JSON field's difference "
+                                  "rate is divergence.mean_field:<path>, the path from $ "
+                                  "(e.g. divergence.mean_field:$.status)")
+        return
     if name not in names:
         hint = closest(name, names)
         tip = f"; did you mean {metric[:len(metric) - len(name)] + hint!r}?" if hint else ""

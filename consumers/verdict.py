@@ -387,7 +387,7 @@ def _excess(m: MetricCheck, cand: tuple[int, int], control: tuple[str, int, int]
     lo = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
     hi = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
     outcome = _judged(lo, hi, m)
-    reason = (f"{where}: {_pct(p1)} against the control {name}'s {_pct(p0)} "
+    reason = (f"{where}: {_pct(p1)} against {_pct(p0)} for the control {name!r} "
               f"({k1:,}/{n1:,} and {k0:,}/{n0:,}), excess {_signed_pct(d)}, {level} interval "
               f"{_signed_pct(lo)} to {_signed_pct(hi)}, {_relation(outcome, m)} the limit "
               f"{_pct(m.limit)}")

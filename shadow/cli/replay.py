@@ -38,7 +38,7 @@ def _split(spec: str) -> tuple[str, str]:
               metavar="[ID=]MODEL", help="A candidate (repeatable): TorchScript, .pt2 or "
                                          "package.module:factory, optionally named ID=...")
 @click.option("--control", "controls", multiple=True, metavar="[ID=]MODEL",
-              help="A control (repeatable, usually once): a second copy of the live model, "
+              help="A control (at most one): a second copy of the live model, "
                    "run beside the candidates. The candidates are then judged on their "
                    "divergence beyond the control's (docs/generative.md).")
 @options.model_files()
@@ -122,6 +122,9 @@ def command(file_: Path | None, topic: str | None, start: str | None, end: str |
 
         verdict = JudgeConfig.from_file(verdict_file)  # a bad file: one line, before the work
     specs = [(*_split(spec), False) for spec in candidates]
+    if len(controls) > 1:
+        raise click.BadParameter("one control is enough: the candidates are judged against "
+                                 "one noise floor", param_hint="'--control'")
     specs += [(*_split(spec), True) for spec in controls]
     ids = [cid for cid, _, _ in specs]
     if len(set(ids)) != len(ids):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,16 +77,26 @@ def command(replay_json: Path | None, live: bool, candidate: str | None,
 
         groups = read_windows(s, kafka(s))
     key = _pick(groups, model, candidate)
+    if any(w.get("is_control") for w in groups[key]):
+        raise ShadowstreamError(f"{key[1]} is the control of {key[0]} (a second copy of the "
+                                "live model): the noise floor the candidates are judged "
+                                "against, not a candidate; its numbers are in their verdicts")
     verdict = judge(groups[key], config)
-    if as_json:
-        print_json({"model": key[0], "candidate": key[1], **verdict.as_dict()})
-    else:
-        colour = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "bold red"}[verdict.decision]
-        console.print(Text.assemble((verdict.decision, colour),
-                                    f" {key[1]} on {key[0]}: {verdict.reason}"))
-        for r in verdict.results:
-            console.print(f"  {r.outcome:8} {'critical ' if r.critical else ''}{r.reason}",
-                          highlight=False)
+    try:
+        if as_json:
+            print_json({"model": key[0], "candidate": key[1], **verdict.as_dict()})
+        else:
+            colour = {"PROMOTE": "green", "HOLD": "yellow",
+                      "ROLLBACK": "bold red"}[verdict.decision]
+            console.print(Text.assemble((verdict.decision, colour),
+                                        f" {key[1]} on {key[0]}: {verdict.reason}"))
+            for r in verdict.results:
+                console.print(f"  {r.outcome:8} {'critical ' if r.critical else ''}{r.reason}",
+                              highlight=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped reading (`| head -1`): the decision stands, and is the status.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(verdict.exit_code)
 
 

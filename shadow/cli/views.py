@@ -16,18 +16,27 @@ def fmt(v: Any) -> str:
 
 def replay_table(result: Any) -> Group:
     """One row per candidate and model, and the reasons behind errors and dead letters."""
+    reports = result.report["candidates"]
+    # With a control, each candidate's disagreement beyond it (what rules and verdicts judge).
+    controlled = any(rep["overall"].get("is_control") for cand in reports.values()
+                     for rep in cand["models"].values())
     table = Table("candidate", "model", "requests", "pairs", "coverage", "disagree rate",
+                  *(["excess over control"] if controlled else []),
                   "div p50", "div p99", "max PSI", "errors", "dead-lettered",
                   "engine ms/req", title="replay", title_justify="left")
     notes: list[Text] = []
-    for cid, cand in result.report["candidates"].items():
+    for cid, cand in reports.items():
         timing = result.timing["candidates"][cid]
         for model, rep in cand["models"].items():
             o = rep["overall"]
             psi = max((d["psi"] for d in o.get("drift", {}).values() if "psi" in d),
                       default=None)
-            table.add_row(cid, model, str(o["requests"]), str(o["pairs"]),
+            excess = ("control" if o.get("is_control") else
+                      fmt((o.get("control") or {}).get("excess_disagreement_rate")))
+            table.add_row(f"{cid} (control)" if o.get("is_control") else cid, model,
+                          str(o["requests"]), str(o["pairs"]),
                           fmt(o.get("coverage")), fmt(o.get("disagreement_rate")),
+                          *([excess] if controlled else []),
                           fmt(o["divergence"].get("p50")), fmt(o["divergence"].get("p99")),
                           fmt(psi), str(o["candidate_errors"]), str(o["dead_lettered"]),
                           f"{timing['ms_per_request']:.3f}")

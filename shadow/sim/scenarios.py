@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consumers.verdict import JudgeConfig, MetricCheck, judge
+from consumers.verdict import JudgeConfig, judge
 from producers import Mirror, MirrorConfig
 from shadow import clients
 from shadow.offline.windows import read_windows
@@ -48,12 +49,19 @@ from shadow.stack import Endpoints, Stack
 from shadow.stack.procs import free_port
 from shadow.topics import create_topics, topic_specs
 
-__all__ = ["SCENARIOS", "VERDICT", "run_scenario"]
+__all__ = ["SCENARIOS", "VERDICT", "VERDICT_TOML", "run_scenario"]
 
-VERDICT = JudgeConfig(metrics=(MetricCheck("disagreement_rate", critical=True, limit=0.05),
-                               MetricCheck("candidate_error_rate", critical=True, limit=0.01)))
-"""What the demo judges: a sampled model's excess disagreement over the control, at most
-5 % (a few thousand pairs tell that apart; 2 % needs many more), and candidate errors."""
+VERDICT_TOML = """\
+# The gate of `shadow demo --scenario text|json` (shadow verdict --config FILE).
+[[metrics]]
+metric = "disagreement_rate"
+limit = 0.05            # a sampled model's excess over the control: 2 % needs many more pairs
+[[metrics]]
+metric = "latency_p99"
+allowed_increase = 3.0  # the workers batch for up to 20 ms; the service answers at once
+"""
+"""What the demo judges each candidate with; the summary says how to run the same gate."""
+VERDICT = JudgeConfig.from_dict(tomllib.loads(VERDICT_TOML), "the demo's verdict")
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ def run_scenario(settings: Settings, plan: DemoPlan, name: str,
     s = settings.model_copy(update={"topic_prefix": prefix, "partitions": 3})
     workdir = Path(tempfile.mkdtemp(prefix=f"shadow-demo-{name}-"))
     (workdir / "tolerances.toml").write_text(sc.tolerances)
+    (workdir / "verdict.toml").write_text(VERDICT_TOML)
     join_port = free_port()
     join_proc: subprocess.Popen | None = None
     workers: dict[str, ShadowWorker] = {}
@@ -129,7 +138,7 @@ def run_scenario(settings: Settings, plan: DemoPlan, name: str,
         alerts = _alerts(endpoints.redis_url, prefix)
         windows = read_windows(s, endpoints.kafka_bootstrap)
         summary = _summary(sc, prefix, endpoints, sent, metrics, alerts, windows,
-                           timed.samples, time.time() - t_start)
+                           timed.samples, time.time() - t_start, workdir)
         summary.dropped = timed.dropped
         if timed.dropped:
             summary.reasons.append(f"the mirror dropped {timed.dropped} requests")
@@ -213,7 +222,7 @@ def _tick(t_start: float, sent: int, workers: dict[str, ShadowWorker],
 def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
              metrics: dict[str, float], alerts: list[Any],
              windows: dict[tuple[str, str], list[dict[str, Any]]], publish: list[float],
-             seconds: float) -> DemoSummary:
+             seconds: float, workdir: Path) -> DemoSummary:
     reasons = []
     n = len(sc.workers())
     pairs = int(metrics.get("shadow_join_pairs_total", 0))
@@ -287,5 +296,6 @@ def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
         dropped=0, scenario=sc.output_kind, candidates=candidates,
         where={"redis": f"{redact_url(endpoints.redis_url)}  XRANGE {prefix}:alerts - +",
                "verdict": f"SHADOW_TOPIC_PREFIX={prefix} shadow verdict --live --model "
-                          f"{sc.model} --candidate {sc.model}-retrained",
+                          f"{sc.model} --candidate {sc.model}-same --config "
+                          f"{workdir / 'verdict.toml'}",
                "topics": f"{prefix}.requests, .outputs, .pairs, .windows, .deadletter"})

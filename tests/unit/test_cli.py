@@ -339,3 +339,50 @@ def test_a_bad_verdict_config_for_the_report_is_refused_before_the_work(tmp_path
 def test_worker_help_says_what_a_control_is() -> None:
     text = CliRunner().invoke(main, ["worker", "--help"]).output
     assert "--control" in text and "noise floor" in text
+
+
+def test_a_reader_that_stops_early_does_not_change_the_verdict(tmp_path: Path) -> None:
+    """`shadow verdict ... | head -1` in CI: the pipe's status is still the decision."""
+    report = _report(tmp_path)
+    alone = _cli("verdict", "--replay", str(report), "--candidate", "c")
+    piped = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m shadow.cli verdict --replay {report} "
+                       "--candidate c | head -c 1 >/dev/null; echo ${PIPESTATUS[0]}"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")},
+             "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert alone.returncode in (0, 1, 2)
+    assert piped.stdout.strip() == str(alone.returncode), piped.stderr
+    assert "Traceback" not in piped.stderr
+
+
+def test_the_control_is_not_judged_and_only_one_is_taken(tmp_path: Path) -> None:
+    import itertools
+
+    from shadow.sim import chat
+    from tests.unit.test_generative import _recorded, _replay
+
+    rows = [(p.request_id, {"message": p.message}, p.segment)
+            for p in itertools.islice(chat.prompts(seed=4), 600)]
+    result = _replay(_recorded("support-chat", "shadow.sim.chat:build_chat", rows),
+                     chat.TOLERANCES, "shadow.sim.chat", {"v2": "build_chat_retrained"},
+                     "build_chat_control")
+    report = tmp_path / "r.json"
+    report.write_bytes(result.json_bytes())
+    judged = CliRunner().invoke(main, ["verdict", "--replay", str(report), "--candidate",
+                                       "control"])
+    assert judged.exit_code == 3 and "is the control of support-chat" in judged.output
+    # Without --candidate the control is left out: v2 is the only candidate.
+    assert "v2 on support-chat" in CliRunner().invoke(
+        main, ["verdict", "--replay", str(report)]).output
+    from shadow.cli.common import console
+    from shadow.cli.views import replay_table
+
+    with console.capture() as captured:
+        console.print(replay_table(result))
+    assert "control (control)" in captured.get() and "excess over" in captured.get()
+    recording = tmp_path / "r.jsonl.zst"
+    recording.write_bytes(b"")
+    two = CliRunner().invoke(main, ["replay", "--file", str(recording), "--candidate",
+                                    "shadow.sim.chat:build_chat", "--control", "a=x:y",
+                                    "--control", "b=x:z"])
+    assert two.exit_code == 2 and "one control is enough" in two.output

@@ -160,7 +160,7 @@ def test_a_cusum_rule_measures_its_evidence_over_the_control_rate() -> None:
     fired = [a for i in range(12) for a in loud.evaluate(_summary(0.29, 0.26).model_copy(
         update={"window_start": i * WINDOW}), 0)]
     assert fired and fired[-1].state == "firing"
-    assert "over the control ctl" in fired[-1].message
+    assert "over the control 'ctl'" in fired[-1].message
 
 
 def test_the_control_raises_no_divergence_alert_of_its_own() -> None:
@@ -189,7 +189,7 @@ def test_the_verdict_judges_the_excess_by_newcombes_interval() -> None:
     hi = d + math.sqrt((u1 - k1 / n) ** 2 + (k0 / n - l0) ** 2)
     assert r.interval == pytest.approx((lo, hi)) and r.candidate == pytest.approx(d)
     assert r.live == pytest.approx(0.26)  # the control's rate beside it
-    assert r.outcome == "pass" and v.decision == "PROMOTE" and "control ctl" in r.reason
+    assert r.outcome == "pass" and v.decision == "PROMOTE" and "control 'ctl'" in r.reason
     # The same windows without their control: 28 % against 5 % rolls back.
     raw = [{k: v for k, v in w.items() if k != "control"} for w in windows]
     assert judge(raw, config).decision == "ROLLBACK"
@@ -232,3 +232,27 @@ def test_an_alert_rule_can_watch_one_json_field() -> None:
     with pytest.raises(RuleError, match="unknown metric"):
         RuleSet.from_dict({"rules": [{"name": "x", "metric": "divergence.mean_feild:$.a",
                                       "threshold": 0.2}]})
+
+
+@pytest.mark.parametrize("metric", ["divergence.mean_field:status",
+                                    "divergence.mean_feild:$.status",
+                                    "divergence.mean_field:$.a..b"])
+def test_a_field_rule_with_a_malformed_path_is_refused(metric: str) -> None:
+    from consumers.rules import RuleError
+
+    with pytest.raises(RuleError, match=r"divergence\.mean_field:<path>, the path from \$"):
+        RuleSet.from_dict({"rules": [{"name": "x", "metric": metric, "threshold": 0.2}]})
+
+
+def test_a_field_rule_naming_no_field_of_the_answers_is_said_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from consumers.alerting import AlertMachine
+
+    rules = RuleSet((Rule("typo", "divergence.mean_field:$.staus", 0.2, min_samples=10),))
+    machine = AlertMachine(rules)
+    with caplog.at_level("WARNING", logger="shadowstream.join"):
+        for i in range(3):
+            machine.evaluate(_summary(0.3, None).model_copy(
+                update={"window_start": i * WINDOW}), 0)
+    said = [r.getMessage() for r in caplog.records if "typo" in r.getMessage()]
+    assert len(said) == 1 and "matches no field of m (its fields: $.status)" in said[0]

@@ -109,7 +109,7 @@ def test_the_control_is_marked_and_no_alert_judges_its_noise(chat_report: Any) -
     # The retrained candidate's disagreement alert fires, judged over the control.
     alerts = chat_report.report["candidates"]["retrained"]["models"]["support-chat"]["alerts"]
     firing = [a for a in alerts if a["rule"] == "disagreement" and a["state"] == "firing"]
-    assert firing and "over the control control" in firing[0]["message"]
+    assert firing and "over the control 'control'" in firing[0]["message"]
     same = chat_report.report["candidates"]["same"]["models"]["support-chat"]["alerts"]
     assert not [a for a in same if a["rule"] == "disagreement"]
 
