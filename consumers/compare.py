@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 import math
 import re
 import unicodedata
@@ -396,11 +397,17 @@ def semantic_similarity(a: str, b: str) -> float:
 
 @functools.cache
 def _embedder() -> Any:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         import wordllama
     except ImportError:
         raise ComparisonError("semantic similarity needs the semantic extra: pip install "
                               "'shadowstream[semantic]'") from None
+    finally:
+        # It configures logging on import (everything at INFO): not its decision to make.
+        root.handlers[:] = handlers
+        root.setLevel(level)
     # The weights and the tokenizer come in the wheel: load them from there, never download.
     return wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent,
                                     disable_download=True)

@@ -505,3 +505,16 @@ def test_semantic_similarity_is_optional_and_loads_offline() -> None:
     assert tol.for_model("chat").min_semantic == 0.4
     with pytest.raises(ConfigError, match=r"within \[0, 1\]"):
         Tolerances.from_dict({"default": {"min_semantic": 1.5}})
+
+
+def test_loading_the_embeddings_leaves_the_logging_configuration_alone() -> None:
+    import logging
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom consumers.compare import semantic_similarity\n"
+            "semantic_similarity('a b', 'a c')\n"
+            "r = logging.getLogger()\nprint(len(r.handlers), r.level)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["0", str(logging.WARNING)], out.stderr
