@@ -171,9 +171,11 @@ class WindowClosing(JoinState):
                         "segments": {}, "top": top.get((k.model, k.candidate), []),
                         "profile": profile.to_dict() if profile is not None else None}
                 part["segments"][k.segment or ""] = aggs[k].to_state()
-            for (model, cand), part in parts.items():
-                out.append(Outgoing(Role.PARTIALS, f"{model}/{cand}".encode(),
-                                    orjson.dumps(part), start, part))
+            for (model, _), part in parts.items():
+                # Keyed by model: a model's candidates and its control meet in one merge
+                # partition, where each candidate's window gets the control's beside it.
+                out.append(Outgoing(Role.PARTIALS, model.encode(), orjson.dumps(part), start,
+                                    part))
                 sent += 1
             self._closed_at[p] = start + size
         for p in sorted(owned):

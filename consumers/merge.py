@@ -4,8 +4,9 @@ With several join workers (``shadow join --scale-out``) each reads some input pa
 closes windows on its own; ``JoinCore`` with ``partials`` then sends, per closed window, one
 *part* per input partition, model and candidate (mergeable aggregates: counts, sketches,
 histograms; its ten most divergent requests; the drift reference it binned against), keyed by
-model and candidate, and one *progress* marker per input partition (windows before
-``closed_before`` are closed there) to every partition of ``<prefix>-join-partials``.
+model (so that a model's control and candidates meet in one merge partition), and one
+*progress* marker per input partition (windows before ``closed_before`` are closed there) to
+every partition of ``<prefix>-join-partials``.
 
 ``MergeCore`` runs per partition of that topic (a *merge partition*; the Faust app gives each
 worker some). A window is whole when every input partition's progress has passed it: a part is

@@ -360,8 +360,6 @@ class _Gathered:
         return agg
 
 
-
-
 def with_controls(summaries: list[WindowSummary]) -> list[WindowSummary]:
     """Each candidate's summary with its model's control beside it (the control's summary
     of the same window and segment), when the model has one: what rules and verdicts judge

@@ -145,9 +145,15 @@ class _HttpCapture:
         self.methods = frozenset(m.upper() for m in methods)
         self.request_id_header = request_id_header.lower()
         self.extract = extract or _default_extract(output_field)
+        # A text model's whole response is its answer as sent: never parsed as JSON (an
+        # answer "42" or "" is a text like any other).
+        self.raw_text = (extract is None and output_field is None
+                         and _mirror_of(mirror).config.output_kind == "text")
         self.max_body_bytes = max_body_bytes
 
     def _response(self, body: bytes) -> Any:
+        if self.raw_text:
+            return body.decode("utf-8", "replace")
         try:
             return _json(body)
         except orjson.JSONDecodeError:

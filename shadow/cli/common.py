@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,11 +27,20 @@ EXIT_INPUT = 3
 _PIPED_WIDTH = 4096
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader stopped reading (``| head``): rich would exit 1 on the spot, which reads
+        as HOLD from ``shadow verdict``. Say it as the error it is; the command decides."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+        raise BrokenPipeError
+
+
 def _console(stderr: bool) -> Console:
-    console = Console(stderr=stderr)
+    console = _Console(stderr=stderr)
     if console.is_terminal:
         return console
-    return Console(stderr=stderr, width=_PIPED_WIDTH, color_system=None, highlight=False)
+    return _Console(stderr=stderr, width=_PIPED_WIDTH, color_system=None, highlight=False)
 
 
 console = _console(stderr=False)

@@ -235,14 +235,15 @@ def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
         row: dict[str, Any] = {"role": "control" if control else "candidate",
                                "windows": len(mine),
                                "pairs": sum(w.get("pairs", 0) for w in mine)}
-        compared = [w for w in mine if w.get("disagreement_rate") is not None]
-        if compared:
-            row["disagreement_rate"] = sum(w["disagreement_rate"] for w in compared) / len(
-                compared)
-        excess = [w["control"]["excess_disagreement_rate"] for w in mine
-                  if (w.get("control") or {}).get("excess_disagreement_rate") is not None]
-        if excess:
-            row["excess_over_control"] = sum(excess) / len(excess)
+        # Pooled over the windows, as the verdict pools them.
+        n = sum(w["state"]["compared"] for w in mine)
+        if n:
+            row["disagreement_rate"] = sum(w["state"]["disagreements"] for w in mine) / n
+        beside = [w["control"] for w in mine if w.get("control")]
+        n_control = sum(c["compared"] for c in beside)
+        if n and n_control:
+            row["excess_over_control"] = row["disagreement_rate"] - sum(
+                c["disagreements"] for c in beside) / n_control
         row["disagreement_alert"] = (cid, "disagreement") in firing
         exported = [v for k, v in metrics.items()
                     if k.startswith("shadow_window_excess_disagreement_rate{")

@@ -343,16 +343,32 @@ def test_worker_help_says_what_a_control_is() -> None:
 
 def test_a_reader_that_stops_early_does_not_change_the_verdict(tmp_path: Path) -> None:
     """`shadow verdict ... | head -1` in CI: the pipe's status is still the decision."""
-    report = _report(tmp_path)
+    import itertools
+
+    from shadow.sim import chat
+    from tests.unit.test_generative import _recorded, _replay
+
+    rows = [(p.request_id, {"message": p.message}, p.segment)
+            for p in itertools.islice(chat.prompts(seed=4), 4000)]
+    report = tmp_path / "r.json"
+    report.write_bytes(_replay(_recorded("support-chat", "shadow.sim.chat:build_chat", rows),
+                               chat.TOLERANCES, "shadow.sim.chat", {"c": "build_chat_retrained"},
+                               "build_chat_control").json_bytes())
     alone = _cli("verdict", "--replay", str(report), "--candidate", "c")
-    piped = subprocess.run(
-        ["bash", "-c", f"{sys.executable} -m shadow.cli verdict --replay {report} "
-                       "--candidate c | head -c 1 >/dev/null; echo ${PIPESTATUS[0]}"],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")},
-             "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert alone.returncode in (0, 1, 2)
-    assert piped.stdout.strip() == str(alone.returncode), piped.stderr
-    assert "Traceback" not in piped.stderr
+    assert alone.returncode == 2, alone.stdout  # ROLLBACK: neither an error nor HOLD
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")},
+           "PYTHONPATH": str(REPO)}
+    for as_json in ([], ["--json"]):
+        # The reading end is closed before the verdict writes a byte: every write fails.
+        proc = subprocess.Popen([sys.executable, "-m", "shadow.cli", "verdict", "--replay",
+                                 str(report), "--candidate", "c", *as_json],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                cwd=REPO)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(120) == alone.returncode, err
+        assert "Traceback" not in err
 
 
 def test_the_control_is_not_judged_and_only_one_is_taken(tmp_path: Path) -> None:
