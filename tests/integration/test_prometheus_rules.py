@@ -23,7 +23,7 @@ def test_promtool_check_rules() -> None:
     run = subprocess.run([promtool(), "check", "rules", "prometheus/alerts.yml"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 6 rules found" in run.stdout
+    assert "SUCCESS: 7 rules found" in run.stdout
 
 
 def test_promtool_test_rules() -> None:
