@@ -19,13 +19,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 import torch
 from prometheus_client import CollectorRegistry
 from torch import nn
@@ -33,11 +31,11 @@ from torch import nn
 from producers import Mirror, MirrorConfig
 from schemas import Alert
 from shadow import clients
-from shadow.exceptions import ShadowstreamError
 from shadow.runtime.engine import InferenceEngine
 from shadow.runtime.models import Candidate, CardAdapter, ModelCard
 from shadow.runtime.worker import ShadowWorker, WorkerConfig
 from shadow.settings import Settings, redact_url
+from shadow.sim.running import TimedPublisher, quantile, redis_alerts, scrape, wait_for
 from shadow.sim.traffic import MODEL_CARD, TrafficService, TrafficSpec, build_model
 from shadow.stack import Endpoints, Stack, prometheus_root
 from shadow.stack.procs import free_port
@@ -123,37 +121,6 @@ class DemoSummary:
         return asdict(self)
 
 
-class _TimedPublisher:
-    """The mirror as the service calls it, timing each publish() (production's cost)."""
-
-    def __init__(self, mirror: Mirror) -> None:
-        self.mirror = mirror
-        self.samples: list[float] = []
-        self.dropped = 0
-
-    def publish(self, *args: Any, **kw: Any) -> bool:
-        t0 = time.perf_counter_ns()
-        ok = self.mirror.publish(*args, **kw)
-        self.samples.append((time.perf_counter_ns() - t0) / 1000)
-        return ok
-
-
-def _scrape(port: int) -> dict[str, float]:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
-
-
 def run_demo(settings: Settings, plan: DemoPlan,
              on_tick: Callable[[dict[str, Any]], None] | None = None,
              stop_stack: bool = False) -> DemoSummary:
@@ -188,7 +155,7 @@ def run_demo(settings: Settings, plan: DemoPlan,
                                            metrics_port=worker_port), engine)
         worker_thread = threading.Thread(target=worker.run, daemon=True, name="demo-worker")
         worker_thread.start()
-        _wait_for(lambda: _scrape(join_port) != {}, 60, "the join app did not start",
+        wait_for(lambda: scrape(join_port) != {}, 60, "the join app did not start",
                   join_proc, workdir)
         turn_at = time.time() + plan.turn_at_s
         adapter.turn_at = turn_at
@@ -196,13 +163,13 @@ def run_demo(settings: Settings, plan: DemoPlan,
         publish = timed.samples
         shift_at = turn_at - plan.turn_at_s + plan.shift_at_s
         # Drain: the worker answers everything, the join pairs it and closes the last windows.
-        _wait_for(lambda: worker.stats.handled >= sent.sent, 90,
+        wait_for(lambda: worker.stats.handled >= sent.sent, 90,
                   "the worker did not answer every request", join_proc, workdir)
-        _wait_for(lambda: _scrape(join_port).get("shadow_join_pairs_total", 0) >= sent.sent, 60,
+        wait_for(lambda: scrape(join_port).get("shadow_join_pairs_total", 0) >= sent.sent, 60,
                   "the join did not pair every request", join_proc, workdir)
         time.sleep(plan.window_s + 6)  # the idle close of the last window, and its alerts
-        metrics = _scrape(join_port)
-        alerts = _alerts(endpoints.redis_url, prefix)
+        metrics = scrape(join_port)
+        alerts = redis_alerts(endpoints.redis_url, prefix)
         if on_tick:
             on_tick(_tick(t_start, sent.sent, sent.rate, worker, metrics, alerts, publish))
         summary = _summary(plan, prefix, endpoints, sent.sent, metrics, alerts, publish,
@@ -238,44 +205,24 @@ def _start_join(s: Settings, endpoints: Endpoints, plan: DemoPlan, workdir: Path
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_for(cond: Callable[[], bool], timeout_s: float, what: str,
-              join_proc: subprocess.Popen, workdir: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if join_proc.poll() is not None:
-            tail = (workdir / "join.log").read_text(errors="replace")[-1500:]
-            raise ShadowstreamError(f"the join app exited ({join_proc.returncode}): {tail}")
-        if time.monotonic() > deadline:
-            raise ShadowstreamError(f"{what} within {timeout_s:.0f} s (logs: {workdir})")
-        time.sleep(0.5)
-
-
 def _run_traffic(s: Settings, endpoints: Endpoints, plan: DemoPlan, join_port: int,
                  worker: ShadowWorker, on_tick: Callable[[dict[str, Any]], None] | None,
-                 t_start: float) -> tuple[Any, _TimedPublisher]:
+                 t_start: float) -> tuple[Any, TimedPublisher]:
     cfg = MirrorConfig(bootstrap=endpoints.kafka_bootstrap, model=MODEL,
                        topic=s.topic("requests"), output_kind="probs")
     with Mirror(cfg, CollectorRegistry()) as mirror:
-        timed = _TimedPublisher(mirror)
+        timed = TimedPublisher(mirror)
         service = TrafficService(timed, TrafficSpec(model=MODEL, seed=0))
 
         def tick(stats: Any) -> None:
             if on_tick:
-                on_tick(_tick(t_start, stats.sent, stats.rate, worker, _scrape(join_port),
-                              _alerts(endpoints.redis_url, s.topic_prefix), timed.samples))
+                on_tick(_tick(t_start, stats.sent, stats.rate, worker, scrape(join_port),
+                              redis_alerts(endpoints.redis_url, s.topic_prefix), timed.samples))
 
         service.run(plan.rate, plan.duration_s, shift_at_s=plan.shift_at_s, on_tick=tick)
         mirror.flush(30)
         timed.dropped = sum(mirror.metrics.dropped_by.values())
     return service.stats, timed
-
-
-def _alerts(redis_url: str, prefix: str) -> list[Alert]:
-    try:
-        rows = clients.redis_client(redis_url, timeout_s=1.0).xrange(f"{prefix}:alerts")
-    except redis.RedisError:  # the live view must not die with Redis
-        return []
-    return [Alert.model_validate_json(f[b"alert"]) for _, f in rows]
 
 
 def _tick(t_start: float, sent: int, rate: float, worker: ShadowWorker,
@@ -295,12 +242,7 @@ def _tick(t_start: float, sent: int, rate: float, worker: ShadowWorker,
                                f'model="{MODEL}"}}'),
         "alerts": [f"{a.rule}: {a.previous_state} -> {a.state}" for a in alerts[-6:]],
         "firing": firing,
-        "publish_p99_us": _quantile(recent, 0.99) if recent else None}
-
-
-def _quantile(xs: list[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        "publish_p99_us": quantile(recent, 0.99) if recent else None}
 
 
 def _summary(plan: DemoPlan, prefix: str, endpoints: Endpoints, sent: int,
@@ -323,7 +265,7 @@ def _summary(plan: DemoPlan, prefix: str, endpoints: Endpoints, sent: int,
         reasons.append("no drift alert although the inputs shifted")
     elif drift.window_end / 1000 < shift_at:
         reasons.append("the drift alert fired before the inputs shifted")
-    p99 = _quantile(publish, 0.99) if publish else 0.0
+    p99 = quantile(publish, 0.99) if publish else 0.0
     if p99 > 1000:
         reasons.append(f"publish() p99 {p99:.0f} us: production was slowed down")
     iso = lambda t: time.strftime("%H:%M:%S", time.localtime(t))  # noqa: E731

@@ -36,15 +36,8 @@ from shadow.runtime.models import load_candidate
 from shadow.runtime.worker import ShadowWorker, WorkerConfig
 from shadow.settings import Settings, redact_url
 from shadow.sim import chat, quotes
-from shadow.sim.pipeline import (
-    DemoPlan,
-    DemoSummary,
-    _alerts,
-    _quantile,
-    _scrape,
-    _TimedPublisher,
-    _wait_for,
-)
+from shadow.sim.pipeline import DemoPlan, DemoSummary
+from shadow.sim.running import TimedPublisher, quantile, redis_alerts, scrape, wait_for
 from shadow.stack import Endpoints, Stack
 from shadow.stack.procs import free_port
 from shadow.topics import create_topics, topic_specs
@@ -125,17 +118,17 @@ def run_scenario(settings: Settings, plan: DemoPlan, name: str,
             workers[cid] = ShadowWorker(s, endpoints.kafka_bootstrap, WorkerConfig(
                 candidate_id=cid, max_wait_ms=20, control=control), engine)
             threading.Thread(target=workers[cid].run, daemon=True, name=cid).start()
-        _wait_for(lambda: _scrape(join_port) != {}, 60, "the join app did not start",
+        wait_for(lambda: scrape(join_port) != {}, 60, "the join app did not start",
                   join_proc, workdir)
         sent, timed = _serve(s, endpoints, plan, sc, workers, join_port, on_tick, t_start)
-        _wait_for(lambda: all(w.stats.handled >= sent for w in workers.values()), 90,
+        wait_for(lambda: all(w.stats.handled >= sent for w in workers.values()), 90,
                   "the workers did not answer every request", join_proc, workdir)
         pairs_due = sent * len(workers)
-        _wait_for(lambda: _scrape(join_port).get("shadow_join_pairs_total", 0) >= pairs_due,
+        wait_for(lambda: scrape(join_port).get("shadow_join_pairs_total", 0) >= pairs_due,
                   60, "the join did not pair every answer", join_proc, workdir)
         time.sleep(plan.window_s + 6)  # the idle close of the last window, and its alerts
-        metrics = _scrape(join_port)
-        alerts = _alerts(endpoints.redis_url, prefix)
+        metrics = scrape(join_port)
+        alerts = redis_alerts(endpoints.redis_url, prefix)
         windows = read_windows(s, endpoints.kafka_bootstrap)
         summary = _summary(sc, prefix, endpoints, sent, metrics, alerts, windows,
                            timed.samples, time.time() - t_start, workdir)
@@ -175,7 +168,7 @@ def _start_join(s: Settings, endpoints: Endpoints, plan: DemoPlan, workdir: Path
 def _serve(s: Settings, endpoints: Endpoints, plan: DemoPlan, sc: Scenario,
            workers: dict[str, ShadowWorker], join_port: int,
            on_tick: Callable[[dict[str, Any]], None] | None, t_start: float
-           ) -> tuple[int, _TimedPublisher]:
+           ) -> tuple[int, TimedPublisher]:
     """The service: the live model answers each request, the answer is mirrored (a text or
     a document, as the service returns it), paced at ``plan.rate``."""
     live = InferenceEngine(load_candidate(f"{sc.module}:{sc.live}"), max_batch=256)
@@ -185,7 +178,7 @@ def _serve(s: Settings, endpoints: Endpoints, plan: DemoPlan, sc: Scenario,
     requests = sc.requests()
     sent = 0
     with Mirror(cfg, CollectorRegistry()) as mirror:
-        timed = _TimedPublisher(mirror)
+        timed = TimedPublisher(mirror)
         start = last_tick = time.monotonic()
         while sent < total:
             due = min(total, int((time.monotonic() - start) * plan.rate) + 1)
@@ -203,7 +196,7 @@ def _serve(s: Settings, endpoints: Endpoints, plan: DemoPlan, sc: Scenario,
             sent = due
             if on_tick and time.monotonic() - last_tick >= 1.0:
                 last_tick = time.monotonic()
-                on_tick(_tick(t_start, sent, workers, _scrape(join_port)))
+                on_tick(_tick(t_start, sent, workers, scrape(join_port)))
         mirror.flush(30)
         timed.dropped = sum(mirror.metrics.dropped_by.values())
     return sent, timed
@@ -278,7 +271,7 @@ def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
             k.startswith("shadow_window_field_difference_rate{") and 'field="$.service"' in k
             for k in metrics):
         reasons.append("the join exports no difference rate for the field $.service")
-    p99 = _quantile(publish, 0.99) if publish else 0.0
+    p99 = quantile(publish, 0.99) if publish else 0.0
     if p99 > 1000:
         reasons.append(f"publish() p99 {p99:.0f} us: production was slowed down")
     iso = lambda t: time.strftime("%H:%M:%S", time.localtime(t))  # noqa: E731
@@ -293,7 +286,7 @@ def _summary(sc: Scenario, prefix: str, endpoints: Endpoints, sent: int,
                  "window_end": iso(a.window_end / 1000), "alert_id": a.alert_id}
                 for a in alerts],
         turn_at="", shift_at="",
-        publish_us={"p50": _quantile(publish, 0.5) if publish else 0.0, "p99": p99},
+        publish_us={"p50": quantile(publish, 0.5) if publish else 0.0, "p99": p99},
         dropped=0, scenario=sc.output_kind, candidates=candidates,
         where={"redis": f"{redact_url(endpoints.redis_url)}  XRANGE {prefix}:alerts - +",
                "verdict": f"SHADOW_TOPIC_PREFIX={prefix} shadow verdict --live --model "
