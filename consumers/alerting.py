@@ -88,6 +88,8 @@ class AlertMachine:
         self.rules = rules
         self.states: MutableMapping[str, dict[str, Any]] = {} if states is None else states
         self._warned: set[tuple[str, str]] = set()
+        self.unmatched: list[str] = []
+        """What ``_warn_unmatched`` said, for a replay's report."""
 
     def _warn_unmatched(self, rule: Rule, s: WindowSummary, what: str,
                         names: list[str]) -> None:
@@ -98,8 +100,10 @@ class AlertMachine:
         if key in self._warned:
             return
         self._warned.add(key)
-        log.warning("rule %r: %s matches no %s of %s (its %ss: %s)", rule.name, rule.metric,
-                    what, s.model, what, ", ".join(names))
+        said = (f"rule {rule.name!r}: {rule.metric} matches no {what} of {s.model} (its "
+                f"{what}s: {', '.join(names)})")
+        self.unmatched.append(said)
+        log.warning("%s", said)
 
     @staticmethod
     def _evidence(rule: Rule, st: RuleState, s: WindowSummary) -> float | None:

@@ -52,6 +52,8 @@ def replay_table(result: Any) -> Group:
         if errors.get("count"):
             notes.append(Text(f"{cid}: {errors['count']} requests answered with an error: "
                               f"{_reasons(errors['reasons'])}"))
+    for warning in result.report.get("rule_warnings", []):
+        notes.append(Text(f"warning: {warning}: it can never fire", style="yellow"))
     reasons = result.report.get("dead_letter_reasons")
     if reasons:
         notes.append(Text(f"dead letters ({result.report['dead_lettered']}): "

@@ -365,11 +365,15 @@ class _Run:
                            for m in models},
                 "errors": {"count": sum(errors.values()), "reasons": _top(errors)},
                 "top": self.top[cid].rows()}
-        return {"schema": REPORT_SCHEMA, "source": source, "messages": self.messages,
-                "requests": self.requests, "dead_lettered": self.dead_lettered,
-                "dead_letter_reasons": _top(self.dead_letter_reasons),
-                "window_ms": self.core.config.window_ms, "candidates": per,
-                "candidate_latency": "measured" if self.latency else "left out"}
+        report = {"schema": REPORT_SCHEMA, "source": source, "messages": self.messages,
+                  "requests": self.requests, "dead_lettered": self.dead_lettered,
+                  "dead_letter_reasons": _top(self.dead_letter_reasons),
+                  "window_ms": self.core.config.window_ms, "candidates": per,
+                  "candidate_latency": "measured" if self.latency else "left out"}
+        if self.core.alerts is not None and self.core.alerts.unmatched:
+            # A rule that can never fire (a misspelt feature or field): said with the report.
+            report["rule_warnings"] = list(self.core.alerts.unmatched)
+        return report
 
     def _overall(self, cid: str, model: str) -> tuple[WindowSummary, WindowAggregate]:
         """One candidate's whole run on one model, as one window (and its aggregate)."""

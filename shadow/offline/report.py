@@ -130,6 +130,12 @@ def html_report(result: Any, verdict: JudgeConfig | None = None) -> str:
 
 def _alerts(r: dict[str, Any]) -> str:
     """Every transition of the alert rules, as the live join would have raised them."""
+    return _alert_rows(r) + "".join(
+        f"<p class='note fail'>Warning: {_e(w)}: it can never fire.</p>"
+        for w in r.get("rule_warnings", []))
+
+
+def _alert_rows(r: dict[str, Any]) -> str:
     rows = [(a["window_start"], cid, model, a) for cid, cand in r["candidates"].items()
             for model, rep in cand["models"].items() for a in rep.get("alerts", [])]
     if not rows:

@@ -196,3 +196,26 @@ def test_text_and_json_cards_encode_and_decode_as_documented() -> None:
         {"kind": "json", "value": {"quote": {"price": 3.14}, "tier": "b", "n": 5}}]
     with pytest.raises(TypeError, match=r"inputs\.m is not a string"):
         text.featurize({"m": 3})
+
+
+def test_a_field_rule_that_names_no_field_is_said_in_the_report() -> None:
+    from shadow.offline.report import html_report
+
+    rows = [(q.request_id, q.inputs, q.segment)
+            for q in itertools.islice(quotes.requests(seed=6), 1500)]
+    messages = _recorded("shipping-quote", "shadow.sim.quotes:build_quotes", rows)
+    rules = RuleSet.from_dict({"rules": [
+        {"name": "price_changed", "metric": "divergence.mean_field:$.prcie", "threshold": 0.1,
+         "min_samples": 10}]})
+    join = JoinConfig(window_ms=WINDOW, grace_ms=1000, reference_size=200, rules=rules,
+                      tolerances=Tolerances.from_dict(tomllib.loads(quotes.TOLERANCES)))
+    result = replay(messages, [ReplayCandidate.from_spec(
+        "v2", "shadow.sim.quotes:build_quotes_retrained")], join=join, batch=256)
+    said = result.report["rule_warnings"]
+    assert said == ["rule 'price_changed': divergence.mean_field:$.prcie matches no field of "
+                    "shipping-quote (its fields: $.eta_days, $.price, $.service)"]
+    assert "it can never fire" in html_report(result)
+    # Without such a rule, the report has no such key (the same bytes as before).
+    assert "rule_warnings" not in _replay(messages[:300], quotes.TOLERANCES,
+                                          "shadow.sim.quotes", {}, "build_quotes_control"
+                                          ).report
