@@ -11,17 +11,11 @@ time unaffected.
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,17 +24,15 @@ from torch import nn
 
 from producers import Mirror, MirrorConfig
 from schemas import Alert
-from shadow import clients
 from shadow.runtime.engine import InferenceEngine
 from shadow.runtime.models import Candidate, CardAdapter, ModelCard
 from shadow.runtime.worker import ShadowWorker, WorkerConfig
 from shadow.settings import Settings, redact_url
-from shadow.sim.running import TimedPublisher, quantile, redis_alerts, scrape, wait_for
+from shadow.sim.running import DemoRun, TimedPublisher, quantile, redis_alerts, scrape
 from shadow.sim.traffic import MODEL_CARD, TrafficService, TrafficSpec, build_model
-from shadow.stack import Endpoints, Stack, prometheus_root
+from shadow.stack import Endpoints, prometheus_root
 from shadow.stack.procs import free_port
 from shadow.stack.prometheus import register_target
-from shadow.topics import create_topics, topic_specs
 
 __all__ = ["DemoPlan", "DemoSummary", "run_demo"]
 
@@ -120,6 +112,13 @@ class DemoSummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def mirror_dropped(self, n: int) -> None:
+        """The service's mirror dropped ``n`` requests: the demo did not see them all."""
+        self.dropped = n
+        if n:
+            self.reasons.append(f"the mirror dropped {n} requests")
+            self.ok = False
+
 
 def run_demo(settings: Settings, plan: DemoPlan,
              on_tick: Callable[[dict[str, Any]], None] | None = None,
@@ -129,20 +128,14 @@ def run_demo(settings: Settings, plan: DemoPlan,
     The traffic, worker and join app it starts are always stopped; the servers it started
     (Kafka, Redis, Prometheus) only with ``stop_stack``, so that one can look at what the
     summary points to."""
-    stack = Stack(settings)
-    already = {s.name for s in stack.status() if s.state in ("running", "external")}
-    endpoints = stack.up(with_prometheus=True)
-    started_here = {"kafka", "redis", "prometheus"} - already
-    prefix = f"demo-{time.strftime('%H%M%S')}-{os.getpid() % 1000}"
-    s = settings.model_copy(update={"topic_prefix": prefix, "partitions": 3})
-    workdir = Path(tempfile.mkdtemp(prefix="shadow-demo-"))
+    run = DemoRun.start(settings)
+    s, endpoints, prefix = run.settings, run.endpoints, run.settings.topic_prefix
     join_port, worker_port = free_port(), free_port()
-    join_proc: subprocess.Popen | None = None
     worker: ShadowWorker | None = None
     t_start = time.time()
     try:
-        create_topics(clients.admin(s, endpoints.kafka_bootstrap), topic_specs(s))
-        join_proc = _start_join(s, endpoints, plan, workdir, join_port)
+        run.create_topics()
+        run.start_join(join_port, plan.window_s, plan.rate, "--expect", f"{MODEL}={CANDIDATE}")
         # The join registers itself with the stack's Prometheus; this in-process worker
         # is registered here.
         register_target(prometheus_root(settings), "worker", f"127.0.0.1:{worker_port}",
@@ -155,18 +148,17 @@ def run_demo(settings: Settings, plan: DemoPlan,
                                            metrics_port=worker_port), engine)
         worker_thread = threading.Thread(target=worker.run, daemon=True, name="demo-worker")
         worker_thread.start()
-        wait_for(lambda: scrape(join_port) != {}, 60, "the join app did not start",
-                  join_proc, workdir)
+        run.wait_for(lambda: scrape(join_port) != {}, 60, "the join app did not start")
         turn_at = time.time() + plan.turn_at_s
         adapter.turn_at = turn_at
         sent, timed = _run_traffic(s, endpoints, plan, join_port, worker, on_tick, t_start)
         publish = timed.samples
         shift_at = turn_at - plan.turn_at_s + plan.shift_at_s
         # Drain: the worker answers everything, the join pairs it and closes the last windows.
-        wait_for(lambda: worker.stats.handled >= sent.sent, 90,
-                  "the worker did not answer every request", join_proc, workdir)
-        wait_for(lambda: scrape(join_port).get("shadow_join_pairs_total", 0) >= sent.sent, 60,
-                  "the join did not pair every request", join_proc, workdir)
+        run.wait_for(lambda: worker.stats.handled >= sent.sent, 90,
+                     "the worker did not answer every request")
+        run.wait_for(lambda: scrape(join_port).get("shadow_join_pairs_total", 0) >= sent.sent,
+                     60, "the join did not pair every request")
         time.sleep(plan.window_s + 6)  # the idle close of the last window, and its alerts
         metrics = scrape(join_port)
         alerts = redis_alerts(endpoints.redis_url, prefix)
@@ -174,35 +166,12 @@ def run_demo(settings: Settings, plan: DemoPlan,
             on_tick(_tick(t_start, sent.sent, sent.rate, worker, metrics, alerts, publish))
         summary = _summary(plan, prefix, endpoints, sent.sent, metrics, alerts, publish,
                            turn_at, shift_at, time.time() - t_start)
-        summary.dropped = timed.dropped
-        if timed.dropped:
-            summary.reasons.append(f"the mirror dropped {timed.dropped} requests")
-            summary.ok = False
+        summary.mirror_dropped(timed.dropped)
         return summary
     finally:
         if worker is not None:
             worker.stop()
-        if join_proc is not None and join_proc.poll() is None:
-            join_proc.send_signal(signal.SIGTERM)
-            try:
-                join_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                join_proc.kill()
-        if stop_stack and started_here:
-            stack.down(only=started_here)
-
-
-def _start_join(s: Settings, endpoints: Endpoints, plan: DemoPlan, workdir: Path,
-                port: int) -> subprocess.Popen:
-    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-           "SHADOW_REDIS_URL": endpoints.redis_url, "SHADOW_TOPIC_PREFIX": s.topic_prefix,
-           "SHADOW_PARTITIONS": str(s.partitions)}
-    cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(workdir / "join"),
-           "--web-port", str(port), "--window-s", str(plan.window_s), "--grace-s", "2",
-           "--idle-close-s", "3", "--reference-size", str(int(plan.rate * plan.window_s)),
-           "--expect", f"{MODEL}={CANDIDATE}"]
-    log = (workdir / "join.log").open("wb")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        run.close(stop_stack)
 
 
 def _run_traffic(s: Settings, endpoints: Endpoints, plan: DemoPlan, join_port: int,

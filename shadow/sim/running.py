@@ -1,12 +1,18 @@
-"""What both demos use to run a pipeline on this machine and watch it: the service's timed
+"""What both demos use to run a pipeline on this machine and watch it: the servers, fresh
+topics and a working folder (``DemoRun``), the join app as a process, the service's timed
 publisher, the join's /metrics, waiting on a condition, the alerts in Redis."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +22,69 @@ from producers import Mirror
 from schemas import Alert
 from shadow import clients
 from shadow.exceptions import ShadowstreamError
+from shadow.settings import Settings
+from shadow.stack import Endpoints, Stack
+from shadow.topics import create_topics, topic_specs
 
-__all__ = ["TimedPublisher", "quantile", "redis_alerts", "scrape", "wait_for"]
+__all__ = ["DemoRun", "TimedPublisher", "quantile", "redis_alerts", "scrape", "wait_for"]
+
+
+@dataclass
+class DemoRun:
+    """One demo's servers (started when not running), its fresh topics (3 partitions) and
+    working folder, and its join app; ``close`` stops the join, and the servers it started
+    with ``stop_stack``."""
+
+    stack: Stack
+    endpoints: Endpoints
+    started_here: set[str]
+    settings: Settings
+    """The demo's: its own topic prefix."""
+    workdir: Path
+    join: subprocess.Popen | None = None
+
+    @classmethod
+    def start(cls, settings: Settings, name: str = "") -> DemoRun:
+        stack = Stack(settings)
+        already = {s.name for s in stack.status() if s.state in ("running", "external")}
+        endpoints = stack.up(with_prometheus=True)
+        label = f"demo-{name}-" if name else "demo-"
+        prefix = f"{label}{time.strftime('%H%M%S')}-{os.getpid() % 1000}"
+        s = settings.model_copy(update={"topic_prefix": prefix, "partitions": 3})
+        return cls(stack, endpoints, {"kafka", "redis", "prometheus"} - already, s,
+                   Path(tempfile.mkdtemp(prefix=f"shadow-{label}")))
+
+    def create_topics(self) -> None:
+        create_topics(clients.admin(self.settings, self.endpoints.kafka_bootstrap),
+                      topic_specs(self.settings))
+
+    def start_join(self, port: int, window_s: float, rate: float, *args: str) -> None:
+        """``shadow join`` on the demo's topics (small windows, a quick idle close), its log
+        in the working folder; ``args`` are more options."""
+        env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": self.endpoints.kafka_bootstrap,
+               "SHADOW_REDIS_URL": self.endpoints.redis_url,
+               "SHADOW_TOPIC_PREFIX": self.settings.topic_prefix,
+               "SHADOW_PARTITIONS": str(self.settings.partitions)}
+        cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir",
+               str(self.workdir / "join"), "--web-port", str(port), "--window-s", str(window_s),
+               "--grace-s", "2", "--idle-close-s", "3", "--reference-size",
+               str(int(rate * window_s)), *args]
+        log = (self.workdir / "join.log").open("wb")
+        self.join = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_for(self, cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+        assert self.join is not None
+        wait_for(cond, timeout_s, what, self.join, self.workdir)
+
+    def close(self, stop_stack: bool) -> None:
+        if self.join is not None and self.join.poll() is None:
+            self.join.send_signal(signal.SIGTERM)
+            try:
+                self.join.wait(30)
+            except subprocess.TimeoutExpired:
+                self.join.kill()
+        if stop_stack and self.started_here:
+            self.stack.down(only=self.started_here)
 
 
 class TimedPublisher:

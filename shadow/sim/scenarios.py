@@ -12,11 +12,6 @@ is rolled back and alerted on, and the control raises no divergence alert of its
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -29,7 +24,6 @@ from prometheus_client import CollectorRegistry
 
 from consumers.verdict import JudgeConfig, judge
 from producers import Mirror, MirrorConfig
-from shadow import clients
 from shadow.offline.windows import read_windows
 from shadow.runtime.engine import InferenceEngine
 from shadow.runtime.models import load_candidate
@@ -37,10 +31,9 @@ from shadow.runtime.worker import ShadowWorker, WorkerConfig
 from shadow.settings import Settings, redact_url
 from shadow.sim import chat, quotes
 from shadow.sim.pipeline import DemoPlan, DemoSummary
-from shadow.sim.running import TimedPublisher, quantile, redis_alerts, scrape, wait_for
-from shadow.stack import Endpoints, Stack
+from shadow.sim.running import DemoRun, TimedPublisher, quantile, redis_alerts, scrape
+from shadow.stack import Endpoints
 from shadow.stack.procs import free_port
-from shadow.topics import create_topics, topic_specs
 
 __all__ = ["SCENARIOS", "VERDICT", "VERDICT_TOML", "run_scenario"]
 
@@ -97,72 +90,44 @@ def run_scenario(settings: Settings, plan: DemoPlan, name: str,
     should. The service, workers and join app are always stopped; the servers it started
     only with ``stop_stack``."""
     sc = SCENARIOS[name]
-    stack = Stack(settings)
-    already = {s.name for s in stack.status() if s.state in ("running", "external")}
-    endpoints = stack.up(with_prometheus=True)
-    started_here = {"kafka", "redis", "prometheus"} - already
-    prefix = f"demo-{name}-{time.strftime('%H%M%S')}-{os.getpid() % 1000}"
-    s = settings.model_copy(update={"topic_prefix": prefix, "partitions": 3})
-    workdir = Path(tempfile.mkdtemp(prefix=f"shadow-demo-{name}-"))
+    run = DemoRun.start(settings, name)
+    s, endpoints, prefix, workdir = (run.settings, run.endpoints, run.settings.topic_prefix,
+                                     run.workdir)
     (workdir / "tolerances.toml").write_text(sc.tolerances)
     (workdir / "verdict.toml").write_text(VERDICT_TOML)
     join_port = free_port()
-    join_proc: subprocess.Popen | None = None
     workers: dict[str, ShadowWorker] = {}
     t_start = time.time()
     try:
-        create_topics(clients.admin(s, endpoints.kafka_bootstrap), topic_specs(s))
-        join_proc = _start_join(s, endpoints, plan, workdir, join_port, sc)
+        run.create_topics()
+        run.start_join(join_port, plan.window_s, plan.rate,
+                       "--tolerances", str(workdir / "tolerances.toml"),
+                       *(a for cid, _, _ in sc.workers()
+                         for a in ("--expect", f"{sc.model}={cid}")))
         for cid, factory, control in sc.workers():
             engine = InferenceEngine(load_candidate(f"{sc.module}:{factory}"), max_batch=64)
             workers[cid] = ShadowWorker(s, endpoints.kafka_bootstrap, WorkerConfig(
                 candidate_id=cid, max_wait_ms=20, control=control), engine)
             threading.Thread(target=workers[cid].run, daemon=True, name=cid).start()
-        wait_for(lambda: scrape(join_port) != {}, 60, "the join app did not start",
-                  join_proc, workdir)
+        run.wait_for(lambda: scrape(join_port) != {}, 60, "the join app did not start")
         sent, timed = _serve(s, endpoints, plan, sc, workers, join_port, on_tick, t_start)
-        wait_for(lambda: all(w.stats.handled >= sent for w in workers.values()), 90,
-                  "the workers did not answer every request", join_proc, workdir)
+        run.wait_for(lambda: all(w.stats.handled >= sent for w in workers.values()), 90,
+                     "the workers did not answer every request")
         pairs_due = sent * len(workers)
-        wait_for(lambda: scrape(join_port).get("shadow_join_pairs_total", 0) >= pairs_due,
-                  60, "the join did not pair every answer", join_proc, workdir)
+        run.wait_for(lambda: scrape(join_port).get("shadow_join_pairs_total", 0) >= pairs_due,
+                     60, "the join did not pair every answer")
         time.sleep(plan.window_s + 6)  # the idle close of the last window, and its alerts
         metrics = scrape(join_port)
         alerts = redis_alerts(endpoints.redis_url, prefix)
         windows = read_windows(s, endpoints.kafka_bootstrap)
         summary = _summary(sc, prefix, endpoints, sent, metrics, alerts, windows,
                            timed.samples, time.time() - t_start, workdir)
-        summary.dropped = timed.dropped
-        if timed.dropped:
-            summary.reasons.append(f"the mirror dropped {timed.dropped} requests")
-            summary.ok = False
+        summary.mirror_dropped(timed.dropped)
         return summary
     finally:
         for w in workers.values():
             w.stop()
-        if join_proc is not None and join_proc.poll() is None:
-            join_proc.send_signal(signal.SIGTERM)
-            try:
-                join_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                join_proc.kill()
-        if stop_stack and started_here:
-            stack.down(only=started_here)
-
-
-def _start_join(s: Settings, endpoints: Endpoints, plan: DemoPlan, workdir: Path, port: int,
-                sc: Scenario) -> subprocess.Popen:
-    env = {**os.environ, "SHADOW_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-           "SHADOW_REDIS_URL": endpoints.redis_url, "SHADOW_TOPIC_PREFIX": s.topic_prefix,
-           "SHADOW_PARTITIONS": str(s.partitions)}
-    cmd = [sys.executable, "-m", "shadow.cli", "join", "--data-dir", str(workdir / "join"),
-           "--web-port", str(port), "--window-s", str(plan.window_s), "--grace-s", "2",
-           "--idle-close-s", "3", "--reference-size", str(int(plan.rate * plan.window_s)),
-           "--tolerances", str(workdir / "tolerances.toml")]
-    for cid, _, _ in sc.workers():
-        cmd += ["--expect", f"{sc.model}={cid}"]
-    log = (workdir / "join.log").open("wb")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        run.close(stop_stack)
 
 
 def _serve(s: Settings, endpoints: Endpoints, plan: DemoPlan, sc: Scenario,

@@ -5,7 +5,10 @@ both axes titled, tick labels, a legend when it has several series, no text cut 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,20 +47,16 @@ _CHECK = """() => {
 }"""
 
 
-def test_the_report_reads_in_chromium_with_labelled_charts(tmp_path: Path) -> None:
+@contextmanager
+def _page(console: list[str]) -> Iterator[Any]:
+    """A chromium page (headless, Debian's chromium) whose console errors and warnings and
+    page errors land in ``console``."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is not installed: `make test` installs Debian's chromium "
                     "(apt-get install chromium)", pytrace=False)
     from playwright.sync_api import sync_playwright
 
-    messages = recorded(3000, TrafficSpec(seed=3, shift_at_index=2000),
-                        build_model(0))
-    result = run(messages, candidate("v13"), candidate("v14", "shadow.sim.traffic:build_retrained"),
-                 candidate("broken", "tests.models_for_tests:broken"))
-    page_file = tmp_path / "report.html"
-    page_file.write_text(html_report(result))
-    console: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
@@ -65,18 +64,30 @@ def test_the_report_reads_in_chromium_with_labelled_charts(tmp_path: Path) -> No
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
                     if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: console.append(f"page error: {e}"))
-            page.goto(page_file.as_uri(), wait_until="load")
-            found = page.evaluate(_CHECK)
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            # The check itself can fail: the same page with one axis title gone.
-            broken = tmp_path / "broken.html"
-            broken.write_text(page_file.read_text().replace("class='axis-label y'",
-                                                            "class='unlabelled'", 1))
-            page.goto(broken.as_uri(), wait_until="load")
-            assert page.evaluate(_CHECK)["problems"] == [
-                "Disagreement rate per window: no y axis title"]
+            yield page
         finally:
             browser.close()
+
+
+def test_the_report_reads_in_chromium_with_labelled_charts(tmp_path: Path) -> None:
+    messages = recorded(3000, TrafficSpec(seed=3, shift_at_index=2000),
+                        build_model(0))
+    result = run(messages, candidate("v13"), candidate("v14", "shadow.sim.traffic:build_retrained"),
+                 candidate("broken", "tests.models_for_tests:broken"))
+    page_file = tmp_path / "report.html"
+    page_file.write_text(html_report(result))
+    console: list[str] = []
+    with _page(console) as page:
+        page.goto(page_file.as_uri(), wait_until="load")
+        found = page.evaluate(_CHECK)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        # The check itself can fail: the same page with one axis title gone.
+        broken = tmp_path / "broken.html"
+        broken.write_text(page_file.read_text().replace("class='axis-label y'",
+                                                        "class='unlabelled'", 1))
+        page.goto(broken.as_uri(), wait_until="load")
+        assert page.evaluate(_CHECK)["problems"] == [
+            "Disagreement rate per window: no y axis title"]
     assert console == []
     assert found["charts"] >= 6 and found["problems"] == [], found["problems"]
     assert found["verdictFirst"]  # the decision before any chart
@@ -102,13 +113,7 @@ def test_text_and_json_answers_read_side_by_side_in_chromium(tmp_path: Path,
                                                              kind: str) -> None:
     """The most divergent requests of a text model with the differing words marked, of a
     JSON model as a table of fields; the control is named as such, not judged."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: `make test` installs Debian's chromium "
-                    "(apt-get install chromium)", pytrace=False)
     import itertools
-
-    from playwright.sync_api import sync_playwright
 
     from shadow.sim import chat, quotes
     from tests.unit.test_generative import VERDICT, _recorded, _replay
@@ -130,19 +135,11 @@ def test_text_and_json_answers_read_side_by_side_in_chromium(tmp_path: Path,
     page_file = tmp_path / "report.html"
     page_file.write_text(html_report(result, VERDICT))
     console: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
-                    if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: console.append(f"page error: {e}"))
-            page.goto(page_file.as_uri(), wait_until="load")
-            found = page.evaluate(_CHECK)
-            side = page.evaluate(_SIDE_BY_SIDE)
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    with _page(console) as page:
+        page.goto(page_file.as_uri(), wait_until="load")
+        found = page.evaluate(_CHECK)
+        side = page.evaluate(_SIDE_BY_SIDE)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert console == [] and found["problems"] == [], found["problems"]
     assert side["badges"] == ["PROMOTE", "ROLLBACK", "control"]
     assert side["cells"] > 0 and side["wide"] == 0  # nothing runs off the page
