@@ -32,7 +32,7 @@ TEMPERATURE = 1.0
 SHARPNESS = 9.0
 """The logit of the intended character over the others: at temperature 1, one character in
 two hundred is another (40 e^-9 / (1 + 40 e^-9)), so two samples of a 30-character answer
-differ about one time in four."""
+differ about three times in ten."""
 
 MODEL_CARD = {
     "features": [{"field": "message", "tokens": MAX_CHARS}],
